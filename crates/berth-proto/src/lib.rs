@@ -1,0 +1,13 @@
+//! Protobuf contracts of every internal link between Berth roles.
+//!
+//! Owns: the generated message and service types, nothing else. Must never depend on any
+//! other Berth crate: every role depends on this one, so it stays at the bottom.
+
+#![allow(clippy::all, missing_docs)]
+
+/// The registry's native watch stream (`berth.registry.v1`).
+pub mod registry {
+    pub mod v1 {
+        tonic::include_proto!("berth.registry.v1");
+    }
+}

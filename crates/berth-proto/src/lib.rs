@@ -5,6 +5,13 @@
 
 #![allow(clippy::all, missing_docs)]
 
+/// The agent <-> server stream (`berth.agent.v1`).
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("berth.agent.v1");
+    }
+}
+
 /// The registry's native watch stream (`berth.registry.v1`).
 pub mod registry {
     pub mod v1 {

@@ -8,10 +8,12 @@
 //! the registry's public APIs over the network, never the other way round.
 
 pub mod core;
+pub mod http;
 pub mod liveness;
 pub mod model;
 pub mod naming;
 pub mod persist;
+pub mod push;
 
 pub use crate::core::{BeatResult, CoreOptions, Registry};
 pub use crate::model::{HealthStatus, Instance, InstanceKey, Service, ServiceKey};

@@ -83,7 +83,7 @@ pub fn service_key(p: &Params) -> Result<ServiceKey, ApiError> {
     Ok(key)
 }
 
-fn cluster_param<'a>(p: &'a Params) -> Result<Option<&'a str>, ApiError> {
+fn cluster_param(p: &Params) -> Result<Option<&str>, ApiError> {
     match p.opt_any(&["clusterName", "cluster"]) {
         None => Ok(None),
         Some(c)

@@ -67,7 +67,7 @@ impl ListFilter {
         // Nacos 1.x never hands out disabled instances.
         i.enabled
             && (!self.healthy_only || i.healthy())
-            && (self.clusters.is_empty() || self.clusters.iter().any(|c| *c == i.cluster))
+            && (self.clusters.is_empty() || self.clusters.contains(&i.cluster))
     }
 }
 

@@ -8,6 +8,7 @@
 //! the registry's public APIs over the network, never the other way round.
 
 pub mod core;
+pub mod grpc;
 pub mod http;
 pub mod liveness;
 pub mod model;

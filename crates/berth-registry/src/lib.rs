@@ -7,6 +7,7 @@
 //! Must never depend on other roles' crates (server, agent, router, diag): they depend on
 //! the registry's public APIs over the network, never the other way round.
 
+pub mod checks;
 pub mod core;
 pub mod grpc;
 pub mod http;

@@ -43,6 +43,12 @@ pub async fn probe(instance: &Instance, timeout: Duration) -> HealthStatus {
                 _ => HealthStatus::Critical,
             }
         }
+        Some(CheckSpec::TcpAddr { addr }) => {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
+                Ok(Ok(_)) => HealthStatus::Passing,
+                _ => HealthStatus::Critical,
+            }
+        }
         Some(CheckSpec::Http { path }) => tokio::time::timeout(timeout, http_get(instance, path))
             .await
             .unwrap_or(HealthStatus::Critical),
@@ -119,7 +125,14 @@ pub async fn run(registry: Registry, options: CheckOptions) {
                     .values()
                     .filter(|i| {
                         !i.ephemeral
-                            && matches!(i.check, Some(CheckSpec::Tcp | CheckSpec::Http { .. }))
+                            && matches!(
+                                i.check,
+                                Some(
+                                    CheckSpec::Tcp
+                                        | CheckSpec::TcpAddr { .. }
+                                        | CheckSpec::Http { .. }
+                                )
+                            )
                     })
                     .map(|i| (s.key.clone(), i.clone()))
                     .collect::<Vec<_>>()

@@ -125,6 +125,8 @@ impl HealthStatus {
 pub enum CheckSpec {
     /// Connect to the instance's ip:port.
     Tcp,
+    /// Connect to another address (Consul `TCP: "host:port"`).
+    TcpAddr { addr: String },
     /// GET `url` (or http://ip:port`path`); 2xx is passing.
     Http { path: String },
     /// The client reports status itself; no report within `ttl_ms` is critical.

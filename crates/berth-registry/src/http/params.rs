@@ -74,6 +74,8 @@ impl From<crate::naming::NamingError> for ApiError {
 #[derive(Debug, Default, Clone)]
 pub struct Params {
     values: HashMap<String, String>,
+    /// Every pair in order, for parameters that may repeat (Consul `tag`).
+    pairs: Vec<(String, String)>,
     pub peer: Option<SocketAddr>,
     /// The raw body when it was not a form (Consul sends JSON).
     pub body: bytes::Bytes,
@@ -93,8 +95,10 @@ impl Params {
     /// Parses a query string and a form body. Fails on oversized values.
     pub fn parse(query: &str, form: &[u8]) -> Result<Self, ApiError> {
         let mut values = HashMap::new();
+        let mut pairs = Vec::new();
         for source in [query.as_bytes(), form] {
             for (k, v) in form_pairs(source) {
+                pairs.push((k.clone(), v.clone()));
                 if v.len() > MAX_PARAM {
                     return Err(ApiError::bad_request(format!(
                         "parameter '{k}' is {} bytes, more than the {MAX_PARAM} allowed",
@@ -106,6 +110,7 @@ impl Params {
         }
         Ok(Self {
             values,
+            pairs,
             ..Self::default()
         })
     }
@@ -116,6 +121,20 @@ impl Params {
             .get(name)
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
+    }
+
+    /// Every value of a repeated parameter.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// True when the parameter is present at all, even without a value (`?passing`).
+    pub fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| k == name)
     }
 
     /// First present of several spellings (`enable`/`enabled`, `cluster`/`clusterName`).

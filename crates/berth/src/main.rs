@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
+    /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
+    #[command(hide = true)]
+    HelloApp(cmd::hello_app::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
+            Command::HelloApp(args) => cmd::hello_app::run(args).await,
         }
     });
     match result {

@@ -7,16 +7,22 @@
 //! Must never depend on other roles' crates (server, agent, router, diag): they depend on
 //! the registry's public APIs over the network, never the other way round.
 
+pub mod auth;
 pub mod checks;
+pub mod config;
 pub mod core;
 pub mod grpc;
 pub mod http;
 pub mod liveness;
+pub mod metrics;
 pub mod model;
 pub mod naming;
 pub mod persist;
 pub mod push;
+pub mod server;
 
+pub use crate::config::RegistryConfig;
 pub use crate::core::{BeatResult, CoreOptions, Registry};
 pub use crate::model::{HealthStatus, Instance, InstanceKey, Service, ServiceKey};
 pub use crate::naming::{Change, NamingError, Op};
+pub use crate::server::{Error, RegistryHandle, start};

@@ -13,6 +13,7 @@ pub mod consul;
 pub mod nacos;
 pub mod nacos_json;
 pub mod params;
+pub mod serve;
 
 /// What every handler needs.
 #[derive(Clone)]

@@ -32,7 +32,7 @@ enum Command {
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
     /// Service registry: Nacos v1 and Consul HTTP APIs, UDP push, native gRPC watch.
-    Registry(cmd::registry::Args),
+    Registry(Box<cmd::registry::Args>),
 }
 
 fn main() -> ExitCode {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
-            Command::Registry(args) => cmd::registry::run(args).await,
+            Command::Registry(args) => cmd::registry::run(*args).await,
         }
     });
     match result {

@@ -315,7 +315,10 @@ impl Writer {
                     self.liveness.track(&service, &key, d, now);
                 }
                 let mut result = instance.clone();
-                if instance.status != status {
+                // Only client-reported health follows beats; a server-checked instance
+                // keeps the checker's verdict.
+                let reported = deadlines(&instance, &self.options.beat).is_some();
+                if reported && instance.status != status {
                     let _ = self.apply(Op::SetHealth {
                         service,
                         instance: key,

@@ -659,6 +659,27 @@ async fn health_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_registration_body_is_accepted_or_refused_without_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_registration(&body);
+        }
+
+        #[test]
+        fn json_shaped_registrations_never_panic(
+            name in ".{0,20}", port in proptest::prelude::any::<i64>(), ttl in ".{0,8}", tags in proptest::collection::vec(".{0,5}", 0..3)
+        ) {
+            let body = json!({"Name": name, "Port": port, "Tags": tags, "Check": {"TTL": ttl}}).to_string();
+            let _ = parse_registration(body.as_bytes());
+        }
+
+        #[test]
+        fn durations_never_panic(s in ".{0,30}") {
+            let _ = parse_duration(&s);
+        }
+    }
 
     #[test]
     fn go_durations() {

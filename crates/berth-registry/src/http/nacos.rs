@@ -482,6 +482,19 @@ pub fn instance_key(p: &Params) -> Result<InstanceKey, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_beat_body_parses_or_errors(raw in ".{0,200}") {
+            let _ = parse_beat(&raw);
+        }
+
+        #[test]
+        fn any_metadata_parses_or_errors(raw in ".{0,200}") {
+            let _ = parse_metadata(&raw);
+        }
+    }
 
     #[test]
     fn beat_body_errors_name_fields() {

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod checks;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod grpc;

@@ -33,6 +33,8 @@ enum Command {
     HelloApp(cmd::hello_app::Args),
     /// Service registry: Nacos v1 and Consul HTTP APIs, UDP push, native gRPC watch.
     Registry(Box<cmd::registry::Args>),
+    /// List services and their instances as the registry sees them.
+    Services(cmd::services::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,
+            Command::Services(args) => cmd::services::run(args, cli.global.output).await,
         }
     });
     match result {

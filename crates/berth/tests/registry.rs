@@ -228,3 +228,74 @@ async fn sigterm_stops_the_registry_cleanly() {
     let status = registry.terminate().await;
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn services_command_lists_and_shows_what_clients_registered() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let http = registry.addr("http").to_string();
+    let grpc = registry.addr("grpc").to_string();
+    let register = format!(
+        "import nacos; c = nacos.NacosClient('{http}', namespace=''); \
+         assert c.add_naming_instance('shop', '127.0.0.1', 8080, cluster_name='DEFAULT', metadata={{'berth.routes': 'shop.example'}}); print('OK')"
+    );
+    let out = tokio::process::Command::new(python())
+        .args(["-c", &register])
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["services", "--registry", &grpc, "list"])
+        .output()
+        .await
+        .expect("run berth");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("shop") && text.contains("DEFAULT_GROUP"),
+        "{text}"
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "-o",
+            "json",
+            "services",
+            "--registry",
+            &grpc,
+            "show",
+            "shop",
+        ])
+        .output()
+        .await
+        .expect("run berth");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\"port\":8080") && text.contains("shop.example"),
+        "{text}"
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["services", "--registry", &grpc, "show", "nope"])
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("berth services list"));
+    registry.terminate().await;
+}

@@ -6,6 +6,7 @@
 pub mod completions;
 pub mod hello_app;
 pub mod registry;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -9,9 +9,16 @@
 //! plane is down.
 
 pub mod endpoint;
+mod error;
+pub mod metrics;
+pub mod proxy;
 pub mod route;
+pub mod server;
 pub mod store;
 pub mod table;
+pub mod tls;
+
+pub use error::Error;
 
 pub use route::{EndpointSpec, Host, LbAlgorithm, PathPrefix, RouteEntry, RouteError, RouteKey};
 pub use store::RouteStore;

@@ -8,17 +8,23 @@
 //! the registry only through `berth-proto`, so the router keeps routing while the control
 //! plane is down.
 
-pub mod endpoint;
+mod config;
 mod error;
+mod handle;
+
+pub mod endpoint;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod sources;
+pub mod status;
 pub mod store;
 pub mod table;
 pub mod tls;
 
+pub use config::RouterConfig;
 pub use error::Error;
-
+pub use handle::{RouterHandle, start};
 pub use route::{EndpointSpec, Host, LbAlgorithm, PathPrefix, RouteEntry, RouteError, RouteKey};
 pub use store::RouteStore;

@@ -31,6 +31,8 @@ enum Command {
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
+    /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
+    Router(cmd::router::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
+            Command::Router(args) => cmd::router::run(args).await,
         }
     });
     match result {

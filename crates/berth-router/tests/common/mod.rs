@@ -1,6 +1,8 @@
 //! Real loopback backends and clients for the router's integration tests.
 #![allow(dead_code)]
 
+pub mod nats_server;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -267,4 +269,52 @@ pub async fn raw(router: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A router started through the public `start`, stopped when dropped.
+pub struct Running {
+    pub handle: berth_router::RouterHandle,
+    pub shutdown: berth_util::shutdown::Shutdown,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.http_addr()
+    }
+}
+
+pub async fn start_router(
+    dir: tempfile::TempDir,
+    tweak: impl FnOnce(&mut berth_router::RouterConfig),
+) -> Running {
+    let mut cfg = berth_router::RouterConfig::for_test(dir.path());
+    tweak(&mut cfg);
+    let shutdown = berth_util::shutdown::Shutdown::new();
+    let handle = berth_router::start(cfg, &shutdown)
+        .await
+        .expect("router starts");
+    Running {
+        handle,
+        shutdown,
+        dir,
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `host` answers with `status` through the router.
+pub async fn wait_status(router: SocketAddr, host: &str, status: u16) {
+    let host = host.to_string();
+    berth_testkit::wait_until(&format!("{host} -> {status}"), WAIT, || {
+        let host = host.clone();
+        async move { get(router, &host, "/").await.status == status }
+    })
+    .await;
 }

@@ -5,6 +5,7 @@
 
 pub mod completions;
 pub mod hello_app;
+pub mod router;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

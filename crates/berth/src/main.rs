@@ -32,7 +32,7 @@ enum Command {
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
     /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
-    Router(cmd::router::Args),
+    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> ExitCode {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
-            Command::Router(args) => cmd::router::run(args).await,
+            Command::Router(args) => cmd::router::run(*args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! Real loopback backends and clients for the router's integration tests.
 #![allow(dead_code)]
 
+pub mod fake_registry;
 pub mod nats_server;
 
 use std::collections::BTreeMap;
@@ -309,12 +310,15 @@ pub async fn start_router(
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Waits until `host` answers with `status` through the router.
-pub async fn wait_status(router: SocketAddr, host: &str, status: u16) {
-    let host = host.to_string();
-    berth_testkit::wait_until(&format!("{host} -> {status}"), WAIT, || {
-        let host = host.clone();
-        async move { get(router, &host, "/").await.status == status }
+/// Waits until `host` or `host/path` answers with `status` through the router.
+pub async fn wait_status(router: SocketAddr, route: &str, status: u16) {
+    let (host, path) = match route.find('/') {
+        Some(i) => (route[..i].to_string(), route[i..].to_string()),
+        None => (route.to_string(), "/".to_string()),
+    };
+    berth_testkit::wait_until(&format!("{route} -> {status}"), WAIT, || {
+        let (host, path) = (host.clone(), path.clone());
+        async move { get(router, &host, &path).await.status == status }
     })
     .await;
 }

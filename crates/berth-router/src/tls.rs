@@ -86,7 +86,12 @@ impl TlsAcceptorSource {
     /// Reloads when any file's modification time changed since the last load.
     pub fn reload_if_changed(&self) -> Result<bool, Error> {
         let now = stamps(&self.pairs);
-        let changed = *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) != now;
+        let changed = {
+            let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            // Remember the times even if the reload fails: a half-written pair is retried
+            // when the next file write lands, not logged on every poll.
+            std::mem::replace(&mut *seen, now.clone()) != now
+        };
         if changed {
             self.reload()?;
         }

@@ -37,9 +37,23 @@ async fn health_routes_varz_and_metrics_report_the_router() {
     assert!(varz["mem_bytes"].as_u64().unwrap() > 0);
 
     let metrics = get(status, "status", "/metrics").await;
-    assert!(metrics.body.contains("berth_router_requests_total 2"), "{}", metrics.body);
-    assert!(metrics.body.contains("berth_router_errors_total{reason=\"unknown_route\"} 1"), "{}", metrics.body);
-    assert!(metrics.body.contains("berth_router_routes 1"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("berth_router_requests_total 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("berth_router_errors_total{reason=\"unknown_route\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("berth_router_routes 1"),
+        "{}",
+        metrics.body
+    );
 }
 
 #[tokio::test]
@@ -103,5 +117,8 @@ async fn drain_reports_unhealthy_first_then_finishes_in_flight_requests() {
     b.release.notify_one();
     let done = in_flight.await.unwrap();
     assert_eq!(done.status, 200);
-    r.shutdown.drain(Duration::from_secs(10)).await.expect("router drains");
+    r.shutdown
+        .drain(Duration::from_secs(10))
+        .await
+        .expect("router drains");
 }

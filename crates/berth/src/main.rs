@@ -35,6 +35,8 @@ enum Command {
     Registry(Box<cmd::registry::Args>),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
+    /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
+    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,
             Command::Services(args) => cmd::services::run(args, cli.global.output).await,
+            Command::Router(args) => cmd::router::run(*args).await,
         }
     });
     match result {

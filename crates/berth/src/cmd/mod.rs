@@ -7,6 +7,7 @@ pub mod completions;
 pub mod hello_app;
 pub mod registry;
 pub mod services;
+pub mod router;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -68,11 +68,19 @@ pub fn status(start: &pb::StartInstance, state: pb::InstanceState) -> pb::Instan
     }
 }
 
+/// Strictly increasing, so start order is unambiguous even within one millisecond.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as i64
+        .as_millis() as i64;
+    let prev = LAST.fetch_max(wall, std::sync::atomic::Ordering::SeqCst);
+    if prev >= wall {
+        LAST.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    } else {
+        wall
+    }
 }
 
 impl FakeAgent {

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
+use berth_testkit::fake_agent::{FakeAgent, NodeSpec};
 use berth_testkit::{wait_for, wait_until};
-use common::fake_agent::{FakeAgent, NodeSpec};
 use common::{TestServer, WAIT};
 use serde_json::json;
 

@@ -4,8 +4,8 @@ mod common;
 
 use berth_proto::agent::v1 as pb;
 use berth_proto::agent::v1::agent_link_client::AgentLinkClient;
+use berth_testkit::fake_agent::{FakeAgent, NodeSpec};
 use berth_testkit::wait_until;
-use common::fake_agent::{FakeAgent, NodeSpec};
 use common::{TestServer, WAIT};
 use futures::StreamExt;
 use serde_json::json;

@@ -28,6 +28,15 @@ struct Cli {
 enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
+    /// The control-plane server: desired state, reconciler, REST API, agent stream.
+    Server(Box<cmd::server::Args>),
+    /// Manage apps on a server: list, show, deploy, scale, restart, rm.
+    #[command(subcommand)]
+    Apps(cmd::apps::AppsCommand),
+    /// List the nodes known to the server.
+    Nodes,
+    /// List instances known to the server.
+    Instances(cmd::apps::InstancesArgs),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
@@ -50,6 +59,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
+            Command::Server(args) => cmd::server::run(*args).await,
+            Command::Apps(c) => cmd::apps::run(c, &cli.global).await,
+            Command::Nodes => cmd::apps::nodes(&cli.global).await,
+            Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
         }
     });
     match result {

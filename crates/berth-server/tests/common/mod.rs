@@ -1,7 +1,5 @@
 #![allow(dead_code)]
 
-pub mod fake_agent;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! A fake agent: speaks the real agent stream over real gRPC, and "runs" instances by
-//! keeping them in a map. Tests drive failures and silence through it.
+//! A fake agent for server tests: speaks the real agent stream over real gRPC and "runs"
+//! instances by keeping them in a map, so tests can drive failures and silence. It proves
+//! the server's side of the contract; the real agent has its own tests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -148,12 +148,12 @@ pub async fn put(
     headers: HeaderMap,
     raw: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let id = parse_id(&path)?;
+    // The body first: a bad spec gets every problem listed, its id included.
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let spec = parse_spec(&headers, &bytes)?;
-    if spec.id != id {
+    if spec.id.as_str() != path {
         return Err(ApiError::bad_request(format!(
-            "the spec's id {} differs from the URL's {id}; make them equal",
+            "the spec's id {} differs from the URL's {path}; make them equal",
             spec.id
         ))
         .field("id"));

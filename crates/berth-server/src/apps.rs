@@ -70,6 +70,8 @@ pub async fn put(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<(AppVersion, bool), St
             announce(ctx, &record, None);
             Ok((record, true))
         }
+        // Deploying the same spec again is not a change: no new version, nothing moves.
+        Some(cur) if cur.spec == spec => Ok((cur, false)),
         Some(cur) => {
             let version = next_version(&mut last, Some(cur.version));
             let change = if cur.spec.needs_new_instances(&spec) {

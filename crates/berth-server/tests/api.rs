@@ -264,3 +264,14 @@ async fn service_endpoints_answer() {
     assert_eq!(code, 200);
     assert!(state["nodes"].is_object());
 }
+
+#[tokio::test]
+async fn redeploying_the_same_spec_makes_no_version() {
+    let s = TestServer::start().await;
+    let spec = json!({"id": "same", "cmd": "sleep 1", "instances": 2});
+    let first = s.deploy(spec.clone()).await;
+    let again = s.deploy(spec).await;
+    assert_eq!(first["version"], again["version"]);
+    let (_, v) = s.get("/v1/apps/same/versions").await;
+    assert_eq!(v["versions"].as_array().unwrap().len(), 1);
+}

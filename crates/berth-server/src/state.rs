@@ -365,8 +365,8 @@ impl RealState {
             if node.status == NodeStatus::Lost || now.duration_since(node.last_seen) < ttl {
                 continue;
             }
+            // The stream may still be open (a hung agent can resume): keep its sender.
             node.status = NodeStatus::Lost;
-            node.tx = None;
             for inst in node.instances.values_mut() {
                 if inst.state.holds_resources() {
                     inst.state = InstanceState::Lost;

@@ -259,3 +259,60 @@ async fn surplus_reported_instances_are_stopped_youngest_first() {
     assert!(left.started_at_ms <= by_age.last().unwrap().started_at_ms);
     assert_eq!(left.instance_id, by_age[0].instance_id, "the oldest stays");
 }
+
+#[tokio::test]
+async fn unreadable_store_never_stops_running_instances() {
+    let s = TestServer::start().await;
+    let a = FakeAgent::connect(s.agent_addr(), NodeSpec::new("n1", 4.0, 1024)).await;
+    s.deploy(json!({"id": "precious", "cmd": "x", "instances": 2}))
+        .await;
+    wait_until("2 running", WAIT, || async {
+        a.running_of("precious") == 2
+    })
+    .await;
+
+    // Damage the stored spec behind the server's back.
+    let db = rusqlite::Connection::open(s.dir.path().join("server.db")).unwrap();
+    db.execute("UPDATE app_versions SET spec = '{broken'", [])
+        .unwrap();
+    drop(db);
+    wait_until("store error reported", WAIT, || async {
+        let (_, ev) = s.get("/v1/events/recent").await;
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "store_error")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(a.stops(), 0, "a failing store is not read as 'no apps'");
+    assert_eq!(a.running_of("precious"), 2);
+    let (code, body) = s.get("/v1/apps").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("precious"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn silent_node_that_resumes_is_usable_again() {
+    let s = TestServer::start().await;
+    let a = FakeAgent::connect(s.agent_addr(), NodeSpec::new("n1", 4.0, 1024)).await;
+    a.inner.lock().unwrap().silent = true;
+    wait_until("lost", WAIT, || async {
+        s.get("/v1/nodes").await.1["nodes"][0]["status"] == "lost"
+    })
+    .await;
+    a.inner.lock().unwrap().silent = false;
+    wait_until("ready", WAIT, || async {
+        s.get("/v1/nodes").await.1["nodes"][0]["status"] == "ready"
+    })
+    .await;
+    s.deploy(json!({"id": "after", "cmd": "x"})).await;
+    wait_until("placed on the resumed node", WAIT, || async {
+        a.running_of("after") == 1
+    })
+    .await;
+}

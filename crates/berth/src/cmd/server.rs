@@ -66,7 +66,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("hello_timeout", args.hello_timeout)
         .set("stop_drain", args.stop_drain)
         .set("stop_grace", args.stop_grace)
-        .set("max_body_bytes", args.max_body_bytes);
+        .set("max_body_bytes", args.max_body_bytes)
+        .set(
+            "shutdown_grace",
+            Some(format!("{}ms", args.role.shutdown_grace.as_millis())),
+        );
     let mut layers = super::layers("server", args.role.config.as_deref(), flags)?;
     let config = ServerConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

@@ -5,7 +5,8 @@
 //! so one pass never over-commits a node. When an instance cannot be placed, the outcome
 //! says why in words an operator can act on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::constraint::Constraint;
 use crate::id::{AppId, NodeId};
@@ -59,82 +60,119 @@ pub struct Outcome {
 
 /// Places up to `req.count` instances, updating `nodes` (used resources and app counts)
 /// as it goes.
+///
+/// Each node is scored once and kept in a heap; only the node that just received an
+/// instance is re-scored. That is exact because a node's score depends only on the node
+/// itself, and a node that became infeasible never becomes feasible again within a pass
+/// (placing only consumes resources and fills constraint slots). Cost:
+/// O((nodes + count) log nodes) instead of O(nodes x count).
 pub fn place(nodes: &mut [NodeView], req: &Request<'_>) -> Outcome {
-    let mut placed = Vec::new();
-    // Instances of the app per constraint field value, across all nodes.
-    let mut per_value: Vec<HashMap<String, u32>> = req
-        .constraints
+    let mut per_value = ValueCounts::new(nodes, req);
+    let mut heap: BinaryHeap<Reverse<((u64, u64), usize)>> = nodes
         .iter()
-        .map(|c| {
-            let mut m = HashMap::new();
-            for n in nodes.iter() {
-                let k = n.count_of(req.app);
-                if k > 0
-                    && let Some(v) = c.field.value_of(&n.hostname, &n.labels)
-                {
-                    *m.entry(v.to_string()).or_insert(0) += k;
-                }
-            }
-            m
-        })
+        .enumerate()
+        .filter(|(_, n)| check(n, req, &per_value).is_ok())
+        .map(|(i, n)| Reverse((score(n, &n.free(), req), i)))
         .collect();
-
-    for i in 0..req.count {
-        let mut best: Option<(usize, (u64, u64))> = None;
-        let mut why = Why::default();
-        for (idx, node) in nodes.iter().enumerate() {
-            if !node.drivers.iter().any(|d| d == req.driver) {
-                why.driver += 1;
-                continue;
-            }
-            let free = node.free();
-            if !free.fits(&req.resources) {
-                why.note_resources(node, &free, &req.resources);
-                continue;
-            }
-            let rejected = req.constraints.iter().enumerate().find(|(ci, c)| {
-                let value = c.field.value_of(&node.hostname, &node.labels);
-                let cluster_value = per_value[*ci]
-                    .iter()
-                    .find(|(_, k)| **k > 0)
-                    .map(|(v, _)| v.as_str());
-                !c.allows(
-                    value,
-                    |v| per_value[*ci].get(v).copied().unwrap_or(0),
-                    cluster_value,
-                )
-            });
-            if let Some((ci, _)) = rejected {
-                *why.constraint.entry(ci).or_insert(0) += 1;
-                continue;
-            }
-            let score = score(node, &free, req);
-            if best.is_none_or(|(_, s)| score < s) {
-                best = Some((idx, score));
-            }
-        }
-        let Some((idx, _)) = best else {
-            return Outcome {
-                unplaced: req.count - i,
-                why: Some(why.explain(nodes.len(), req)),
-                placed,
-            };
+    let mut placed = Vec::new();
+    while placed.len() < req.count as usize {
+        let Some(Reverse((_, idx))) = heap.pop() else {
+            break;
         };
+        if check(&nodes[idx], req, &per_value).is_err() {
+            continue;
+        }
         let node = &mut nodes[idx];
         node.used = node.used + req.resources;
         *node.app_counts.entry(req.app.clone()).or_insert(0) += 1;
-        for (ci, c) in req.constraints.iter().enumerate() {
-            if let Some(v) = c.field.value_of(&node.hostname, &node.labels) {
-                *per_value[ci].entry(v.to_string()).or_insert(0) += 1;
+        per_value.add(node, req);
+        placed.push(node.id.clone());
+        if check(node, req, &per_value).is_ok() {
+            heap.push(Reverse((score(node, &node.free(), req), idx)));
+        }
+    }
+    let unplaced = req.count - placed.len() as u32;
+    let why = (unplaced > 0).then(|| {
+        let mut why = Why::default();
+        for node in nodes.iter() {
+            match check(node, req, &per_value) {
+                Ok(()) => {}
+                Err(Reject::Driver) => why.driver += 1,
+                Err(Reject::Resources) => why.note_resources(node, &node.free(), &req.resources),
+                Err(Reject::Constraint(ci)) => *why.constraint.entry(ci).or_insert(0) += 1,
             }
         }
-        placed.push(node.id.clone());
-    }
+        why.explain(nodes.len(), req)
+    });
     Outcome {
         placed,
-        unplaced: 0,
-        why: None,
+        unplaced,
+        why,
     }
+}
+
+enum Reject {
+    Driver,
+    Resources,
+    Constraint(usize),
+}
+
+/// Instances of the app per constraint field value, across all nodes.
+struct ValueCounts(Vec<HashMap<String, u32>>);
+
+impl ValueCounts {
+    fn new(nodes: &[NodeView], req: &Request<'_>) -> Self {
+        ValueCounts(
+            req.constraints
+                .iter()
+                .map(|c| {
+                    let mut m = HashMap::new();
+                    for n in nodes {
+                        let k = n.count_of(req.app);
+                        if k > 0
+                            && let Some(v) = c.field.value_of(&n.hostname, &n.labels)
+                        {
+                            *m.entry(v.to_string()).or_insert(0) += k;
+                        }
+                    }
+                    m
+                })
+                .collect(),
+        )
+    }
+
+    fn add(&mut self, node: &NodeView, req: &Request<'_>) {
+        for (ci, c) in req.constraints.iter().enumerate() {
+            if let Some(v) = c.field.value_of(&node.hostname, &node.labels) {
+                *self.0[ci].entry(v.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+fn check(node: &NodeView, req: &Request<'_>, per_value: &ValueCounts) -> Result<(), Reject> {
+    if !node.drivers.iter().any(|d| d == req.driver) {
+        return Err(Reject::Driver);
+    }
+    if !node.free().fits(&req.resources) {
+        return Err(Reject::Resources);
+    }
+    for (ci, c) in req.constraints.iter().enumerate() {
+        let counts = &per_value.0[ci];
+        let value = c.field.value_of(&node.hostname, &node.labels);
+        let cluster_value = counts
+            .iter()
+            .find(|(_, k)| **k > 0)
+            .map(|(v, _)| v.as_str());
+        if !c.allows(
+            value,
+            |v| counts.get(v).copied().unwrap_or(0),
+            cluster_value,
+        ) {
+            return Err(Reject::Constraint(ci));
+        }
+    }
+    Ok(())
 }
 
 /// Lower is better. Spread: fewest instances of this app, then most free (per mille of

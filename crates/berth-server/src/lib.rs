@@ -15,6 +15,7 @@ mod context;
 mod events;
 mod metrics;
 mod reconcile;
+pub mod sim;
 mod state;
 
 use std::net::SocketAddr;

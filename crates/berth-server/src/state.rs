@@ -150,6 +150,8 @@ pub struct RealState {
     pub counted_failures: HashSet<InstanceId>,
     #[serde(skip)]
     next_session: u64,
+    #[serde(skip)]
+    instance_seq: u64,
 }
 
 impl RealState {
@@ -357,6 +359,17 @@ impl RealState {
         }
         health.failures = health.failures.saturating_add(1);
         health.last_failure = Some(now);
+    }
+
+    /// A number never handed out before by this process, and above any handed out by an
+    /// earlier run (it starts at the start time in ms x 4096), so instance ids stay unique
+    /// across server restarts without scanning every node.
+    pub fn next_instance_seq(&mut self) -> u64 {
+        if self.instance_seq == 0 {
+            self.instance_seq = crate::clock::unix_ms() << 12;
+        }
+        self.instance_seq += 1;
+        self.instance_seq
     }
 
     /// Marks nodes silent for longer than `ttl` as lost; their instances no longer count.

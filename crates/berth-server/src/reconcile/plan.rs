@@ -317,15 +317,8 @@ fn node_views(state: &RealState) -> Vec<NodeView> {
     views
 }
 
-fn new_instance_id(app: &AppId, state: &RealState) -> InstanceId {
-    loop {
-        let id = InstanceId::generate(app, rand::random::<u64>() >> 16);
-        let taken = state.pending.contains_key(&id)
-            || state.nodes.values().any(|n| n.instances.contains_key(&id));
-        if !taken {
-            return id;
-        }
-    }
+fn new_instance_id(app: &AppId, state: &mut RealState) -> InstanceId {
+    InstanceId::generate(app, state.next_instance_seq())
 }
 
 pub fn start_message(app: &AppVersion, inst: &InstanceId) -> pb::StartInstance {

@@ -144,8 +144,12 @@ async fn read_loop(
             return;
         }
         let now = Instant::now();
+        let mut changed = true;
         match msg.kind {
-            Some(pb::agent_message::Kind::Heartbeat(hb)) => state.heartbeat(node, &hb, now, &ctx.events),
+            Some(pb::agent_message::Kind::Heartbeat(hb)) => {
+                // Unchanged heartbeats only refresh liveness: no pass needed.
+                changed = state.heartbeat(node, &hb, now, &ctx.events);
+            }
             Some(pb::agent_message::Kind::Event(ev)) => match ev.instance {
                 Some(inst) => state.instance_event(node, &inst, now, &ctx.events),
                 None => ctx.events.emit(
@@ -166,6 +170,8 @@ async fn read_loop(
             ),
         }
         drop(state);
-        ctx.wake.notify_one();
+        if changed {
+            ctx.wake.notify_one();
+        }
     }
 }

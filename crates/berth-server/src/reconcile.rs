@@ -5,6 +5,7 @@ pub mod plan;
 
 use std::sync::Arc;
 
+use berth_proto::agent::v1::server_message::Kind;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -74,10 +75,10 @@ async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
     let mut state = ctx.lock_state();
     let commands = plan::plan(&desired, &mut state, now, &ctx.plan_config(), &ctx.events);
     for cmd in commands {
-        let kind = match &cmd.message.kind {
-            Some(berth_proto::agent::v1::server_message::Kind::Start(_)) => "start",
-            Some(berth_proto::agent::v1::server_message::Kind::Stop(_)) => "stop",
-            _ => "other",
+        let (kind, instance) = match &cmd.message.kind {
+            Some(Kind::Start(s)) => ("start", s.instance_id.clone()),
+            Some(Kind::Stop(s)) => ("stop", s.instance_id.clone()),
+            _ => ("other", String::new()),
         };
         let sent = state
             .nodes
@@ -91,7 +92,10 @@ async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
                 .get_or_create(&crate::metrics::KindLabel { kind })
                 .inc();
         } else {
-            // The pending start expires (launch timeout) or the stop is retried.
+            // Forget the order so the next pass decides again with fresh state.
+            let id = berth_core::InstanceId::new(instance);
+            state.pending.remove(&id);
+            state.stop_requested.remove(&id);
             ctx.events.emit(
                 "command_not_delivered",
                 NewEvent::node(&cmd.node),

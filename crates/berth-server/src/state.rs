@@ -240,10 +240,19 @@ impl RealState {
         self.nodes.get(id).is_some_and(|n| n.session == session)
     }
 
-    pub fn heartbeat(&mut self, id: &NodeId, hb: &pb::Heartbeat, now: Instant, events: &EventBus) {
+    /// Returns whether anything the reconciler cares about changed.
+    pub fn heartbeat(
+        &mut self,
+        id: &NodeId,
+        hb: &pb::Heartbeat,
+        now: Instant,
+        events: &EventBus,
+    ) -> bool {
         let Some(node) = self.nodes.get_mut(id) else {
-            return;
+            return false;
         };
+        let before = Self::signature(node);
+        let was = node.status;
         node.last_seen = now;
         if node.status == NodeStatus::Lost {
             events.emit(
@@ -256,6 +265,15 @@ impl RealState {
         node.used_reported = hb.used.as_ref().map(resources_from_pb).unwrap_or_default();
         node.load1 = hb.load1;
         self.replace_instances(id, &hb.instances, events);
+        let node = &self.nodes[id];
+        was != node.status || before != Self::signature(node)
+    }
+
+    fn signature(node: &Node) -> Vec<(InstanceId, InstanceState, u64)> {
+        node.instances
+            .values()
+            .map(|i| (i.id.clone(), i.state, i.version))
+            .collect()
     }
 
     /// One instance changed state.

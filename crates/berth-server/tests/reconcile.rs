@@ -208,6 +208,7 @@ async fn restart_replaces_every_instance_without_gap() {
     assert!(v2 > v1);
     wait_until("all on new version", WAIT, || async {
         let r = a[0].running();
+        assert!(r.len() >= 2, "capacity dropped during the restart: {r:?}");
         r.len() == 2 && r.iter().all(|i| i.app_version == v2)
     })
     .await;

@@ -175,9 +175,12 @@ fn scale_only_changes_do_not_need_new_instances() {
 
 #[test]
 fn shipped_examples_are_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/apps");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let entries = std::fs::read_dir(&root)
+        .unwrap()
+        .chain(std::fs::read_dir(root.join("apps")).unwrap());
+    for entry in entries {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();

@@ -274,3 +274,33 @@ async fn clear_errors_for_unreachable_server_and_bad_flags() {
     );
     assert!(err.contains("banana"), "{err}");
 }
+
+#[tokio::test]
+async fn deploy_of_a_crashing_app_fails_with_the_exit_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a = FakeAgent::connect(s.addr("grpc"), NodeSpec::new("n1", 4.0, 1024)).await;
+    let spec = write(
+        data.path(),
+        "crash.toml",
+        "id = \"crash\"\ncmd = \"exit 1\"\nbackoff_seconds = 0.1\nmax_launch_delay_seconds = 0.5\n[[health_checks]]\nprotocol = \"tcp\"\n",
+    );
+    let args = ["apps", "deploy", "--timeout", "30s", &spec];
+    let deploy = cli(&s, &args);
+    let crasher = async {
+        for _ in 0..3 {
+            let id = berth_testkit::wait_for("an instance to crash", WAIT, || async {
+                a.running()
+                    .into_iter()
+                    .find(|i| i.app_id == "crash")
+                    .map(|i| i.instance_id)
+            })
+            .await;
+            a.fail(&id).await;
+        }
+    };
+    let (out, ()) = tokio::join!(deploy, crasher);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("crash keeps failing"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 1"), "{}", out.stderr);
+}

@@ -389,11 +389,17 @@ async fn deploy(
         let wanted = st["wanted"].as_u64().unwrap_or(0);
         let instances = v["instances"].as_array().cloned().unwrap_or_default();
         let current = |i: &&Value| i["version"].as_u64() == Some(version);
-        let running = instances
-            .iter()
-            .filter(current)
-            .filter(|i| matches!(i["state"].as_str(), Some("running" | "healthy")))
-            .count() as u64;
+        // With health checks an instance counts once healthy, not merely started.
+        let checked = v["spec"]["health_checks"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty());
+        let word = if checked { "healthy" } else { "running" };
+        let ready = |i: &&Value| match i["state"].as_str() {
+            Some("healthy") => true,
+            Some("running") => !checked,
+            _ => false,
+        };
+        let running = instances.iter().filter(current).filter(ready).count() as u64;
         let old = instances
             .iter()
             .filter(|i| {
@@ -405,7 +411,7 @@ async fn deploy(
             })
             .count();
         let line = format!(
-            "{app}: {running}/{wanted} running{}",
+            "{app}: {running}/{wanted} {word}{}",
             if old > 0 {
                 format!(", {old} old still up")
             } else {
@@ -420,7 +426,7 @@ async fn deploy(
             if json_out {
                 print_json(&v);
             } else {
-                println!("{app} deployed: {running}/{wanted} running");
+                println!("{app} deployed: {running}/{wanted} {word}");
             }
             return Ok(());
         }

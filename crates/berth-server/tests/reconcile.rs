@@ -317,3 +317,29 @@ async fn silent_node_that_resumes_is_usable_again() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn instances_reported_without_resources_still_hold_their_share() {
+    let s = TestServer::start().await;
+    let body = s.deploy(json!({"id": "other", "cmd": "x", "instances": 2, "mem": 128})).await;
+    let version = body["config_version"].as_u64().unwrap();
+    let mut spec = NodeSpec::new("n1", 4.0, 300);
+    for i in 0..2 {
+        spec.running.push(berth_proto::agent::v1::InstanceStatus {
+            instance_id: format!("other.{i}"),
+            app_id: "other".into(),
+            app_version: version,
+            state: berth_proto::agent::v1::InstanceState::Running as i32,
+            resources: None,
+            ..Default::default()
+        });
+    }
+    let a = FakeAgent::connect(s.agent_addr(), spec).await;
+    s.deploy(json!({"id": "b", "cmd": "x", "mem": 100})).await;
+    let why = wait_for("why", WAIT, || async {
+        s.status("b").await["why"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(why.contains("largest free is 44 MiB on n1"), "{why}");
+    assert_eq!(a.starts(), 0);
+}

@@ -96,7 +96,11 @@ pub fn plan(
         }
     }
 
-    let mut nodes = node_views(state);
+    let spec_resources: HashMap<&str, berth_core::Resources> = desired
+        .iter()
+        .map(|a| (a.spec.id.as_str(), a.spec.resources()))
+        .collect();
+    let mut nodes = node_views(state, &spec_resources);
     let mut starts = Vec::new();
     for app in desired {
         let id = app.spec.id.as_str();
@@ -276,7 +280,12 @@ fn backoff_wait(state: &RealState, app: &AppVersion, now: Instant) -> Option<std
     (ready_at > now).then(|| ready_at - now)
 }
 
-fn node_views(state: &RealState) -> Vec<NodeView> {
+/// `spec_resources` stands in for instances whose agent reported no resources, so a
+/// terse agent cannot make the scheduler over-commit its node.
+fn node_views(
+    state: &RealState,
+    spec_resources: &HashMap<&str, berth_core::Resources>,
+) -> Vec<NodeView> {
     let mut views: Vec<NodeView> = state
         .nodes
         .values()
@@ -286,7 +295,16 @@ fn node_views(state: &RealState) -> Vec<NodeView> {
             let mut app_counts: HashMap<AppId, u32> = HashMap::new();
             for inst in n.instances.values() {
                 if inst.state.holds_resources() {
-                    used = used + inst.resources;
+                    let reported = inst.resources;
+                    used = used
+                        + if reported == berth_core::Resources::default() {
+                            spec_resources
+                                .get(inst.app.as_str())
+                                .copied()
+                                .unwrap_or_default()
+                        } else {
+                            reported
+                        };
                 }
                 if inst.state.is_active()
                     && !state.stop_requested.contains_key(&inst.id)

@@ -28,6 +28,15 @@ struct Cli {
 enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
+    /// The control-plane server: desired state, reconciler, REST API, agent stream.
+    Server(Box<cmd::server::Args>),
+    /// Manage apps on a server: list, show, deploy, scale, restart, rm.
+    #[command(subcommand)]
+    Apps(cmd::apps::AppsCommand),
+    /// List the nodes known to the server.
+    Nodes,
+    /// List instances known to the server.
+    Instances(cmd::apps::InstancesArgs),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
@@ -59,6 +68,10 @@ fn main() -> ExitCode {
             Command::Registry(args) => cmd::registry::run(*args).await,
             Command::Services(args) => cmd::services::run(args, cli.global.output).await,
             Command::Router(args) => cmd::router::run(*args).await,
+            Command::Server(args) => cmd::server::run(*args).await,
+            Command::Apps(c) => cmd::apps::run(c, &cli.global).await,
+            Command::Nodes => cmd::apps::nodes(&cli.global).await,
+            Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
         }
     });
     match result {

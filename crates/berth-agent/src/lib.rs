@@ -1,0 +1,13 @@
+//! The node agent: runs instances through drivers (the process driver by default), keeps
+//! their records in its data folder so instances survive agent restarts, health-checks
+//! them, registers healthy ones in the service registry and reports everything to the
+//! server over one long-lived stream.
+//!
+//! Owns: everything that happens on one node. Must never depend on the server, registry
+//! or router crates: it talks to them only over the network (gRPC contract in
+//! `berth-proto`, the registry's Nacos HTTP API), so each side can be replaced alone.
+
+pub mod driver;
+pub mod ports;
+pub mod procfs;
+pub mod spec;

@@ -363,7 +363,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields_by_name() {
-        let cases: Vec<(fn(&mut pb::StartInstance), &str)> = vec![
+        type Mutate = fn(&mut pb::StartInstance);
+        let cases: Vec<(Mutate, &str)> = vec![
             (|s| s.instance_id = "../etc".into(), "instance_id"),
             (|s| s.instance_id = String::new(), "instance_id"),
             (|s| s.app_id = String::new(), "app_id"),

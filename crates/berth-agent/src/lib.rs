@@ -8,6 +8,13 @@
 //! `berth-proto`, the registry's Nacos HTTP API), so each side can be replaced alone.
 
 pub mod driver;
+pub mod health;
+pub mod metrics;
+mod monitor;
 pub mod ports;
 pub mod procfs;
+pub mod record;
+pub mod registry;
 pub mod spec;
+pub mod supervisor;
+pub mod tasks;

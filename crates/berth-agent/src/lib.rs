@@ -7,8 +7,11 @@
 //! or router crates: it talks to them only over the network (gRPC contract in
 //! `berth-proto`, the registry's Nacos HTTP API), so each side can be replaced alone.
 
+mod agent;
+pub mod config;
 pub mod driver;
 pub mod health;
+pub mod link;
 pub mod metrics;
 mod monitor;
 pub mod ports;
@@ -16,5 +19,9 @@ pub mod procfs;
 pub mod record;
 pub mod registry;
 pub mod spec;
+pub mod status;
 pub mod supervisor;
 pub mod tasks;
+
+pub use agent::{AgentHandle, Error, start_with_token};
+pub use config::AgentConfig;

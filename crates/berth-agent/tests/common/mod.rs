@@ -1,6 +1,8 @@
 //! Helpers shared by the in-process tests.
 #![allow(dead_code)]
 
+pub mod fake_server;
+
 use std::time::Duration;
 
 use berth_agent::supervisor::Supervisor;
@@ -64,4 +66,15 @@ pub async fn wait_gone(pid: u32) {
     })
     .await
     .unwrap_or_else(|_| panic!("process {pid} still runs"));
+}
+
+/// Polls `check` until it holds.
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }

@@ -1,0 +1,44 @@
+//! Test harness shared by every Berth crate: polling waits instead of sleeps, the real
+//! `berth` binary as a child process for black-box tests, temp folders, the Python venv
+//! that holds third-party clients.
+//!
+//! Only tests depend on this crate. It must never be a dependency of a role crate, and it
+//! depends on no role crate either (roles are started in-process by their own tests
+//! through their public `start` functions).
+#![forbid(unsafe_code)]
+
+mod process;
+mod wait;
+
+pub use process::BerthProcess;
+pub use wait::{wait_for, wait_until};
+
+use std::path::PathBuf;
+
+/// The repository root (where `Cargo.toml` of the workspace lives).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// The Python interpreter of the venv `scripts/test` prepares with the third-party
+/// clients (nacos-sdk-python, py-consul, nats-py).
+pub fn python() -> PathBuf {
+    let path = workspace_root().join("target/venv/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test once (it creates the venv with the Python clients)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh temporary folder, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir()
+        .expect("create a temp folder")
+}

@@ -1,0 +1,117 @@
+//! One module per subcommand. Role commands only translate flags into the role's config,
+//! start it, announce readiness and wait for shutdown (see [`run_until_shutdown`]).
+
+#![allow(dead_code)] // role plumbing, shared by the role subcommands as they are wired in
+
+pub mod completions;
+pub mod hello_app;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_util::config::{EnvSource, Layers};
+use berth_util::logging::LogFormat;
+use berth_util::shutdown::Shutdown;
+
+/// Options every subcommand accepts.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr: `human` or `json`. Filter with BERTH_LOG (e.g. `debug`).
+    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+    /// Server API that client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_SERVER_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub server_url: String,
+    /// Output of client commands: `table` for people, `json` for scripts.
+    #[arg(short = 'o', long, global = true, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Options of every role subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RoleArgs {
+    /// TOML file with this role's settings (keys as the long flags, with `_` for `-`).
+    /// Precedence: flags, then BERTH_<ROLE>_<KEY> environment variables, then this file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// How long in-flight work may take to finish after SIGTERM/SIGINT.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    <Duration as berth_util::config::FromConfigValue>::parse_value(text)
+        .ok_or_else(|| format!("{text:?} is not a duration: use a unit, such as 250ms, 5s or 2m"))
+}
+
+/// Command-line values the user actually passed, keyed like the config file.
+#[derive(Debug, Default)]
+pub struct Flags(Vec<(String, String)>);
+
+impl Flags {
+    pub fn set(mut self, key: &str, value: Option<impl ToString>) -> Self {
+        if let Some(value) = value {
+            self.0.push((key.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    /// A list flag (`--peers a,b`) stored as the comma-separated form the config parses.
+    pub fn set_list<T: ToString>(self, key: &str, values: &[T]) -> Self {
+        let joined = (!values.is_empty()).then(|| {
+            values
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        self.set(key, joined)
+    }
+}
+
+/// The three configuration layers of `role` from the real environment.
+pub fn layers(role: &str, file: Option<&Path>, flags: Flags) -> anyhow::Result<Layers<'static>> {
+    // The env source lives as long as the process; leaking one small struct is simpler
+    // than threading a lifetime through every role command.
+    let env: &'static EnvSource = Box::leak(Box::new(EnvSource::for_role(role)));
+    Ok(Layers::new(role, file, env, flags.0)?)
+}
+
+/// Prints the ready line, waits for SIGTERM/SIGINT (or an internal trigger), then drains.
+pub async fn run_until_shutdown(
+    role: &str,
+    shutdown: Shutdown,
+    addrs: &[(&str, SocketAddr)],
+    grace: Duration,
+) -> anyhow::Result<()> {
+    berth_util::ready::announce(role, addrs);
+    shutdown.cancelled().await;
+    shutdown
+        .drain(grace)
+        .await
+        .with_context(|| format!("berth {role} did not stop cleanly"))?;
+    tracing::info!("berth {role} stopped");
+    Ok(())
+}
+
+/// A fresh shutdown wired to SIGTERM and SIGINT.
+pub fn signal_shutdown() -> anyhow::Result<Shutdown> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("cannot install the SIGTERM/SIGINT handlers")?;
+    Ok(shutdown)
+}

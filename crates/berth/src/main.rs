@@ -1,0 +1,62 @@
+//! The `berth` binary: parses the command line and wires roles together. It holds no
+//! logic of its own; every role lives in its crate and is started through its public API.
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Berth runs microservices on your own machines: an orchestrator, a Nacos- and
+/// Consul-compatible service registry, an HTTP router and live diagnostics, in one binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    global: cmd::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(cmd::completions::Args),
+    /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
+    #[command(hide = true)]
+    HelloApp(cmd::hello_app::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    berth_util::logging::init(cli.global.log_format, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Completions(args) => cmd::completions::run::<Cli>(args),
+            Command::HelloApp(args) => cmd::hello_app::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

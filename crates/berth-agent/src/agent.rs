@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use berth_proto::agent::v1 as pb;
+use berth_util::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,8 @@ pub enum Error {
     Config { key: &'static str, problem: String },
     #[error("cannot use the data folder {path}: {reason} (check --data-dir)")]
     DataDir { path: String, reason: String },
+    #[error(transparent)]
+    Lock(#[from] berth_util::datadir::DataDirError),
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("cannot listen on {addr} for the agent's status endpoints: {source} (change --listen)")]
@@ -76,7 +79,16 @@ impl AgentHandle {
     }
 }
 
-/// Starts the agent; its tasks stop when `token` is cancelled.
+/// Starts the agent: binds its listener, re-adopts the instances of its data folder and
+/// spawns its tasks on `shutdown` (they stop when it fires; instances keep running).
+pub async fn start(config: AgentConfig, shutdown: &Shutdown) -> Result<AgentHandle, Error> {
+    let handle = start_with_token(config, shutdown.token()).await?;
+    let finished = handle.clone();
+    shutdown.spawn(async move { finished.finished().await });
+    Ok(handle)
+}
+
+/// [`start`] with a bare cancellation token, for embedding and tests.
 pub async fn start_with_token(
     config: AgentConfig,
     token: CancellationToken,
@@ -87,17 +99,10 @@ pub async fn start_with_token(
             problem: "no server address: give --server HOST:PORT[,HOST:PORT...]".into(),
         });
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|err| Error::DataDir {
-        path: config.data_dir.display().to_string(),
-        reason: err.to_string(),
-    })?;
+    // One agent per data folder: two would adopt and stop each other's instances.
+    let data_dir = berth_util::datadir::DataDir::open(&config.data_dir)?;
     let node_id = node_id(&config)?;
     let store = RecordStore::open(&config.data_dir)?;
-    let tasks = Tasks::new(token);
-    let metrics = Arc::new(AgentMetrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -108,6 +113,16 @@ pub async fn start_with_token(
         addr: config.listen,
         source,
     })?;
+
+    let tasks = Tasks::new(token);
+    let lock_until_stopped = tasks.token().clone();
+    tasks.spawn(async move {
+        lock_until_stopped.cancelled().await;
+        drop(data_dir);
+    });
+    let metrics = Arc::new(AgentMetrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
 
     let nacos = config
         .registry_http

@@ -26,6 +26,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_util::config::{ConfigError, FromConfigValue, Layers};
+
 use crate::ports::PortRange;
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,104 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// Reads every key of the table above from `layers`.
+    pub fn from_layers(layers: &mut Layers<'_>) -> Result<Self, ConfigError> {
+        let servers: Vec<String> = layers.require(
+            "server",
+            "give the server's agent address: --server 127.0.0.1:7071 (several: a,b)",
+        )?;
+        let data_dir: PathBuf = layers.require(
+            "data_dir",
+            "give a folder for instance records and logs: --data-dir /var/lib/berth/agent",
+        )?;
+        let mut config = Self::new(servers, &data_dir);
+        let d = Self::new(Vec::new(), &data_dir);
+        config.registry = layers.get("registry")?;
+        config.registry_http = layers
+            .get_or("registry_http", RegistryHttp(d.registry_http))?
+            .0;
+        config.node_id = layers.get::<NodeId>("node_id")?.map(|id| id.0);
+        config.labels = layers.get_or("labels", Labels::default())?.0;
+        config.listen = layers.get_or("listen", d.listen)?;
+        config.advertise = layers.get_or("advertise", Advertise(d.advertise))?.0;
+        config.port_range = layers.get_or("port_range", d.port_range)?;
+        config.cpus = layers.get("cpus")?;
+        config.mem_mib = layers.get("mem_mib")?;
+        config.disk_mib = layers.get("disk_mib")?;
+        config.heartbeat = layers.get_or("heartbeat", d.heartbeat)?;
+        config.connect_timeout = layers.get_or("connect_timeout", d.connect_timeout)?;
+        config.backoff_initial = layers.get_or("backoff_initial", d.backoff_initial)?;
+        config.backoff_max = layers.get_or("backoff_max", d.backoff_max)?;
+        config.keepalive = layers.get_or("keepalive", d.keepalive)?;
+        config.log_max_bytes = layers.get_or("log_max_bytes", d.log_max_bytes)?;
+        config.log_keep = layers.get_or("log_keep", d.log_keep)?;
+        config.retention = layers.get_or("retention", d.retention)?;
+        config.stop_grace = layers.get_or("stop_grace", d.stop_grace)?;
+        layers.finish()?;
+        Ok(config)
+    }
+}
+
+impl FromConfigValue for PortRange {
+    fn expected() -> String {
+        "a port range FIRST-LAST such as 20000-29999".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        raw.parse().ok()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Labels(BTreeMap<String, String>);
+
+impl FromConfigValue for Labels {
+    fn expected() -> String {
+        "labels as k=v,k2=v2 (for example rack=r1,disk=ssd)".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        let entries: Vec<String> = raw.split(',').map(str::to_string).collect();
+        parse_labels(&entries).ok().map(Labels)
+    }
+}
+
+struct RegistryHttp(Option<SocketAddr>);
+
+impl FromConfigValue for RegistryHttp {
+    fn expected() -> String {
+        "the registry's HTTP address such as 127.0.0.1:8848, or `off`".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "off" | "none" => Some(Self(None)),
+            addr => addr.parse().ok().map(|a| Self(Some(a))),
+        }
+    }
+}
+
+struct Advertise(IpAddr);
+
+impl FromConfigValue for Advertise {
+    fn expected() -> String {
+        "an IP address such as 127.0.0.1".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok().map(Self)
+    }
+}
+
+struct NodeId(String);
+
+impl FromConfigValue for NodeId {
+    fn expected() -> String {
+        "1-128 characters from a-z, A-Z, 0-9, '-', '_' and '.'".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        validate_node_id(raw.trim()).ok()?;
+        Some(Self(raw.trim().to_string()))
+    }
+}
+
 /// Parses `k=v,k=v` (already split on commas) into labels; names the bad entry.
 pub fn parse_labels(entries: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut labels = BTreeMap::new();
@@ -152,6 +252,52 @@ pub fn validate_node_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_util::config::MapSource;
+
+    fn layers(flags: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let env = MapSource::new([("registry_http", "off")]);
+        let flags = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut layers = Layers::new("agent", None, &env, flags)?;
+        AgentConfig::from_layers(&mut layers)
+    }
+
+    #[test]
+    fn layers_build_the_config_and_bad_values_name_the_key() {
+        let config = layers(&[
+            ("server", "127.0.0.1:7071,127.0.0.1:7073"),
+            ("data_dir", "/tmp/x"),
+            ("labels", "rack=r1,disk=ssd"),
+            ("port_range", "30000-30010"),
+            ("node_id", "n1"),
+            ("heartbeat", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(config.servers.len(), 2);
+        assert_eq!(config.registry_http, None, "env says off");
+        assert_eq!(config.labels["disk"], "ssd");
+        assert_eq!(config.port_range.first, 30000);
+        assert_eq!(config.node_id.as_deref(), Some("n1"));
+        assert_eq!(config.heartbeat, Duration::from_millis(500));
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+
+        let missing = layers(&[("data_dir", "/tmp/x")]).unwrap_err().to_string();
+        assert!(missing.contains("server"), "{missing}");
+        for (key, value) in [
+            ("labels", "rack"),
+            ("port_range", "9-1"),
+            ("node_id", "a/b"),
+            ("advertise", "localhost"),
+            ("registry_http", "nowhere"),
+        ] {
+            let err = layers(&[("server", "s:1"), ("data_dir", "/tmp/x"), (key, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("--"), "{key}: {err}");
+        }
+    }
 
     #[test]
     fn labels_parse_and_bad_ones_are_named() {

@@ -23,5 +23,5 @@ pub mod status;
 pub mod supervisor;
 pub mod tasks;
 
-pub use agent::{AgentHandle, Error, start_with_token};
+pub use agent::{AgentHandle, Error, start, start_with_token};
 pub use config::AgentConfig;

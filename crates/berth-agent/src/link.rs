@@ -124,7 +124,7 @@ pub async fn run(
         }
         index += 1;
         let delay = backoff(&config, failures, &mut rand::rng());
-        tracing::info!(
+        tracing::debug!(
             next = %config.servers[index % config.servers.len()],
             ?delay,
             "connecting to the next server after a backoff"

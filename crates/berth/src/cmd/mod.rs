@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // role plumbing, shared by the role subcommands as they are wired in
 
+pub mod agent;
 pub mod completions;
 pub mod hello_app;
 

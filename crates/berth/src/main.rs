@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node agent: starts instances for the server, health-checks and registers them.
-    Agent(cmd::agent::Args),
+    Agent(Box<cmd::agent::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
         }

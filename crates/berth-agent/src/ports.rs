@@ -3,7 +3,9 @@
 //! A port is handed out only if no instance of this agent holds it and it can be bound on
 //! 127.0.0.1 right now (something outside Berth may use it). The cursor moves on after each
 //! allocation so a port just released (possibly in TIME_WAIT, possibly still cached by a
-//! router) is the last to be reused.
+//! router) is the last to be reused. The cursor starts at a random place in the range, so
+//! a restarted agent, or several agents sharing one machine (tests, `berth dev` with
+//! several nodes), do not all begin with the same port.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -81,9 +83,10 @@ pub struct PortAllocator {
 
 impl PortAllocator {
     pub fn new(range: PortRange) -> Self {
+        let next = rand::random_range(range.first..=range.last);
         Self {
             range,
-            next: range.first,
+            next,
             held: BTreeSet::new(),
         }
     }

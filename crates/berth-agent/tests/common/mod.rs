@@ -1,6 +1,7 @@
 //! Helpers shared by the in-process tests.
 #![allow(dead_code)]
 
+pub mod fake_nacos;
 pub mod fake_server;
 
 use std::time::Duration;

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::spec::{CheckKind, HealthCheckSpec};
 
 #[derive(Debug, Clone)]
@@ -142,11 +144,16 @@ async fn command_ok(
 
 /// Failure count after which a check makes the instance unhealthy, with the grace
 /// period: failures while in grace (and before the first success) do not count.
+///
+/// Probes before the first success run faster than the interval (see [`next_delay`]);
+/// only failures at least one interval apart count, so the faster probing never makes
+/// an instance unhealthy sooner than its configured interval would.
 #[derive(Debug, Clone)]
 pub struct CheckState {
     pub passed_once: bool,
     pub last_ok: Option<bool>,
     pub consecutive_failures: u32,
+    last_counted: Option<Instant>,
 }
 
 impl CheckState {
@@ -155,17 +162,25 @@ impl CheckState {
             passed_once: previously_healthy,
             last_ok: None,
             consecutive_failures: 0,
+            last_counted: None,
         }
     }
 
-    /// Records one result; `in_grace` = the grace period has not ended yet.
-    pub fn record(&mut self, ok: bool, in_grace: bool) {
+    /// Records one result at `now`; `in_grace` = the grace period has not ended yet.
+    pub fn record(&mut self, ok: bool, in_grace: bool, now: Instant, interval: Duration) {
         self.last_ok = Some(ok);
         if ok {
             self.passed_once = true;
             self.consecutive_failures = 0;
+            self.last_counted = None;
         } else if self.passed_once || !in_grace {
-            self.consecutive_failures += 1;
+            let spaced = self
+                .last_counted
+                .is_none_or(|last| now.duration_since(last) >= interval);
+            if spaced {
+                self.consecutive_failures += 1;
+                self.last_counted = Some(now);
+            }
         }
     }
 

@@ -119,7 +119,12 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
                 supervisor
                     .metrics()
                     .check(protocol_name(&check.kind), result.is_ok());
-                states[i].record(result.is_ok(), in_grace(check));
+                states[i].record(
+                    result.is_ok(),
+                    in_grace(check),
+                    Instant::now(),
+                    check.interval,
+                );
                 if let Err(why) = result {
                     tracing::debug!(instance = %id, check = i, "health check failed: {why}");
                     failure.get_or_insert((i, why));

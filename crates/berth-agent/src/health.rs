@@ -216,19 +216,24 @@ mod tests {
 
     #[test]
     fn grace_hides_failures_until_the_first_success() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
         let mut state = CheckState::new(false);
-        state.record(false, true);
-        state.record(false, true);
+        state.record(false, true, t0, s);
+        state.record(false, true, t0 + s, s);
         assert_eq!(state.consecutive_failures, 0);
-        state.record(true, true);
-        state.record(false, true);
+        state.record(true, true, t0 + 2 * s, s);
+        state.record(false, true, t0 + 3 * s, s);
         assert_eq!(
             state.consecutive_failures, 1,
             "grace ends at the first success"
         );
-        state.record(false, false);
+        // A failure less than an interval after the last counted one does not count.
+        state.record(false, false, t0 + 3 * s + s / 2, s);
+        assert_eq!(state.consecutive_failures, 1);
+        state.record(false, false, t0 + 4 * s, s);
         assert!(state.failed_for_good(2));
-        state.record(true, false);
+        state.record(true, false, t0 + 5 * s, s);
         assert!(!state.failed_for_good(1));
     }
 

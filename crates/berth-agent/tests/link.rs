@@ -184,3 +184,48 @@ async fn bad_settings_are_refused_with_the_setting_named() {
         .unwrap();
     assert!(err.to_string().contains("--listen"), "{err}");
 }
+
+#[tokio::test]
+async fn instances_push_log_lines_to_the_agent_intake() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start("s1", 100).await;
+    let (agent, _token) = agent(dir.path(), &[&server]).await;
+    server.wait_hello().await;
+    server
+        .send(start_cmd(
+            "web-1",
+            "echo \"$BERTH_LOG_ADDR\" > log_addr; exec sleep 300",
+            0,
+        ))
+        .await;
+    server.wait_event("web-1", pb::InstanceState::Healthy).await;
+    let work = dir.path().join("instances/web-1/work");
+    let addr = std::fs::read_to_string(work.join("log_addr")).unwrap();
+    assert_eq!(addr.trim(), format!("http://{}", agent.http_addr()));
+
+    let http = reqwest::Client::new();
+    let url = |id: &str| format!("{}/v1/instances/{id}/logs", addr.trim());
+    let pushed = http
+        .post(url("web-1"))
+        .body("pushed line")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 204);
+    let stdout = std::fs::read_to_string(dir.path().join("instances/web-1/stdout.log")).unwrap();
+    assert!(stdout.contains("pushed line\n"), "{stdout:?}");
+
+    let unknown = http.post(url("nobody")).body("x").send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let invalid = http.post(url("..")).body("x").send().await.unwrap();
+    assert!(invalid.status().is_client_error());
+    let huge = http
+        .post(url("web-1"))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    server.send(stop_cmd("web-1", 0, 1000)).await;
+    server.wait_event("web-1", pb::InstanceState::Exited).await;
+}

@@ -40,9 +40,16 @@ fn config() -> SupervisorConfig {
 }
 
 fn supervisor(dir: &std::path::Path) -> (Supervisor, CancellationToken) {
+    supervisor_with(dir, config())
+}
+
+fn supervisor_with(
+    dir: &std::path::Path,
+    config: SupervisorConfig,
+) -> (Supervisor, CancellationToken) {
     let token = CancellationToken::new();
     let sup = Supervisor::new(
-        config(),
+        config,
         Arc::new(ProcessDriver::new(Duration::from_millis(50))),
         RecordStore::open(dir).unwrap(),
         None,
@@ -224,4 +231,42 @@ async fn a_stop_of_a_re_adopted_instance_reaches_its_process_group() {
     let exited = wait_for_state(&mut events, "grp-1", pb::InstanceState::Exited).await;
     assert!(exited.message.contains("stopped"), "{}", exited.message);
     common::wait_gone(running.pid).await;
+}
+
+#[tokio::test]
+async fn logs_are_rotated_at_the_cap_and_finished_instances_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config();
+    config.log_rotator = LogRotator {
+        max_bytes: 1000,
+        keep: 2,
+    };
+    config.terminal_retention = Duration::from_millis(300);
+    let (sup, _token) = supervisor_with(dir.path(), config);
+    let mut events = sup.subscribe();
+    sup.start_instance(&start(
+        "chatty-1",
+        "for i in $(seq 1 500); do echo line $i; done; exec sleep 300",
+        0,
+    ));
+    wait_for_state(&mut events, "chatty-1", pb::InstanceState::Healthy).await;
+    let logs = dir.path().join("instances/chatty-1");
+    common::wait_until("the log was rotated", || {
+        std::fs::read_to_string(logs.join("stdout.log.1"))
+            .is_ok_and(|text| text.ends_with("line 500\n"))
+    })
+    .await;
+    assert!(std::fs::metadata(logs.join("stdout.log")).unwrap().len() <= 1000);
+
+    sup.stop_instance(&pb::StopInstance {
+        instance_id: "chatty-1".into(),
+        drain_ms: 0,
+        grace_ms: 1000,
+        reason: String::new(),
+    });
+    wait_for_state(&mut events, "chatty-1", pb::InstanceState::Exited).await;
+    common::wait_until("the finished instance is forgotten", || {
+        sup.statuses().is_empty() && !logs.exists()
+    })
+    .await;
 }

@@ -81,6 +81,7 @@ server.serve_forever()
 #[tokio::test]
 async fn http_check_passes_on_200_and_fails_on_404() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     let mut events2 = sup.subscribe();
@@ -99,6 +100,7 @@ async fn http_check_passes_on_200_and_fails_on_404() {
 #[tokio::test]
 async fn https_check_needs_ignore_tls_errors_for_a_self_signed_certificate() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     let mut events2 = sup.subscribe();
@@ -118,6 +120,7 @@ async fn https_check_needs_ignore_tls_errors_for_a_self_signed_certificate() {
 #[tokio::test]
 async fn tcp_check_and_grace_period() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     // Listens only after 1.5 s: failures inside the 5 s grace do not count.
@@ -143,6 +146,7 @@ async fn tcp_check_and_grace_period() {
 #[tokio::test]
 async fn without_checks_an_instance_with_ports_is_healthy_once_port_0_accepts() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     let mut spec = start("plain", &format!("sleep 1; {HTTP_APP}"), check("tcp", ""));

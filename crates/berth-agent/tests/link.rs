@@ -22,6 +22,7 @@ const HTTP_APP: &str = "exec python3 -m http.server $PORT --bind 127.0.0.1";
 #[tokio::test]
 async fn hello_heartbeats_events_and_idempotent_commands() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 100).await;
     let (agent, _token) = agent(dir.path(), &[&server]).await;
     let hello = server.wait_hello().await;
@@ -73,6 +74,7 @@ async fn hello_heartbeats_events_and_idempotent_commands() {
 #[tokio::test]
 async fn fails_over_to_the_second_server_and_keeps_instances_running() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let first = FakeServer::start("s1", 100).await;
     let second = FakeServer::start("s2", 100).await;
     let (agent, _token) = agent(dir.path(), &[&first, &second]).await;
@@ -101,6 +103,7 @@ async fn fails_over_to_the_second_server_and_keeps_instances_running() {
 #[tokio::test]
 async fn keeps_retrying_an_unreachable_server_until_it_comes() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = reserved.local_addr().unwrap();
     drop(reserved);
@@ -122,6 +125,7 @@ async fn keeps_retrying_an_unreachable_server_until_it_comes() {
 #[tokio::test]
 async fn instances_outlive_the_agent_and_the_next_agent_re_adopts_them() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 100).await;
     let (agent, token) = agent(dir.path(), &[&server]).await;
     let node_id = agent.node_id().to_string();
@@ -162,6 +166,7 @@ async fn agent_on(dir: &std::path::Path, server: &FakeServer) -> (AgentHandle, C
 #[tokio::test]
 async fn bad_settings_are_refused_with_the_setting_named() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let mut config = AgentConfig::for_test(dir.path(), &[]);
     let err = start_with_token(config.clone(), CancellationToken::new())
         .await
@@ -188,6 +193,7 @@ async fn bad_settings_are_refused_with_the_setting_named() {
 #[tokio::test]
 async fn instances_push_log_lines_to_the_agent_intake() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 100).await;
     let (agent, _token) = agent(dir.path(), &[&server]).await;
     server.wait_hello().await;

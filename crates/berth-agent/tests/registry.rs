@@ -66,6 +66,7 @@ fn http_check() -> pb::HealthCheck {
 #[tokio::test]
 async fn registers_once_healthy_beats_and_deregisters_before_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 200).await;
     let nacos = FakeNacos::start().await;
     let (_agent, _token) = agent(dir.path(), &server, &nacos).await;
@@ -129,6 +130,7 @@ async fn registers_once_healthy_beats_and_deregisters_before_sigterm() {
 #[tokio::test]
 async fn a_failing_check_withdraws_the_instance_then_reports_it_unhealthy() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 200).await;
     let nacos = FakeNacos::start().await;
     let (_agent, _token) = agent(dir.path(), &server, &nacos).await;
@@ -190,6 +192,7 @@ async fn a_failing_check_withdraws_the_instance_then_reports_it_unhealthy() {
 #[tokio::test]
 async fn registration_survives_a_refusing_registry_and_a_forgetful_one() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let server = FakeServer::start("s1", 200).await;
     let nacos = FakeNacos::start().await;
     nacos.fail_next_registers(2);

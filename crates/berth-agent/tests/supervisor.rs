@@ -75,6 +75,7 @@ fn start(id: &str, cmd: &str, ports: u32) -> pb::StartInstance {
 #[tokio::test]
 async fn runs_an_instance_with_ports_and_env_then_stops_it() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     sup.start_instance(&start(
@@ -115,6 +116,7 @@ async fn runs_an_instance_with_ports_and_env_then_stops_it() {
 #[tokio::test]
 async fn a_crash_is_failed_with_exit_code_and_stderr_tail() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     sup.start_instance(&start(
@@ -135,6 +137,7 @@ async fn a_crash_is_failed_with_exit_code_and_stderr_tail() {
 #[tokio::test]
 async fn bad_requests_fail_with_the_field_named_and_never_run() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     let mut bad = start("bad-1", "true", 0);
@@ -181,6 +184,7 @@ async fn bad_requests_fail_with_the_field_named_and_never_run() {
 #[tokio::test]
 async fn a_restarted_supervisor_re_adopts_live_instances_and_reports_dead_ones() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (first, token) = supervisor(dir.path());
     let mut events = first.subscribe();
     first.start_instance(&start("keep-1", "exec sleep 300", 0));
@@ -213,6 +217,7 @@ async fn a_restarted_supervisor_re_adopts_live_instances_and_reports_dead_ones()
 #[tokio::test]
 async fn a_stop_of_a_re_adopted_instance_reaches_its_process_group() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let (first, token) = supervisor(dir.path());
     let mut events = first.subscribe();
     first.start_instance(&start("grp-1", "sleep 300 & wait", 0));
@@ -236,6 +241,7 @@ async fn a_stop_of_a_re_adopted_instance_reaches_its_process_group() {
 #[tokio::test]
 async fn logs_are_rotated_at_the_cap_and_finished_instances_are_forgotten() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let mut config = config();
     config.log_rotator = LogRotator {
         max_bytes: 1000,

@@ -129,6 +129,36 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Instances outlive agents by design: when dropped, kills the process group of every
+/// instance recorded under the data folder that is still the recorded process.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.0.join("instances")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path().join("instance.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let handle = &record["handle"];
+            if let (Some(pid), Some(ticks)) =
+                (handle["pid"].as_u64(), handle["start_ticks"].as_u64())
+                && berth_agent::procfs::is_same_live_process(pid as u32, ticks)
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -169,6 +199,7 @@ async fn start_agent(dir: &std::path::Path, server: SocketAddr) -> BerthProcess 
 #[tokio::test]
 async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
     let dir = temp_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
     let (server, addr) = Fake::start().await;
     let agent = start_agent(dir.path(), addr).await;
     let status = agent.addr("http");
@@ -236,6 +267,7 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
 #[tokio::test]
 async fn bad_flags_and_a_busy_data_folder_are_named() {
     let dir = temp_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(args)

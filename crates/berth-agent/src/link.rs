@@ -136,7 +136,7 @@ pub async fn run(
     }
 }
 
-/// One session. `Ok(true)`: it was established and ended because the agent stops.
+/// One session; returns when the agent stops (`Ok(established)`) or the session fails.
 async fn session(
     config: &LinkConfig,
     node: &NodeInfo,

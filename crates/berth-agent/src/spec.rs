@@ -170,6 +170,15 @@ impl InstanceSpec {
                     "both cmd and args are set: give cmd (run by /bin/sh -c) or args (no shell), not both",
                 ));
             }
+            (true, true) if !start.image.is_empty() => {
+                return Err(SpecError::field(
+                    "image",
+                    format!(
+                        "{:?} needs a container driver, and this node runs processes only: give cmd or args, or place the app on a node with the docker driver",
+                        start.image
+                    ),
+                ));
+            }
             (true, true) => {
                 return Err(SpecError::field(
                     "cmd",
@@ -370,6 +379,13 @@ mod tests {
             (|s| s.app_id = String::new(), "app_id"),
             (|s| s.args = vec!["x".into()], "both cmd and args"),
             (|s| s.cmd = String::new(), "neither cmd nor args"),
+            (
+                |s| {
+                    s.cmd = String::new();
+                    s.image = "shop-web:1.4".into();
+                },
+                "StartInstance.image",
+            ),
             (
                 |s| {
                     s.cmd = String::new();

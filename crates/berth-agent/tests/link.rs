@@ -181,6 +181,17 @@ async fn bad_settings_are_refused_with_the_setting_named() {
         .unwrap();
     assert!(err.to_string().contains("node_id"), "{err}");
     config.node_id = None;
+    std::fs::write(dir.path().join("node_id"), "not/valid\n").unwrap();
+    let err = start_with_token(config.clone(), CancellationToken::new())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("node_id") && err.contains("fix or delete"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("node_id")).unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     config.listen = busy.local_addr().unwrap();
     let err = start_with_token(config, CancellationToken::new())

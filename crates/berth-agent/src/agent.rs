@@ -99,6 +99,15 @@ pub async fn start_with_token(
             problem: "no server address: give --server HOST:PORT[,HOST:PORT...]".into(),
         });
     }
+    if config.advertise.is_unspecified() {
+        return Err(Error::Config {
+            key: "advertise",
+            problem: format!(
+                "{} cannot be reached by anyone: give this node's address (127.0.0.1 on one machine)",
+                config.advertise
+            ),
+        });
+    }
     // One agent per data folder: two would adopt and stop each other's instances.
     let data_dir = berth_util::datadir::DataDir::open(&config.data_dir)?;
     let node_id = node_id(&config)?;

@@ -57,16 +57,30 @@ async fn health(State(state): State<StatusState>) -> Response {
 
 async fn metrics(State(state): State<StatusState>) -> Response {
     let metrics = state.supervisor.metrics();
-    metrics.instances.clear();
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
     for status in state.supervisor.statuses() {
         let name = status
             .state()
             .as_str_name()
             .trim_start_matches("INSTANCE_STATE_");
+        *counts.entry(name.to_ascii_lowercase()).or_default() += 1;
+    }
+    // Set, not add: concurrent scrapes must not double count; states with no instance
+    // left read 0 rather than vanish.
+    for state_name in [
+        "starting",
+        "running",
+        "healthy",
+        "unhealthy",
+        "stopping",
+        "exited",
+        "failed",
+    ] {
+        let count = counts.get(state_name).copied().unwrap_or(0);
         metrics
             .instances
-            .get_or_create(&vec![("state", name.to_ascii_lowercase())])
-            .inc();
+            .get_or_create(&vec![("state", state_name.to_string())])
+            .set(count);
     }
     let mut text = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {

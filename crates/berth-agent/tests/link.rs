@@ -246,3 +246,28 @@ async fn instances_push_log_lines_to_the_agent_intake() {
     server.send(stop_cmd("web-1", 0, 1000)).await;
     server.wait_event("web-1", pb::InstanceState::Exited).await;
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_but_never_answers_is_left_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    // Accepts TCP connections and never speaks HTTP/2.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let good = FakeServer::start("good", 100).await;
+    let config = AgentConfig::for_test(dir.path(), &[silent_addr, good.addr]);
+    let agent = start_with_token(config, CancellationToken::new())
+        .await
+        .unwrap();
+    good.wait_hello().await;
+    common::wait_until("connected to the answering server", || {
+        agent.link_status().server_id.as_deref() == Some("good")
+    })
+    .await;
+}

@@ -7,7 +7,6 @@
 //! more than repeat its status.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,6 +25,10 @@ use crate::record::{InstanceRecord, Phase, RecordStore, now_ms};
 use crate::registry::NacosClient;
 use crate::spec::{InstanceId, InstanceSpec, Resources};
 use crate::tasks::Tasks;
+
+mod env;
+mod housekeeping;
+mod recover;
 
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -165,61 +168,6 @@ impl Supervisor {
         let _ = self.inner.events.send(record.to_status());
     }
 
-    /// Re-adopts what a previous agent process ran. Returns problems worth logging.
-    pub fn recover(&self) -> Vec<String> {
-        let (records, problems) = self.inner.store.load_all();
-        for mut record in records {
-            let id = record.id().clone();
-            if record.phase.is_terminal() {
-                self.lock().instances.insert(id, Slot::new(record));
-                continue;
-            }
-            let adopted = record
-                .handle
-                .as_ref()
-                .filter(|handle| handle.driver == self.inner.driver.name())
-                .and_then(|handle| self.inner.driver.adopt(handle));
-            match adopted {
-                Some(running) => {
-                    tracing::info!(instance = %id, pid = running.handle.pid, "re-adopted a running instance");
-                    let mut state = self.lock();
-                    state.ports.reserve(&record.ports);
-                    let stopping = record.stop_requested;
-                    let previously_healthy = record.phase == Phase::Healthy;
-                    state.instances.insert(id.clone(), Slot::new(record));
-                    drop(state);
-                    self.watch_exit(id.clone(), running.exit);
-                    if stopping {
-                        let handle = running.handle.clone();
-                        let grace = self.inner.config.default_grace;
-                        let driver = self.inner.driver.clone();
-                        self.inner.tasks.spawn(async move {
-                            let _ = driver.stop(&handle, grace).await;
-                        });
-                    } else {
-                        self.spawn_monitor(&id, previously_healthy);
-                    }
-                }
-                None => {
-                    record.phase = Phase::Exited;
-                    record.exit = Some(Exit::Unknown);
-                    record.message = if record.stop_requested {
-                        "stopped while the agent was not running".to_string()
-                    } else {
-                        "exited while the agent was not running (exit status unknown)".to_string()
-                    };
-                    let logs = self.inner.store.logs(&id);
-                    record.stderr_tail =
-                        stderr_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
-                    self.inner.metrics.exit("lost");
-                    self.commit(&mut record);
-                    self.lock().instances.insert(id, Slot::new(record));
-                }
-            }
-        }
-        problems
-    }
-
     /// Carries out a `StartInstance`.
     pub fn start_instance(&self, start: &pb::StartInstance) {
         let spec = match InstanceSpec::from_proto(start) {
@@ -315,48 +263,6 @@ impl Supervisor {
         let running = driver.start(&launch).map_err(|err| err.to_string())?;
         record.handle = Some(running.handle);
         Ok(running.exit)
-    }
-
-    /// The complete environment of an instance. Nothing of the agent's own environment
-    /// leaks in (it may hold the agent's settings) except PATH and locale; the spec's
-    /// variables come next and Berth's own last, so an app cannot shadow its ports.
-    pub fn env_for(&self, spec: &InstanceSpec, ports: &[u16]) -> BTreeMap<String, String> {
-        let config = &self.inner.config;
-        let mut env = BTreeMap::new();
-        env.insert(
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        );
-        for key in ["LANG", "LC_ALL", "TZ"] {
-            if let Ok(value) = std::env::var(key) {
-                env.insert(key.to_string(), value);
-            }
-        }
-        let work = self.inner.store.work_dir(&spec.instance_id);
-        env.insert("HOME".to_string(), work.display().to_string());
-        env.extend(spec.env.clone());
-        if let Some(port) = ports.first() {
-            env.insert("PORT".to_string(), port.to_string());
-        }
-        for (i, port) in ports.iter().enumerate() {
-            env.insert(format!("PORT{i}"), port.to_string());
-        }
-        let berth = [
-            ("HOST", config.advertise.clone()),
-            ("BERTH_APP_ID", spec.app_id.clone()),
-            ("BERTH_APP", spec.app_id.clone()),
-            ("BERTH_APP_VERSION", spec.app_version.to_string()),
-            ("BERTH_INSTANCE_ID", spec.instance_id.to_string()),
-            ("BERTH_INSTANCE", spec.instance_id.to_string()),
-            ("BERTH_NODE", config.node_id.clone()),
-        ];
-        for (key, value) in berth {
-            env.insert(key.to_string(), value);
-        }
-        if let Some(addr) = &config.log_addr {
-            env.insert("BERTH_LOG_ADDR".to_string(), addr.clone());
-        }
-        env
     }
 
     fn watch_exit(&self, id: InstanceId, exit: BoxFuture<'static, Exit>) {
@@ -495,52 +401,5 @@ impl Supervisor {
         record.phase = phase;
         record.message = message;
         self.commit(record);
-    }
-
-    /// Rotates oversized logs and forgets instances that ended long enough ago.
-    pub fn spawn_housekeeping(&self) {
-        let this = self.clone();
-        let token = self.inner.tasks.token().clone();
-        self.inner.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(this.inner.config.housekeeping_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => this.housekeeping(),
-                    _ = token.cancelled() => return,
-                }
-            }
-        });
-    }
-
-    fn housekeeping(&self) {
-        let config = &self.inner.config;
-        let cutoff = now_ms() - config.terminal_retention.as_millis() as i64;
-        let mut live_logs: Vec<PathBuf> = Vec::new();
-        let mut expired = Vec::new();
-        {
-            let mut state = self.lock();
-            state.instances.retain(|id, slot| {
-                if slot.record.phase.is_terminal() && slot.record.updated_at_ms < cutoff {
-                    expired.push(id.clone());
-                    return false;
-                }
-                if !slot.record.phase.is_terminal() {
-                    let logs = self.inner.store.logs(id);
-                    live_logs.push(logs.stdout);
-                    live_logs.push(logs.stderr);
-                }
-                true
-            });
-        }
-        for id in expired {
-            tracing::debug!(instance = %id, "forgetting a finished instance");
-            self.inner.store.remove(&id);
-        }
-        for path in live_logs {
-            if let Err(err) = config.log_rotator.rotate_if_needed(&path) {
-                tracing::warn!(path = %path.display(), "cannot rotate log: {err}");
-            }
-        }
     }
 }

@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent: starts instances for the server, health-checks and registers them.
+    Agent(Box<cmd::agent::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
     /// The control-plane server: desired state, reconciler, REST API, agent stream.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,

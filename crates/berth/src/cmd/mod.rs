@@ -4,6 +4,7 @@
 #![allow(dead_code)] // role plumbing, shared by the role subcommands as they are wired in
 
 pub mod apps;
+pub mod agent;
 pub mod completions;
 pub mod hello_app;
 pub mod registry;

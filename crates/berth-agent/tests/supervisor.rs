@@ -257,12 +257,19 @@ async fn logs_are_rotated_at_the_cap_and_finished_instances_are_forgotten() {
     ));
     wait_for_state(&mut events, "chatty-1", pb::InstanceState::Healthy).await;
     let logs = dir.path().join("instances/chatty-1");
-    common::wait_until("the log was rotated", || {
-        std::fs::read_to_string(logs.join("stdout.log.1"))
-            .is_ok_and(|text| text.ends_with("line 500\n"))
+    // A housekeeping pass may land while the program still writes, so the last line can
+    // end up in the live file or in the newest copy; either way the live file ends under
+    // the cap once the writing stops.
+    common::wait_until("the log was rotated under the cap", || {
+        let (Ok(rotated), Ok(live)) = (
+            std::fs::read_to_string(logs.join("stdout.log.1")),
+            std::fs::read_to_string(logs.join("stdout.log")),
+        ) else {
+            return false;
+        };
+        live.len() <= 1000 && (rotated + &live).ends_with("line 500\n")
     })
     .await;
-    assert!(std::fs::metadata(logs.join("stdout.log")).unwrap().len() <= 1000);
 
     sup.stop_instance(&pb::StopInstance {
         instance_id: "chatty-1".into(),

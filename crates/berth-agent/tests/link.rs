@@ -271,3 +271,59 @@ async fn a_server_that_accepts_but_never_answers_is_left_for_the_next() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_simulated_driver_runs_instances_without_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start("s1", 100).await;
+    let mut config = AgentConfig::for_test(dir.path(), &[server.addr]);
+    config.driver = berth_agent::config::DriverKind::Sim;
+    let _agent = start_with_token(config, CancellationToken::new())
+        .await
+        .unwrap();
+    let hello = server.wait_hello().await;
+    assert_eq!(hello.drivers, vec!["sim".to_string()]);
+
+    let mut web = pb::StartInstance {
+        instance_id: "sim-web".into(),
+        app_id: "shop/web".into(),
+        cmd: "ignored by the simulator".into(),
+        port_count: 1,
+        health_checks: vec![pb::HealthCheck {
+            protocol: "http".into(),
+            path: "/healthz".into(),
+            interval_seconds: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    server
+        .send(pb::server_message::Kind::Start(web.clone()))
+        .await;
+    let healthy = server
+        .wait_event("sim-web", pb::InstanceState::Healthy)
+        .await;
+    assert_eq!(healthy.pid, 0, "no process behind a simulated instance");
+    let body = reqwest::get(format!("http://127.0.0.1:{}/", healthy.ports[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "simulated instance sim-web\n");
+
+    web.instance_id = "sim-crash".into();
+    web.env
+        .insert("BERTH_SIM_EXIT_AFTER_MS".into(), "300".into());
+    web.env.insert("BERTH_SIM_EXIT_CODE".into(), "2".into());
+    server.send(pb::server_message::Kind::Start(web)).await;
+    let failed = server
+        .wait_event("sim-crash", pb::InstanceState::Failed)
+        .await;
+    assert_eq!(failed.exit_code, Some(2));
+
+    server.send(stop_cmd("sim-web", 0, 100)).await;
+    server
+        .wait_event("sim-web", pb::InstanceState::Exited)
+        .await;
+}

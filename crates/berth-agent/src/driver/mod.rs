@@ -4,9 +4,11 @@
 
 mod logs;
 mod process;
+mod sim;
 
 pub use logs::{LogFiles, LogRotator, stderr_tail};
 pub use process::ProcessDriver;
+pub use sim::SimDriver;
 
 use std::collections::BTreeMap;
 use std::fmt;

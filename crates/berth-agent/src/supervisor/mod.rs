@@ -240,7 +240,7 @@ impl Supervisor {
         record: &mut InstanceRecord,
     ) -> Result<BoxFuture<'static, Exit>, String> {
         let driver = &self.inner.driver;
-        if record.spec.driver != driver.name() {
+        if !record.spec.driver.is_empty() && record.spec.driver != driver.name() {
             return Err(format!(
                 "driver {:?} is not available on node {}: it offers {:?}; place the app on a node with that driver",
                 record.spec.driver,

@@ -78,7 +78,7 @@ impl fmt::Display for Exit {
             }
             Exit::Unknown => write!(
                 f,
-                "exited while re-adopted by a restarted agent (exit status unknown)"
+                "ended; exit status unknown (re-adopted after an agent restart, so not the agent's child)"
             ),
         }
     }

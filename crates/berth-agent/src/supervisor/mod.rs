@@ -295,7 +295,9 @@ impl Supervisor {
             (Phase::Failed, "failed")
         };
         record.phase = phase;
-        record.message = if record.stop_requested {
+        record.message = if record.stop_requested && exit == Exit::Unknown {
+            "stopped".to_string()
+        } else if record.stop_requested {
             format!("stopped: {exit}")
         } else {
             exit.to_string()

@@ -243,6 +243,21 @@ async fn instances_push_log_lines_to_the_agent_intake() {
         .await
         .unwrap();
     assert_eq!(huge.status(), 413);
+
+    let read = |query: &str| {
+        let url = format!("{}{query}", url("web-1"));
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(read("?lines=1").await, (200, "pushed line\n".to_string()));
+    assert_eq!(read("?stream=stderr").await, (200, String::new()));
+    for bad in ["?stream=both", "?lines=0", "?lines=x", "?colour=red"] {
+        let (status, body) = read(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     server.send(stop_cmd("web-1", 0, 1000)).await;
     server.wait_event("web-1", pb::InstanceState::Exited).await;
 }

@@ -6,7 +6,7 @@ mod logs;
 mod process;
 mod sim;
 
-pub use logs::{LogFiles, LogRotator, stderr_tail};
+pub use logs::{LogFiles, LogRotator, log_tail};
 pub use process::ProcessDriver;
 pub use sim::SimDriver;
 

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, Exit, LaunchSpec, LogRotator, stderr_tail};
+use crate::driver::{Driver, Exit, LaunchSpec, LogRotator, log_tail};
 use crate::health::Prober;
 use crate::metrics::AgentMetrics;
 use crate::monitor::{self, MonitorCtx};
@@ -304,8 +304,7 @@ impl Supervisor {
         };
         if !exit.success() {
             let logs = self.inner.store.logs(id);
-            record.stderr_tail =
-                stderr_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
+            record.stderr_tail = log_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
         }
         tracing::info!(instance = %id, "instance {}", record.message);
         self.inner.metrics.exit(outcome);

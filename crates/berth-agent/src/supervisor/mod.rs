@@ -369,6 +369,9 @@ impl Supervisor {
         let Some(slot) = state.instances.get_mut(id) else {
             return;
         };
+        if slot.record.stop_requested || slot.record.phase.is_terminal() {
+            return;
+        }
         let spec = slot.record.spec.clone();
         let ctx = MonitorCtx {
             env: self.env_for(&spec, &slot.record.ports),

@@ -249,6 +249,19 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
         .expect("re-adopted instance in the Hello");
     assert_eq!(adopted.pid, healthy.pid, "not restarted");
 
+    // A crashed agent (SIGKILL, no cleanup at all) loses nothing either.
+    again.kill().await;
+    assert!(alive(healthy.pid));
+    let again = start_agent(dir.path(), addr).await;
+    let hello = server.hello(3).await;
+    assert!(
+        hello
+            .instances
+            .iter()
+            .any(|i| i.instance_id == "web-1" && i.pid == healthy.pid),
+        "{hello:?}"
+    );
+
     server
         .send(pb::server_message::Kind::Stop(pb::StopInstance {
             instance_id: "web-1".into(),

@@ -13,8 +13,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, validate_node_id};
-use crate::driver::{LogRotator, ProcessDriver};
+use crate::config::{AgentConfig, DriverKind, validate_node_id};
+use crate::driver::{Driver, LogRotator, ProcessDriver, SimDriver};
 use crate::link::{self, LinkConfig, LinkStatus, NodeInfo, server_uri};
 use crate::metrics::AgentMetrics;
 use crate::record::{RecordError, RecordStore};
@@ -136,6 +136,10 @@ pub async fn start_with_token(
     let nacos = config
         .registry_http
         .map(|addr| NacosClient::new(format!("http://{addr}"), config.registry_timeout));
+    let driver: Arc<dyn Driver> = match config.driver {
+        DriverKind::Process => Arc::new(ProcessDriver::new(config.exit_poll)),
+        DriverKind::Sim => Arc::new(SimDriver::new()),
+    };
     let supervisor = Supervisor::new(
         SupervisorConfig {
             node_id: node_id.clone(),
@@ -152,7 +156,7 @@ pub async fn start_with_token(
             default_grace: config.stop_grace,
             log_addr: Some(format!("http://{status_addr}")),
         },
-        Arc::new(ProcessDriver::new(config.exit_poll)),
+        driver,
         store.clone(),
         nacos,
         tasks.clone(),

@@ -20,6 +20,7 @@
 //! | `log_max_bytes`, `log_keep` | `10485760`, `3` | per-file log cap and rotated copies kept |
 //! | `retention` | `10m` | how long finished instances stay reported and on disk |
 //! | `stop_grace` | `10s` | grace of a stop resumed after an agent restart |
+//! | `driver` | `process` | `process` (real programs) or `sim` (simulated instances, for tests and benchmarks) |
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,6 +33,7 @@ use crate::ports::PortRange;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    pub driver: DriverKind,
     pub servers: Vec<String>,
     pub registry: Option<String>,
     pub registry_http: Option<SocketAddr>,
@@ -69,6 +71,7 @@ impl AgentConfig {
     /// Defaults for everything but the required settings.
     pub fn new(servers: Vec<String>, data_dir: &Path) -> Self {
         Self {
+            driver: DriverKind::Process,
             servers,
             registry: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
@@ -147,8 +150,29 @@ impl AgentConfig {
         config.log_keep = layers.get_or("log_keep", d.log_keep)?;
         config.retention = layers.get_or("retention", d.retention)?;
         config.stop_grace = layers.get_or("stop_grace", d.stop_grace)?;
+        config.driver = layers.get_or("driver", d.driver)?;
         layers.finish()?;
         Ok(config)
+    }
+}
+
+/// Which driver runs this node's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    Process,
+    Sim,
+}
+
+impl FromConfigValue for DriverKind {
+    fn expected() -> String {
+        "`process` or `sim`".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "process" => Some(Self::Process),
+            "sim" => Some(Self::Sim),
+            _ => None,
+        }
     }
 }
 
@@ -291,6 +315,7 @@ mod tests {
             ("node_id", "a/b"),
             ("advertise", "localhost"),
             ("registry_http", "nowhere"),
+            ("driver", "docker"),
         ] {
             let err = layers(&[("server", "s:1"), ("data_dir", "/tmp/x"), (key, value)])
                 .unwrap_err()

@@ -79,9 +79,11 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = ctx.cancel.cancelled() => break,
+            // A stop or the agent's shutdown wins over a probe that is due as well.
+            biased;
             _ = ctx.agent.cancelled() => return,
+            _ = ctx.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(wake) => {}
         }
         if checks.is_empty() {
             if !healthy {

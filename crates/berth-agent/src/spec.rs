@@ -186,11 +186,8 @@ impl InstanceSpec {
                 ));
             }
         };
-        let driver = if start.driver.is_empty() {
-            "process".to_string()
-        } else {
-            start.driver.clone()
-        };
+        // Empty: whatever driver the node runs.
+        let driver = start.driver.clone();
         if start.port_count > MAX_PORTS {
             return Err(SpecError::field(
                 "port_count",
@@ -358,7 +355,7 @@ mod tests {
         });
         let spec = InstanceSpec::from_proto(&s).unwrap();
         assert_eq!(spec.command, CommandLine::Shell("exec ./web".into()));
-        assert_eq!(spec.driver, "process");
+        assert_eq!(spec.driver, "", "no driver asked for: the node's own");
         let check = &spec.health_checks[0];
         assert_eq!(
             check.kind,

@@ -37,7 +37,9 @@ pub fn router(state: StatusState) -> Router {
         .route("/v1/instances", get(instances))
         .route(
             "/v1/instances/{id}/logs",
-            post(push_logs).layer(DefaultBodyLimit::max(LOG_PUSH_LIMIT)),
+            post(push_logs)
+                .layer(DefaultBodyLimit::max(LOG_PUSH_LIMIT))
+                .get(read_logs),
         )
         .with_state(state)
 }
@@ -118,6 +120,81 @@ async fn instances(State(state): State<StatusState>) -> Response {
         })
         .collect();
     axum::Json(list).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    stream: Option<String>,
+    lines: Option<usize>,
+}
+
+/// Most lines one read returns; older lines stay in the files.
+const MAX_LOG_LINES: usize = 10_000;
+
+/// The last `lines` lines (default 100) of an instance's `stdout` (default) or `stderr`.
+async fn read_logs(
+    State(state): State<StatusState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let query = match query {
+        Ok(axum::extract::Query(query)) => query,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{err}: use ?stream=stdout|stderr&lines=N"),
+            );
+        }
+    };
+    let Ok(id) = InstanceId::try_from(id.clone()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an instance id"),
+        );
+    };
+    if !state
+        .supervisor
+        .statuses()
+        .iter()
+        .any(|s| s.instance_id == id.as_str())
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no instance {id} on this node"),
+        );
+    }
+    let logs = state.store.logs(&id);
+    let path = match query.stream.as_deref().unwrap_or("stdout") {
+        "stdout" => logs.stdout,
+        "stderr" => logs.stderr,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("stream {other:?} does not exist: use stdout or stderr"),
+            );
+        }
+    };
+    let lines = query.lines.unwrap_or(100);
+    if lines == 0 || lines > MAX_LOG_LINES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("lines={lines} is out of range: ask for 1 to {MAX_LOG_LINES}"),
+        );
+    }
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = crate::driver::log_tail(&path, lines, 4 * 1024 * 1024);
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 /// Appends pushed lines to the instance's stdout log (O_APPEND keeps whole writes

@@ -123,9 +123,10 @@ async fn tcp_check_and_grace_period() {
     let _reaper = common::Reaper(dir.path().to_path_buf());
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
-    // Listens only after 1.5 s: failures inside the 5 s grace do not count.
+    // Listens only after 1.5 s: failures inside the grace do not count (the grace is long
+    // so a slow machine cannot push the start past it; the first success ends it anyway).
     let mut tcp = check("tcp", "");
-    tcp.grace_period_seconds = 5;
+    tcp.grace_period_seconds = 20;
     tcp.max_consecutive_failures = 1;
     sup.start_instance(&start("late", &format!("sleep 1.5; {HTTP_APP}"), tcp));
     let mut seen = Vec::new();

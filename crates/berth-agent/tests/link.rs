@@ -243,6 +243,21 @@ async fn instances_push_log_lines_to_the_agent_intake() {
         .await
         .unwrap();
     assert_eq!(huge.status(), 413);
+
+    let read = |query: &str| {
+        let url = format!("{}{query}", url("web-1"));
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(read("?lines=1").await, (200, "pushed line\n".to_string()));
+    assert_eq!(read("?stream=stderr").await, (200, String::new()));
+    for bad in ["?stream=both", "?lines=0", "?lines=x", "?colour=red"] {
+        let (status, body) = read(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     server.send(stop_cmd("web-1", 0, 1000)).await;
     server.wait_event("web-1", pb::InstanceState::Exited).await;
 }
@@ -270,4 +285,60 @@ async fn a_server_that_accepts_but_never_answers_is_left_for_the_next() {
         agent.link_status().server_id.as_deref() == Some("good")
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_simulated_driver_runs_instances_without_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start("s1", 100).await;
+    let mut config = AgentConfig::for_test(dir.path(), &[server.addr]);
+    config.driver = berth_agent::config::DriverKind::Sim;
+    let _agent = start_with_token(config, CancellationToken::new())
+        .await
+        .unwrap();
+    let hello = server.wait_hello().await;
+    assert_eq!(hello.drivers, vec!["sim".to_string()]);
+
+    let mut web = pb::StartInstance {
+        instance_id: "sim-web".into(),
+        app_id: "shop/web".into(),
+        cmd: "ignored by the simulator".into(),
+        port_count: 1,
+        health_checks: vec![pb::HealthCheck {
+            protocol: "http".into(),
+            path: "/healthz".into(),
+            interval_seconds: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    server
+        .send(pb::server_message::Kind::Start(web.clone()))
+        .await;
+    let healthy = server
+        .wait_event("sim-web", pb::InstanceState::Healthy)
+        .await;
+    assert_eq!(healthy.pid, 0, "no process behind a simulated instance");
+    let body = reqwest::get(format!("http://127.0.0.1:{}/", healthy.ports[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "simulated instance sim-web\n");
+
+    web.instance_id = "sim-crash".into();
+    web.env
+        .insert("BERTH_SIM_EXIT_AFTER_MS".into(), "300".into());
+    web.env.insert("BERTH_SIM_EXIT_CODE".into(), "2".into());
+    server.send(pb::server_message::Kind::Start(web)).await;
+    let failed = server
+        .wait_event("sim-crash", pb::InstanceState::Failed)
+        .await;
+    assert_eq!(failed.exit_code, Some(2));
+
+    server.send(stop_cmd("sim-web", 0, 100)).await;
+    server
+        .wait_event("sim-web", pb::InstanceState::Exited)
+        .await;
 }

@@ -249,6 +249,19 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
         .expect("re-adopted instance in the Hello");
     assert_eq!(adopted.pid, healthy.pid, "not restarted");
 
+    // A crashed agent (SIGKILL, no cleanup at all) loses nothing either.
+    again.kill().await;
+    assert!(alive(healthy.pid));
+    let again = start_agent(dir.path(), addr).await;
+    let hello = server.hello(3).await;
+    assert!(
+        hello
+            .instances
+            .iter()
+            .any(|i| i.instance_id == "web-1" && i.pid == healthy.pid),
+        "{hello:?}"
+    );
+
     server
         .send(pb::server_message::Kind::Stop(pb::StopInstance {
             instance_id: "web-1".into(),
@@ -319,4 +332,127 @@ async fn bad_flags_and_a_busy_data_folder_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&data), "names the locked folder: {err}");
     assert!(first.terminate().await.success());
+}
+
+/// The whole path with real roles: the server places instances on the agent, the agent
+/// runs them, registers them in the registry once healthy and deregisters them when the
+/// server scales the app down.
+#[tokio::test]
+async fn with_real_server_and_registry_healthy_instances_are_registered_then_withdrawn() {
+    let dir = temp_dir();
+    let _reaper = Reaper(dir.path().join("agent"));
+    let bin = env!("CARGO_BIN_EXE_berth");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let registry = BerthProcess::start(
+        bin,
+        &[
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path("registry"),
+        ],
+    )
+    .await;
+    let server = BerthProcess::start(
+        bin,
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path("server"),
+            "--startup-grace",
+            "500ms",
+        ],
+    )
+    .await;
+    let agent = BerthProcess::start(
+        bin,
+        &[
+            "agent",
+            "--server",
+            &server.addr("grpc").to_string(),
+            "--registry",
+            &registry.addr("grpc").to_string(),
+            "--registry-http",
+            &registry.addr("http").to_string(),
+            "--data-dir",
+            &path("agent"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let app = dir.path().join("app.toml");
+    std::fs::write(
+        &app,
+        r#"
+id = "bb/web"
+cmd = "exec python3 -m http.server $PORT --bind 127.0.0.1"
+instances = 2
+cpus = 0.1
+mem = 32
+ports = 1
+routes = ["web.bb.test"]
+[[health_checks]]
+protocol = "http"
+path = "/"
+interval_seconds = 1
+timeout_seconds = 1
+grace_period_seconds = 5
+"#,
+    )
+    .unwrap();
+    let url = format!("http://{}", server.addr("http"));
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("--server-url")
+            .arg(&url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&["apps", "deploy", app.to_str().unwrap()]);
+
+    let list = "/nacos/v1/ns/instance/list?serviceName=bb.web";
+    let hosts = wait_for("two registered instances", WAIT, || async {
+        let (_, body) = http_get(registry.addr("http"), list).await;
+        let value: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let hosts = value["hosts"].as_array()?.clone();
+        (hosts.len() == 2).then_some(hosts)
+    })
+    .await;
+    for host in &hosts {
+        assert_eq!(host["metadata"]["berth.app"], "bb/web");
+        assert_eq!(host["metadata"]["berth.routes"], "web.bb.test");
+        let port = host["port"].as_u64().unwrap() as u16;
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        );
+    }
+
+    cli(&["apps", "scale", "bb/web", "0"]);
+    wait_until("the registry holds none", WAIT, || async {
+        let (_, body) = http_get(registry.addr("http"), list).await;
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["hosts"].as_array().map(|h| h.is_empty()))
+            .unwrap_or(false)
+    })
+    .await;
+    for process in [agent, server, registry] {
+        assert!(process.terminate().await.success());
+    }
 }

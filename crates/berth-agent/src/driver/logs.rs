@@ -73,7 +73,7 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
 
 /// The last `max_lines` lines (at most `max_bytes`) of a log, reaching into the newest
 /// rotated copy when the live file was just truncated. Invalid UTF-8 is replaced.
-pub fn stderr_tail(path: &Path, max_lines: usize, max_bytes: u64) -> String {
+pub fn log_tail(path: &Path, max_lines: usize, max_bytes: u64) -> String {
     let mut bytes = read_tail(path, max_bytes);
     if (bytes.len() as u64) < max_bytes {
         let mut older = read_tail(&numbered(path, 1), max_bytes - bytes.len() as u64);
@@ -138,8 +138,8 @@ mod tests {
         let path = dir.path().join("stderr.log");
         std::fs::write(numbered(&path, 1), "one\ntwo\n").unwrap();
         std::fs::write(&path, "three\nfour\n").unwrap();
-        assert_eq!(stderr_tail(&path, 3, 4096), "two\nthree\nfour");
-        assert_eq!(stderr_tail(&path, 10, 5), "four");
-        assert_eq!(stderr_tail(&dir.path().join("missing"), 3, 100), "");
+        assert_eq!(log_tail(&path, 3, 4096), "two\nthree\nfour");
+        assert_eq!(log_tail(&path, 10, 5), "four");
+        assert_eq!(log_tail(&dir.path().join("missing"), 3, 100), "");
     }
 }

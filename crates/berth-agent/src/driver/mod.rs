@@ -4,9 +4,11 @@
 
 mod logs;
 mod process;
+mod sim;
 
-pub use logs::{LogFiles, LogRotator, stderr_tail};
+pub use logs::{LogFiles, LogRotator, log_tail};
 pub use process::ProcessDriver;
+pub use sim::SimDriver;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,7 +78,7 @@ impl fmt::Display for Exit {
             }
             Exit::Unknown => write!(
                 f,
-                "exited while re-adopted by a restarted agent (exit status unknown)"
+                "ended; exit status unknown (re-adopted after an agent restart, so not the agent's child)"
             ),
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, Exit, LaunchSpec, LogRotator, stderr_tail};
+use crate::driver::{Driver, Exit, LaunchSpec, LogRotator, log_tail};
 use crate::health::Prober;
 use crate::metrics::AgentMetrics;
 use crate::monitor::{self, MonitorCtx};
@@ -240,7 +240,7 @@ impl Supervisor {
         record: &mut InstanceRecord,
     ) -> Result<BoxFuture<'static, Exit>, String> {
         let driver = &self.inner.driver;
-        if record.spec.driver != driver.name() {
+        if !record.spec.driver.is_empty() && record.spec.driver != driver.name() {
             return Err(format!(
                 "driver {:?} is not available on node {}: it offers {:?}; place the app on a node with that driver",
                 record.spec.driver,
@@ -295,15 +295,16 @@ impl Supervisor {
             (Phase::Failed, "failed")
         };
         record.phase = phase;
-        record.message = if record.stop_requested {
+        record.message = if record.stop_requested && exit == Exit::Unknown {
+            "stopped".to_string()
+        } else if record.stop_requested {
             format!("stopped: {exit}")
         } else {
             exit.to_string()
         };
         if !exit.success() {
             let logs = self.inner.store.logs(id);
-            record.stderr_tail =
-                stderr_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
+            record.stderr_tail = log_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
         }
         tracing::info!(instance = %id, "instance {}", record.message);
         self.inner.metrics.exit(outcome);
@@ -368,6 +369,9 @@ impl Supervisor {
         let Some(slot) = state.instances.get_mut(id) else {
             return;
         };
+        if slot.record.stop_requested || slot.record.phase.is_terminal() {
+            return;
+        }
         let spec = slot.record.spec.clone();
         let ctx = MonitorCtx {
             env: self.env_for(&spec, &slot.record.ports),

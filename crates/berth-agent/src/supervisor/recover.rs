@@ -1,7 +1,7 @@
 //! Re-adoption after an agent restart: every record of the data folder is matched with
 //! its process (pid, start time, boot), and what ended meanwhile is reported as exited.
 
-use crate::driver::{Exit, stderr_tail};
+use crate::driver::{Exit, log_tail};
 use crate::record::Phase;
 
 use super::{Slot, Supervisor};
@@ -52,7 +52,7 @@ impl Supervisor {
                     };
                     let logs = self.inner.store.logs(&id);
                     record.stderr_tail =
-                        stderr_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
+                        log_tail(&logs.stderr, self.inner.config.stderr_tail_lines, 4096);
                     self.inner.metrics.exit("lost");
                     self.commit(&mut record);
                     self.lock().instances.insert(id, Slot::new(record));

@@ -76,6 +76,10 @@ pub struct Args {
     /// How long finished instances stay reported and on disk. [default: 10m]
     #[arg(long, value_name = "DURATION")]
     retention: Option<String>,
+    /// `process` runs real programs; `sim` simulates instances in the agent (an HTTP
+    /// answer on PORT, no process), for tests and benchmarks. [default: process]
+    #[arg(long, value_name = "DRIVER")]
+    driver: Option<String>,
     /// Grace of a stop resumed after an agent restart. [default: 10s]
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
@@ -103,7 +107,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("log_max_bytes", args.log_max_bytes)
         .set("log_keep", args.log_keep)
         .set("retention", args.retention)
-        .set("stop_grace", args.stop_grace);
+        .set("stop_grace", args.stop_grace)
+        .set("driver", args.driver);
     let mut layers = super::layers("agent", args.role.config.as_deref(), flags)?;
     let config = AgentConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

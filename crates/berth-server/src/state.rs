@@ -310,6 +310,8 @@ impl RealState {
             self.observe(old.get(&inst.id), inst, now, events);
         }
         for (gone_id, gone) in old.iter().filter(|(k, _)| !fresh.contains_key(*k)) {
+            // Gone for good: its failure was counted already, the id is no longer needed.
+            self.counted_failures.remove(gone_id);
             let requested = self.stop_requested.remove(gone_id).is_some();
             if !requested && gone.state.is_active() {
                 events.emit(

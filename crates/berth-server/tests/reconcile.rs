@@ -345,3 +345,61 @@ async fn instances_reported_without_resources_still_hold_their_share() {
     assert!(why.contains("largest free is 44 MiB on n1"), "{why}");
     assert_eq!(a.starts(), 0);
 }
+
+#[tokio::test]
+async fn update_replaces_old_instances_only_once_new_ones_are_healthy() {
+    use berth_proto::agent::v1::InstanceState;
+    let s = TestServer::start().await;
+    let a = FakeAgent::connect(s.agent_addr(), NodeSpec::new("n1", 4.0, 1024)).await;
+    let checks = json!([{"protocol": "tcp", "interval_seconds": 1, "timeout_seconds": 1}]);
+    let v1 = s
+        .deploy(json!({"id": "hc", "cmd": "v1", "instances": 2, "health_checks": checks}))
+        .await["config_version"]
+        .as_u64()
+        .unwrap();
+    wait_until("2 started", WAIT, || async { a.running_of("hc") == 2 }).await;
+    for i in a.running() {
+        a.set_state(&i.instance_id, InstanceState::Healthy).await;
+    }
+    // Only one extra instance at a time: maximum_over_capacity 0.5 of 2.
+    let v2 = s
+        .deploy(
+            json!({"id": "hc", "cmd": "v2", "instances": 2, "health_checks": checks,
+                       "upgrade_strategy": {"maximum_over_capacity": 0.5}}),
+        )
+        .await["config_version"]
+        .as_u64()
+        .unwrap();
+    wait_until("one new started", WAIT, || async {
+        a.running().iter().filter(|i| i.app_version == v2).count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old_left = a.running().iter().filter(|i| i.app_version == v1).count();
+    assert_eq!(
+        old_left, 2,
+        "running but not healthy: no old instance may go"
+    );
+    assert_eq!(
+        a.running().iter().filter(|i| i.app_version == v2).count(),
+        1,
+        "capped"
+    );
+
+    // Each new instance that turns healthy lets one old one go and the next new one start.
+    for _ in 0..2 {
+        let fresh = wait_for("a new unhealthy-yet instance", WAIT, || async {
+            a.running()
+                .into_iter()
+                .find(|i| i.app_version == v2 && i.state == InstanceState::Running as i32)
+        })
+        .await;
+        a.set_state(&fresh.instance_id, InstanceState::Healthy)
+            .await;
+    }
+    wait_until("all new and healthy, old gone", WAIT, || async {
+        let r = a.running();
+        r.len() == 2 && r.iter().all(|i| i.app_version == v2)
+    })
+    .await;
+}

@@ -129,3 +129,26 @@ async fn sse_streams_filtered_events() {
     // Shutdown ends open streams instead of hanging.
     s.stop().await;
 }
+
+#[tokio::test]
+async fn sse_replays_recent_events_first() {
+    let s = TestServer::start().await;
+    s.deploy(json!({"id": "r1", "cmd": "x"})).await;
+    s.deploy(json!({"id": "r2", "cmd": "x"})).await;
+    let resp = reqwest::get(s.url("/v1/events?types=app_created&replay=10"))
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while text.matches("event: app_created").count() < 2 {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let r1 = text.find("\"app\":\"r1\"").expect("r1 replayed");
+    let r2 = text.find("\"app\":\"r2\"").expect("r2 replayed");
+    assert!(r1 < r2, "oldest first: {text}");
+}

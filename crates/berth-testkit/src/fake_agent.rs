@@ -251,6 +251,24 @@ impl FakeAgent {
             .unwrap();
     }
 
+    /// Moves an instance to `state` (e.g. healthy) and reports it at once.
+    pub async fn set_state(&self, instance_id: &str, state: pb::InstanceState) {
+        let st = {
+            let mut i = self.inner.lock().unwrap();
+            let st = i.instances.get_mut(instance_id).expect("instance exists");
+            st.state = state as i32;
+            st.clone()
+        };
+        self.tx
+            .send(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::Event(pb::InstanceEvent {
+                    instance: Some(st),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
     /// Stops heartbeats and closes the stream: the node vanishes.
     pub fn vanish(&self) {
         self.inner.lock().unwrap().silent = true;

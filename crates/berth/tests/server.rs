@@ -11,6 +11,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_berth");
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn server(dir: &Path) -> BerthProcess {
+    server_on(dir, "127.0.0.1:0").await
+}
+
+async fn server_on(dir: &Path, agent_listen: &str) -> BerthProcess {
     BerthProcess::start(
         BIN,
         &[
@@ -18,7 +22,7 @@ async fn server(dir: &Path) -> BerthProcess {
             "--listen",
             "127.0.0.1:0",
             "--agent-listen",
-            "127.0.0.1:0",
+            agent_listen,
             "--registry",
             "127.0.0.1:9848",
             "--data-dir",
@@ -303,4 +307,136 @@ async fn deploy_of_a_crashing_app_fails_with_the_exit_reason() {
     assert!(!out.ok, "{}", out.stdout);
     assert!(out.stderr.contains("crash keeps failing"), "{}", out.stderr);
     assert!(out.stderr.contains("exited with code 1"), "{}", out.stderr);
+}
+
+/// The real pair: `berth server` and `berth agent` (process driver) over loopback.
+#[tokio::test]
+async fn real_agent_runs_heals_and_scales_an_app() {
+    let data = tempfile::tempdir().unwrap();
+    // A fixed agent port, so the agent finds the server again after its restart.
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let s = server_on(&data.path().join("server"), &grpc).await;
+    let agent_dir = data.path().join("agent");
+    let _agent = BerthProcess::start(
+        BIN,
+        &[
+            "agent",
+            "--server",
+            &grpc,
+            "--registry",
+            "127.0.0.1:9848",
+            "--registry-http",
+            "off",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "real-node",
+            "--cpus",
+            "4",
+            "--mem-mib",
+            "4096",
+        ],
+    )
+    .await;
+    let spec = write(
+        data.path(),
+        "sleeper.toml",
+        "id = \"real/sleeper\"\ncmd = \"exec sleep 300\"\ninstances = 2\nmem = 16\n",
+    );
+    let out = cli(&s, &["apps", "deploy", "--timeout", "30s", &spec]).await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+
+    let running = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["state"] == "running" || i["state"] == "healthy")
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    i["pid"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let instances = || async {
+        let out = cli(&s, &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let before = running(&instances().await);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // kill -9 one instance: the agent reports it failed, the server starts a replacement.
+    let (victim, pid) = before[0].clone();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until("replacement running", WAIT, || async {
+        let now = running(&instances().await);
+        now.len() == 2 && now.iter().all(|(id, _)| *id != victim)
+    })
+    .await;
+
+    // Restart the server: the agent reconnects, reports, and nothing is restarted.
+    let pids: Vec<u64> = running(&instances().await)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert!(s.terminate().await.success());
+    let s = server_on(&data.path().join("server"), &grpc).await;
+    let instances = || async {
+        let out = cli(&s, &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    wait_until("agent reports again", WAIT, || async {
+        running(&instances().await).len() == 2
+    })
+    .await;
+    let url = format!("http://{}/v1/info", s.addr("http"));
+    wait_until("reconciler active", WAIT, || async {
+        let info: serde_json::Value = reqwest_get(&url).await;
+        info["reconciler"] == "active"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut after: Vec<u64> = running(&instances().await)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let mut pids = pids;
+    pids.sort();
+    after.sort();
+    assert_eq!(pids, after, "same processes after the server restart");
+
+    let out = cli(&s, &["apps", "scale", "real/sleeper", "0"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_until("all stopped", WAIT, || async {
+        running(&instances().await).is_empty()
+    })
+    .await;
+    let (_, pid_left) = before[1].clone();
+    wait_until("process gone", WAIT, || async {
+        !std::path::Path::new(&format!("/proc/{pid_left}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid_left}/stat"))
+                .is_ok_and(|s| s.contains(") Z"))
+    })
+    .await;
+}
+
+async fn reqwest_get(url: &str) -> serde_json::Value {
+    match reqwest::get(url).await {
+        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
 }

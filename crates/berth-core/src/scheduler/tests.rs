@@ -193,3 +193,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn spread_balances_identical_nodes(nodes in 1usize..30, count in 0u32..200, existing in prop::collection::vec(0u32..5, 30)) {
+        let app = AppId::parse("a").unwrap();
+        let mut ns: Vec<NodeView> = (0..nodes).map(|i| node(&format!("n{i}"), 1000.0, 1_000_000)).collect();
+        for (i, n) in ns.iter_mut().enumerate() {
+            if existing[i] > 0 {
+                n.app_counts.insert(app.clone(), existing[i]);
+            }
+        }
+        let before: Vec<u32> = ns.iter().map(|n| n.count_of(&app)).collect();
+        let out = place(&mut ns, &req(&app, 1, count, &[]));
+        prop_assert_eq!(out.placed.len() as u32, count);
+        let after: Vec<u32> = ns.iter().map(|n| n.count_of(&app)).collect();
+        // Water-filling: every placement went to a node at the lowest count, so the
+        // final counts differ by at most one among nodes that received any.
+        let min = *after.iter().min().unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            if a > b {
+                prop_assert!(*a <= min + 1, "before {:?} after {:?}", before, after);
+            }
+        }
+    }
+}

@@ -38,7 +38,7 @@ struct Live {
     id: InstanceId,
     node: NodeId,
     version: u64,
-    up: bool,
+    state: InstanceState,
     /// Newer sorts later; pending starts are the youngest.
     age_key: (bool, i64),
 }
@@ -65,7 +65,7 @@ pub fn plan(
                     id: inst.id.clone(),
                     node: node.id.clone(),
                     version: inst.version,
-                    up: inst.state.is_up(),
+                    state: inst.state,
                     age_key: (false, inst.started_at_ms),
                 });
             }
@@ -76,7 +76,7 @@ pub fn plan(
             id: p.id.clone(),
             node: p.node.clone(),
             version: p.version,
-            up: false,
+            state: InstanceState::Pending,
             age_key: (true, 0),
         });
     }
@@ -110,7 +110,14 @@ pub fn plan(
         let (mut current, mut old): (Vec<&Live>, Vec<&Live>) =
             live.iter().partition(|l| l.version == cfgv);
         let wanted = app.spec.instances as usize;
-        let current_up = current.iter().filter(|l| l.up).count();
+        // With health checks a new instance counts once healthy; old ones count while
+        // they run, whatever checks their version had.
+        let checked = !app.spec.health_checks.is_empty();
+        let current_up = current
+            .iter()
+            .filter(|l| l.state == InstanceState::Healthy || (!checked && l.state.is_up()))
+            .count();
+        let old_up = old.iter().filter(|l| l.state.is_up()).count();
 
         if current.len() > wanted {
             current.sort_by_key(|l| std::cmp::Reverse(l.age_key));
@@ -123,11 +130,18 @@ pub fn plan(
                 ));
             }
         }
-        // Old-version instances go as new ones come up, so capacity never drops.
-        let keep_old = wanted.saturating_sub(current_up);
-        if old.len() > keep_old {
-            old.sort_by_key(|l| std::cmp::Reverse(l.age_key));
-            for l in &old[..old.len() - keep_old] {
+        let step = rollout(
+            wanted,
+            current.len().min(wanted),
+            current_up,
+            old.len(),
+            old_up,
+            &app.spec.upgrade_strategy,
+        );
+        if step.stop_old > 0 {
+            // Old instances that are not up go first, then the youngest.
+            old.sort_by_key(|l| (l.state.is_up(), std::cmp::Reverse(l.age_key)));
+            for l in &old[..step.stop_old] {
                 stops.push((
                     l.id.clone(),
                     l.node.clone(),
@@ -136,8 +150,8 @@ pub fn plan(
                 ));
             }
         }
-        if current.len() < wanted {
-            let need = (wanted - current.len()) as u32;
+        if step.start > 0 {
+            let need = step.start as u32;
             if let Some(wait) = backoff_wait(state, app, now) {
                 let health = state.apps.entry(id.to_string()).or_default();
                 if health.announced_delay != health.failures {
@@ -241,6 +255,42 @@ pub fn plan(
         });
     }
     commands
+}
+
+/// One pass of a rollout from old-version instances to current ones.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step {
+    pub start: usize,
+    pub stop_old: usize,
+}
+
+/// How many current instances to start and old ones to stop, keeping at least
+/// `minimum_health_capacity x wanted` instances up and at most
+/// `(1 + maximum_over_capacity) x wanted` instances in all. Without old instances this is
+/// plain "start what is missing".
+pub fn rollout(
+    wanted: usize,
+    current: usize,
+    current_up: usize,
+    old: usize,
+    old_up: usize,
+    strategy: &berth_core::spec::UpgradeStrategy,
+) -> Step {
+    let need = wanted.saturating_sub(current);
+    if old == 0 {
+        return Step {
+            start: need,
+            stop_old: 0,
+        };
+    }
+    let min_up = (wanted as f64 * strategy.minimum_health_capacity).ceil() as usize;
+    let max_total = wanted + (wanted as f64 * strategy.maximum_over_capacity).floor() as usize;
+    // Old instances that are not up serve nobody: they go at once. Up ones go while
+    // enough instances stay up.
+    let stop_up = old_up.min((current_up + old_up).saturating_sub(min_up));
+    let stop_old = (old - old_up) + stop_up;
+    let start = need.min(max_total.saturating_sub(current + old - stop_old));
+    Step { start, stop_old }
 }
 
 /// Gives up on starts never reported and re-arms stops never confirmed.
@@ -396,4 +446,109 @@ pub fn count_up(state: &RealState, app: &str, version: u64) -> (usize, usize) {
         .filter(|p| p.app == app && p.version == version)
         .count();
     (up, active)
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_core::spec::UpgradeStrategy;
+
+    use super::{Step, rollout};
+
+    fn strategy(min: f64, over: f64) -> UpgradeStrategy {
+        UpgradeStrategy {
+            minimum_health_capacity: min,
+            maximum_over_capacity: over,
+        }
+    }
+
+    #[test]
+    fn default_strategy_starts_all_then_stops_old_as_new_come_up() {
+        let s = strategy(1.0, 1.0);
+        assert_eq!(
+            rollout(3, 0, 0, 3, 3, &s),
+            Step {
+                start: 3,
+                stop_old: 0
+            }
+        );
+        assert_eq!(
+            rollout(3, 3, 1, 3, 3, &s),
+            Step {
+                start: 0,
+                stop_old: 1
+            }
+        );
+        assert_eq!(
+            rollout(3, 3, 3, 2, 2, &s),
+            Step {
+                start: 0,
+                stop_old: 2
+            }
+        );
+    }
+
+    #[test]
+    fn no_overcapacity_stops_before_starting() {
+        let s = strategy(0.5, 0.0);
+        assert_eq!(
+            rollout(4, 0, 0, 4, 4, &s),
+            Step {
+                start: 2,
+                stop_old: 2
+            }
+        );
+        assert_eq!(
+            rollout(4, 2, 0, 2, 2, &s),
+            Step {
+                start: 0,
+                stop_old: 0
+            }
+        );
+        assert_eq!(
+            rollout(4, 2, 2, 2, 2, &s),
+            Step {
+                start: 2,
+                stop_old: 2
+            }
+        );
+    }
+
+    #[test]
+    fn limited_overcapacity_starts_in_batches() {
+        let s = strategy(1.0, 0.5);
+        assert_eq!(
+            rollout(4, 0, 0, 4, 4, &s),
+            Step {
+                start: 2,
+                stop_old: 0
+            }
+        );
+        // Two new up: two old go, which makes room for the last two new.
+        assert_eq!(
+            rollout(4, 2, 2, 4, 4, &s),
+            Step {
+                start: 2,
+                stop_old: 2
+            }
+        );
+    }
+
+    #[test]
+    fn old_instances_that_are_down_go_first_and_plain_scaling_is_untouched() {
+        let s = strategy(1.0, 1.0);
+        assert_eq!(
+            rollout(2, 0, 0, 2, 0, &s),
+            Step {
+                start: 2,
+                stop_old: 2
+            }
+        );
+        assert_eq!(
+            rollout(5, 2, 2, 0, 0, &s),
+            Step {
+                start: 3,
+                stop_old: 0
+            }
+        );
+    }
 }

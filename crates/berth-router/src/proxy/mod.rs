@@ -71,6 +71,8 @@ pub struct ConnInfo {
 pub struct Proxy {
     store: Arc<RouteStore>,
     client: Client<HttpConnector, RequestBody>,
+    /// For endpoints that speak HTTP/2 without TLS (prior knowledge).
+    client_h2: Client<HttpConnector, RequestBody>,
     cfg: ProxyConfig,
     metrics: Arc<RouterMetrics>,
 }
@@ -80,16 +82,21 @@ impl Proxy {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .set_host(false)
-            .build(http);
+        let builder = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(cfg.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_max_idle_per_host(1024)
+                .set_host(false)
+                .http2_only(h2)
+                .build(http.clone())
+        };
+        let (client, client_h2) = (builder(false), builder(true));
         Proxy {
             store,
             client,
+            client_h2,
             cfg,
             metrics,
         }
@@ -168,12 +175,18 @@ impl Proxy {
             let mut breq = Request::new(body.attempt());
             *breq.method_mut() = parts.method.clone();
             *breq.uri_mut() = uri;
-            *breq.version_mut() = Version::HTTP_11;
             *breq.headers_mut() = parts.headers.clone();
+            // Upgrades need HTTP/1.1 whatever the endpoint prefers.
+            let client = if ep.spec.http2 && !is_upgrade {
+                *breq.version_mut() = Version::HTTP_2;
+                &self.client_h2
+            } else {
+                *breq.version_mut() = Version::HTTP_11;
+                &self.client
+            };
 
             let sent =
-                tokio::time::timeout(self.cfg.response_header_timeout, self.client.request(breq))
-                    .await;
+                tokio::time::timeout(self.cfg.response_header_timeout, client.request(breq)).await;
             match sent {
                 Ok(Ok(resp)) => {
                     ep.stats.mark_ok();

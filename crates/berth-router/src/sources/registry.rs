@@ -25,6 +25,9 @@ use crate::store::{RouteStore, SOURCE_REGISTRY};
 pub const META_ROUTES: &str = "berth.routes";
 /// Instance metadata key choosing the balancing algorithm of its routes.
 pub const META_LB: &str = "berth.lb";
+/// Instance metadata key naming the backend protocol: `h2c` (HTTP/2 prior knowledge) or
+/// `http1` (default).
+pub const META_PROTOCOL: &str = "berth.protocol";
 /// Instance metadata key holding Consul-style tags (comma-separated).
 pub const META_TAGS: &str = "tags";
 const URLPREFIX: &str = "urlprefix-";
@@ -106,6 +109,10 @@ pub fn entries(services: &HashMap<String, pb::Service>) -> Vec<RouteEntry> {
                     let mut e = EndpointSpec::new(SocketAddr::new(ip, port)).with_weight(w);
                     e.instance_id = (!inst.id.is_empty()).then(|| inst.id.clone());
                     e.app = Some(svc.name.clone());
+                    e.http2 = inst
+                        .metadata
+                        .get(META_PROTOCOL)
+                        .is_some_and(|p| matches!(p.as_str(), "h2c" | "http2" | "h2"));
                     Some(e)
                 }),
                 _ => None,

@@ -1,0 +1,35 @@
+//! The registry's HTTP listener: Nacos v1 naming API, Consul API subset, metrics.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+use crate::core::Registry;
+use crate::model::BeatTimings;
+use crate::push::PushService;
+
+pub mod consul;
+pub mod nacos;
+pub mod nacos_json;
+pub mod params;
+pub mod serve;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub push: Arc<PushService>,
+    pub beat: BeatTimings,
+    /// The bound HTTP address (Consul's `status/leader` answers with it).
+    pub http_addr: std::net::SocketAddr,
+}
+
+/// Every HTTP route of the registry.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(nacos::routes())
+        .merge(consul::routes())
+        .layer(DefaultBodyLimit::max(params::MAX_BODY))
+        .with_state(state)
+}

@@ -1,0 +1,213 @@
+//! The JSON shapes Nacos 1.x answers with, field for field, so clients parse them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::model::{BeatTimings, CheckSpec, Instance, Service, ServiceKey};
+
+/// Milliseconds since the Unix epoch (Nacos's `lastRefTime`).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One entry of `hosts` in an instance list.
+pub fn host(key: &ServiceKey, i: &Instance, defaults: &BeatTimings) -> Value {
+    let t = i.timings(defaults);
+    json!({
+        "instanceId": i.id,
+        "ip": i.ip,
+        "port": i.port,
+        "weight": i.weight,
+        "healthy": i.healthy(),
+        "enabled": i.enabled,
+        "ephemeral": i.ephemeral,
+        "clusterName": i.cluster,
+        "serviceName": key.grouped_name(),
+        "metadata": i.metadata,
+        "instanceHeartBeatInterval": t.interval_ms,
+        "instanceHeartBeatTimeOut": t.unhealthy_after_ms,
+        "ipDeleteTimeout": t.delete_after_ms,
+        "instanceIdGenerator": "simple",
+    })
+}
+
+/// Which instances a list request asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Empty: every cluster.
+    pub clusters: Vec<String>,
+    pub healthy_only: bool,
+}
+
+impl ListFilter {
+    pub fn parse(clusters: Option<&str>, healthy_only: bool) -> Self {
+        let mut clusters: Vec<String> = clusters
+            .unwrap_or("")
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        Self {
+            clusters,
+            healthy_only,
+        }
+    }
+
+    pub fn clusters_param(&self) -> String {
+        self.clusters.join(",")
+    }
+
+    fn keeps(&self, i: &Instance) -> bool {
+        // Nacos 1.x never hands out disabled instances.
+        i.enabled
+            && (!self.healthy_only || i.healthy())
+            && (self.clusters.is_empty() || self.clusters.contains(&i.cluster))
+    }
+}
+
+/// The `/instance/list` answer (also the `data` of a UDP push).
+pub fn service_info(
+    key: &ServiceKey,
+    svc: Option<&Service>,
+    filter: &ListFilter,
+    defaults: &BeatTimings,
+    cache_millis: u64,
+) -> Value {
+    let hosts: Vec<Value> = svc
+        .map(|s| {
+            s.instances
+                .values()
+                .filter(|i| filter.keeps(i))
+                .map(|i| host(key, i, defaults))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": key.grouped_name(),
+        "groupName": key.group,
+        "clusters": filter.clusters_param(),
+        "cacheMillis": cache_millis,
+        "hosts": hosts,
+        "lastRefTime": now_millis(),
+        "checksum": svc.map(|s| format!("{:x}", s.revision)).unwrap_or_default(),
+        "allIPs": false,
+        "reachProtectionThreshold": false,
+        "valid": true,
+    })
+}
+
+/// The `GET /instance` answer.
+pub fn instance_detail(key: &ServiceKey, i: &Instance) -> Value {
+    json!({
+        "service": key.grouped_name(),
+        "ip": i.ip,
+        "port": i.port,
+        "clusterName": i.cluster,
+        "weight": i.weight,
+        "healthy": i.healthy(),
+        "instanceId": i.id,
+        "metadata": i.metadata,
+    })
+}
+
+fn health_checker(s: &Service, cluster: &str) -> Value {
+    let check = s
+        .instances
+        .values()
+        .find(|i| i.cluster == cluster && !i.ephemeral)
+        .and_then(|i| i.check.clone());
+    match check {
+        Some(CheckSpec::Http { path }) => {
+            json!({"type": "HTTP", "path": path, "headers": "", "expectedResponseCode": 200})
+        }
+        Some(CheckSpec::None) => json!({"type": "NONE"}),
+        _ => json!({"type": "TCP"}),
+    }
+}
+
+/// The `GET /service` answer.
+pub fn service_detail(s: &Service) -> Value {
+    let clusters: Vec<Value> = s
+        .cluster_names()
+        .iter()
+        .map(|c| json!({"name": c, "healthChecker": health_checker(s, c), "metadata": {}}))
+        .collect();
+    let selector: Value = s
+        .selector
+        .as_deref()
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_else(|| json!({"type": "none"}));
+    json!({
+        "namespaceId": s.key.namespace,
+        "groupName": s.key.group,
+        "name": s.key.name,
+        "protectThreshold": s.protect_threshold,
+        "metadata": s.metadata,
+        "selector": selector,
+        "clusters": clusters,
+    })
+}
+
+/// Nacos metadata: a JSON object, or `k=v,k=v`. Values become strings.
+pub fn parse_metadata(raw: &str) -> Result<BTreeMap<String, String>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if raw.starts_with('{') {
+        let v: Value = serde_json::from_str(raw).map_err(|e| {
+            format!("is not a JSON object ({e}); send {{\"key\":\"value\"}} or key=value,key=value")
+        })?;
+        return json_metadata(&v);
+    }
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!(
+                "entry '{}' has no '='; send key=value,key=value or a JSON object",
+                crate::http::params::clip(pair)
+            ));
+        };
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// A JSON object as string metadata.
+pub fn json_metadata(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let Value::Object(map) = v else {
+        return Err("must be a JSON object of strings".into());
+    };
+    Ok(map
+        .iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), s)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_accepts_json_and_pairs() {
+        let m = parse_metadata(r#"{"a":"1","b":2}"#).unwrap();
+        assert_eq!(m.get("b").unwrap(), "2");
+        let m = parse_metadata("a=1, b=x=y").unwrap();
+        assert_eq!(m.get("b").unwrap(), "x=y");
+        assert!(parse_metadata("nonsense").is_err());
+        assert!(parse_metadata("{broken").is_err());
+        assert!(parse_metadata("[1]").is_err());
+    }
+}

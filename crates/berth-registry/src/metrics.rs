@@ -1,0 +1,143 @@
+//! `/metrics`: Prometheus text built at scrape time from the core's and push's counters,
+//! so the hot paths only bump atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use berth_util::metrics::prometheus_client::metrics::counter::Counter;
+use berth_util::metrics::prometheus_client::metrics::gauge::Gauge;
+use berth_util::metrics::{CONTENT_TYPE, Registry as PromRegistry, encode};
+
+use crate::http::AppState;
+
+fn counter(reg: &mut PromRegistry, name: &str, help: &str, v: &AtomicU64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v.load(Ordering::Relaxed));
+    reg.register(name, help, c);
+}
+
+fn gauge(reg: &mut PromRegistry, name: &str, help: &str, v: u64) {
+    let g: Gauge = Gauge::default();
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    reg.register(name, help, g);
+}
+
+/// Renders every registry metric.
+pub fn render(s: &AppState, watchers: &Arc<AtomicU64>) -> String {
+    let mut reg = PromRegistry::with_prefix("berth_registry");
+    let (services, instances, healthy) = s.registry.counts();
+    gauge(&mut reg, "services", "Services known", services as u64);
+    gauge(
+        &mut reg,
+        "instances",
+        "Instances registered",
+        instances as u64,
+    );
+    gauge(
+        &mut reg,
+        "healthy_instances",
+        "Instances currently healthy",
+        healthy as u64,
+    );
+    gauge(
+        &mut reg,
+        "revision",
+        "Global naming revision",
+        s.registry.revision(),
+    );
+    gauge(
+        &mut reg,
+        "push_subscribers",
+        "UDP push subscriptions (service, client)",
+        s.push.len() as u64,
+    );
+    gauge(
+        &mut reg,
+        "watch_streams",
+        "Open native watch streams",
+        watchers.load(Ordering::Relaxed),
+    );
+    let core = s.registry.stats();
+    counter(
+        &mut reg,
+        "beats",
+        "Beats and TTL check updates received",
+        &core.beats,
+    );
+    counter(&mut reg, "ops", "Naming operations applied", &core.ops);
+    counter(
+        &mut reg,
+        "expired",
+        "Instances removed for lack of beats",
+        &core.expired,
+    );
+    counter(
+        &mut reg,
+        "persist_failures",
+        "Failed writes of the stored state",
+        &core.persist_failures,
+    );
+    let push = &s.push.stats;
+    counter(
+        &mut reg,
+        "pushes",
+        "UDP push packets sent (retries included)",
+        &push.sent,
+    );
+    counter(
+        &mut reg,
+        "pushes_acked",
+        "UDP pushes acknowledged",
+        &push.acked,
+    );
+    counter(
+        &mut reg,
+        "pushes_failed",
+        "Changes never acknowledged after every attempt",
+        &push.failed,
+    );
+    counter(
+        &mut reg,
+        "push_subscribers_dropped",
+        "Subscribers dropped (silent or not acking)",
+        &push.dropped,
+    );
+    counter(
+        &mut reg,
+        "push_latency_microseconds_sum",
+        "Sum of send-to-ack latency",
+        &push.latency_us_sum,
+    );
+    counter(
+        &mut reg,
+        "push_latency_count",
+        "Acknowledged pushes measured",
+        &push.latency_count,
+    );
+    encode(&reg)
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    app: AppState,
+    watchers: Arc<AtomicU64>,
+}
+
+pub fn route(app: AppState, watchers: Arc<AtomicU64>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(m): State<MetricsState>| async move {
+                (
+                    [(header::CONTENT_TYPE, CONTENT_TYPE)],
+                    render(&m.app, &m.watchers),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(MetricsState { app, watchers })
+}

@@ -1,0 +1,486 @@
+//! The naming state and the one function that changes it.
+//!
+//! Every mutation is an [`Op`] value applied by [`Naming::apply`]. That keeps the state
+//! machine replayable: replication (Distro) only has to ship ops to peers, and tests can
+//! drive the state without any runtime.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::model::{HealthStatus, Instance, InstanceKey, Service, ServiceKey};
+
+/// One mutation of the naming state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Adds or replaces an instance; creates the service when missing.
+    Register {
+        service: ServiceKey,
+        instance: Instance,
+    },
+    /// Replaces an existing instance's fields; fails when it does not exist.
+    Update {
+        service: ServiceKey,
+        instance: Instance,
+    },
+    /// Removes an instance (no error when absent: deregistration is idempotent).
+    Deregister {
+        service: ServiceKey,
+        instance: InstanceKey,
+    },
+    /// Health verdict from beats or server-side checks.
+    SetHealth {
+        service: ServiceKey,
+        instance: InstanceKey,
+        status: HealthStatus,
+    },
+    CreateService {
+        service: ServiceKey,
+        metadata: BTreeMap<String, String>,
+        protect_threshold: f32,
+        selector: Option<String>,
+    },
+    UpdateService {
+        service: ServiceKey,
+        metadata: BTreeMap<String, String>,
+        protect_threshold: f32,
+        selector: Option<String>,
+    },
+    DeleteService {
+        service: ServiceKey,
+    },
+}
+
+impl Op {
+    pub fn service(&self) -> &ServiceKey {
+        match self {
+            Op::Register { service, .. }
+            | Op::Update { service, .. }
+            | Op::Deregister { service, .. }
+            | Op::SetHealth { service, .. }
+            | Op::CreateService { service, .. }
+            | Op::UpdateService { service, .. }
+            | Op::DeleteService { service } => service,
+        }
+    }
+}
+
+/// Why an op was refused. Messages say what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamingError {
+    #[error("service {0} not found; register an instance or create the service first")]
+    ServiceNotFound(String),
+    #[error("service {0} already exists; update it instead")]
+    ServiceExists(String),
+    #[error(
+        "instance {ip}:{port} (cluster {cluster}) not found in service {service}; register it first"
+    )]
+    InstanceNotFound {
+        service: String,
+        ip: String,
+        port: u16,
+        cluster: String,
+    },
+    #[error("service {0} still has instances; deregister them before deleting the service")]
+    ServiceNotEmpty(String),
+    #[error("the registry is shutting down; retry against another node")]
+    ShuttingDown,
+}
+
+/// A committed change: the service's whole state after it, or `None` when deleted.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub revision: u64,
+    pub key: ServiceKey,
+    pub service: Option<Arc<Service>>,
+}
+
+/// What [`Naming::apply`] did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// `None` when the op changed nothing (same data, or removing what was absent).
+    pub change: Option<Change>,
+    /// The instance as it was before the op, if the op touched one.
+    pub previous: Option<Instance>,
+}
+
+/// All services, the global revision and a bounded history of recent changes.
+#[derive(Debug)]
+pub struct Naming {
+    services: HashMap<ServiceKey, Arc<Service>>,
+    revision: u64,
+    history: VecDeque<Change>,
+    history_limit: usize,
+}
+
+impl Default for Naming {
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}
+
+impl Naming {
+    pub fn new(history_limit: usize) -> Self {
+        Self {
+            services: HashMap::new(),
+            revision: 0,
+            history: VecDeque::new(),
+            history_limit: history_limit.max(1),
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn get(&self, key: &ServiceKey) -> Option<Arc<Service>> {
+        self.services.get(key).cloned()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    /// Changes after `revision`, oldest first, or `None` when history no longer reaches
+    /// back that far (the caller then needs a snapshot).
+    pub fn changes_since(&self, revision: u64) -> Option<Vec<Change>> {
+        if revision >= self.revision {
+            return Some(Vec::new());
+        }
+        let oldest = self.history.front()?.revision;
+        if revision + 1 < oldest {
+            return None;
+        }
+        Some(
+            self.history
+                .iter()
+                .filter(|c| c.revision > revision)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Applies one op. The only function that mutates the naming state.
+    pub fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
+        match op {
+            Op::Register { service, instance } => {
+                let current = self.services.get(&service).cloned();
+                let mut svc = current
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| Service::new(service.clone()));
+                let previous = svc.instances.insert(instance.key(), instance.clone());
+                if current.is_some() && previous.as_ref() == Some(&instance) {
+                    return Ok(Applied {
+                        change: None,
+                        previous,
+                    });
+                }
+                Ok(self.commit(svc, previous))
+            }
+            Op::Update { service, instance } => {
+                let mut svc = self.existing(&service)?;
+                let key = instance.key();
+                if !svc.instances.contains_key(&key) {
+                    return Err(not_found(&service, &key));
+                }
+                let previous = svc.instances.insert(key, instance.clone());
+                if previous.as_ref() == Some(&instance) {
+                    return Ok(Applied {
+                        change: None,
+                        previous,
+                    });
+                }
+                Ok(self.commit(svc, previous))
+            }
+            Op::Deregister { service, instance } => {
+                let Some(current) = self.services.get(&service) else {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                };
+                if !current.instances.contains_key(&instance) {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                }
+                let mut svc = (**current).clone();
+                let previous = svc.instances.remove(&instance);
+                Ok(self.commit(svc, previous))
+            }
+            Op::SetHealth {
+                service,
+                instance,
+                status,
+            } => {
+                let mut svc = self.existing(&service)?;
+                let Some(inst) = svc.instances.get_mut(&instance) else {
+                    return Err(not_found(&service, &instance));
+                };
+                let previous = Some(inst.clone());
+                if inst.status == status {
+                    return Ok(Applied {
+                        change: None,
+                        previous,
+                    });
+                }
+                inst.status = status;
+                Ok(self.commit(svc, previous))
+            }
+            Op::CreateService {
+                service,
+                metadata,
+                protect_threshold,
+                selector,
+            } => {
+                if self.services.contains_key(&service) {
+                    return Err(NamingError::ServiceExists(service.to_string()));
+                }
+                let mut svc = Service::new(service);
+                svc.metadata = metadata;
+                svc.protect_threshold = protect_threshold;
+                svc.selector = selector;
+                Ok(self.commit(svc, None))
+            }
+            Op::UpdateService {
+                service,
+                metadata,
+                protect_threshold,
+                selector,
+            } => {
+                let mut svc = self.existing(&service)?;
+                if svc.metadata == metadata
+                    && svc.protect_threshold == protect_threshold
+                    && svc.selector == selector
+                {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                }
+                svc.metadata = metadata;
+                svc.protect_threshold = protect_threshold;
+                svc.selector = selector;
+                Ok(self.commit(svc, None))
+            }
+            Op::DeleteService { service } => {
+                let svc = self.existing(&service)?;
+                if !svc.instances.is_empty() {
+                    return Err(NamingError::ServiceNotEmpty(service.to_string()));
+                }
+                self.services.remove(&service);
+                self.revision += 1;
+                let change = Change {
+                    revision: self.revision,
+                    key: service,
+                    service: None,
+                };
+                self.record(change.clone());
+                Ok(Applied {
+                    change: Some(change),
+                    previous: None,
+                })
+            }
+        }
+    }
+
+    fn existing(&self, key: &ServiceKey) -> Result<Service, NamingError> {
+        self.services
+            .get(key)
+            .map(|s| (**s).clone())
+            .ok_or_else(|| NamingError::ServiceNotFound(key.to_string()))
+    }
+
+    fn commit(&mut self, mut svc: Service, previous: Option<Instance>) -> Applied {
+        self.revision += 1;
+        svc.revision = self.revision;
+        let svc = Arc::new(svc);
+        self.services.insert(svc.key.clone(), svc.clone());
+        let change = Change {
+            revision: self.revision,
+            key: svc.key.clone(),
+            service: Some(svc),
+        };
+        self.record(change.clone());
+        Applied {
+            change: Some(change),
+            previous,
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.history.len() >= self.history_limit {
+            self.history.pop_front();
+        }
+        self.history.push_back(change);
+    }
+}
+
+fn not_found(service: &ServiceKey, key: &InstanceKey) -> NamingError {
+    NamingError::InstanceNotFound {
+        service: service.to_string(),
+        ip: key.ip.clone(),
+        port: key.port,
+        cluster: key.cluster.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DEFAULT_CLUSTER;
+
+    fn reg(n: &mut Naming, svc: &ServiceKey, ip: &str, port: u16) -> Applied {
+        n.apply(Op::Register {
+            service: svc.clone(),
+            instance: Instance::new(svc, ip, port, DEFAULT_CLUSTER),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn register_creates_service_and_bumps_revisions() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        let b = ServiceKey::simple("b");
+        let c1 = reg(&mut n, &a, "10.0.0.1", 80).change.unwrap();
+        let c2 = reg(&mut n, &b, "10.0.0.2", 80).change.unwrap();
+        let c3 = reg(&mut n, &a, "10.0.0.3", 80).change.unwrap();
+        assert_eq!((c1.revision, c2.revision, c3.revision), (1, 2, 3));
+        assert_eq!(n.get(&a).unwrap().instances.len(), 2);
+        assert_eq!(n.get(&a).unwrap().revision, 3);
+        assert_eq!(n.get(&b).unwrap().revision, 2);
+        assert_eq!(n.revision(), 3);
+    }
+
+    #[test]
+    fn identical_register_is_not_a_change() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        reg(&mut n, &a, "10.0.0.1", 80);
+        assert!(reg(&mut n, &a, "10.0.0.1", 80).change.is_none());
+        assert_eq!(n.revision(), 1);
+    }
+
+    #[test]
+    fn deregister_is_idempotent() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        reg(&mut n, &a, "10.0.0.1", 80);
+        let op = Op::Deregister {
+            service: a.clone(),
+            instance: InstanceKey::new("10.0.0.1", 80, DEFAULT_CLUSTER),
+        };
+        assert!(n.apply(op.clone()).unwrap().change.is_some());
+        assert!(n.apply(op).unwrap().change.is_none());
+        assert!(n.get(&a).unwrap().instances.is_empty());
+    }
+
+    #[test]
+    fn update_of_unknown_instance_is_refused() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        reg(&mut n, &a, "10.0.0.1", 80);
+        let err = n
+            .apply(Op::Update {
+                service: a.clone(),
+                instance: Instance::new(&a, "10.0.0.9", 80, DEFAULT_CLUSTER),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.9:80"), "{err}");
+    }
+
+    #[test]
+    fn service_lifecycle() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        let create = Op::CreateService {
+            service: a.clone(),
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            protect_threshold: 0.5,
+            selector: None,
+        };
+        n.apply(create.clone()).unwrap();
+        assert!(matches!(
+            n.apply(create),
+            Err(NamingError::ServiceExists(_))
+        ));
+        reg(&mut n, &a, "10.0.0.1", 80);
+        assert!(matches!(
+            n.apply(Op::DeleteService { service: a.clone() }),
+            Err(NamingError::ServiceNotEmpty(_))
+        ));
+        n.apply(Op::Deregister {
+            service: a.clone(),
+            instance: InstanceKey::new("10.0.0.1", 80, DEFAULT_CLUSTER),
+        })
+        .unwrap();
+        let del = n.apply(Op::DeleteService { service: a.clone() }).unwrap();
+        assert!(del.change.unwrap().service.is_none());
+        assert!(n.get(&a).is_none());
+    }
+
+    #[test]
+    fn health_changes_only_when_different() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        reg(&mut n, &a, "10.0.0.1", 80);
+        let set = |s| Op::SetHealth {
+            service: a.clone(),
+            instance: InstanceKey::new("10.0.0.1", 80, DEFAULT_CLUSTER),
+            status: s,
+        };
+        assert!(
+            n.apply(set(HealthStatus::Passing))
+                .unwrap()
+                .change
+                .is_none()
+        );
+        assert!(
+            n.apply(set(HealthStatus::Critical))
+                .unwrap()
+                .change
+                .is_some()
+        );
+        assert!(
+            !n.get(&a)
+                .unwrap()
+                .instances
+                .values()
+                .next()
+                .unwrap()
+                .healthy()
+        );
+    }
+
+    #[test]
+    fn history_resumes_or_asks_for_snapshot() {
+        let mut n = Naming::new(2);
+        let a = ServiceKey::simple("a");
+        for port in 1..=4 {
+            reg(&mut n, &a, "10.0.0.1", port);
+        }
+        assert_eq!(n.changes_since(4).unwrap().len(), 0);
+        let since2: Vec<u64> = n
+            .changes_since(2)
+            .unwrap()
+            .iter()
+            .map(|c| c.revision)
+            .collect();
+        assert_eq!(since2, vec![3, 4]);
+        assert!(n.changes_since(1).is_none());
+    }
+}

@@ -1,0 +1,178 @@
+//! Starting the role: bind every listener, spawn every task on the shutdown tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use berth_util::datadir::{DataDir, DataDirError};
+use berth_util::net::{BindError, bind_tcp};
+use berth_util::shutdown::Shutdown;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::Auth;
+use crate::checks::{self, CheckOptions};
+use crate::config::{MIN_SECRET, RegistryConfig};
+use crate::core::{CoreOptions, Registry};
+use crate::grpc::WatchService;
+use crate::http::{self, AppState};
+use crate::persist::PersistError;
+use crate::push::{PushOptions, PushService};
+
+/// Why the registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot open the UDP push socket on {ip}: {source}")]
+    PushSocket {
+        ip: std::net::IpAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "a listener is not on loopback, so auth must be on: give a secret of at least {MIN_SECRET} bytes with --auth-secret-file FILE (or BERTH_REGISTRY_AUTH_SECRET_FILE)"
+    )]
+    AuthRequired,
+    #[error("the auth secret is {0} bytes; use at least {MIN_SECRET} random bytes")]
+    WeakSecret(usize),
+}
+
+/// A running registry.
+pub struct RegistryHandle {
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    push_addr: SocketAddr,
+    registry: Registry,
+    _data_dir: Arc<DataDir>,
+}
+
+impl RegistryHandle {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where UDP pushes come from.
+    pub fn push_addr(&self) -> SocketAddr {
+        self.push_addr
+    }
+
+    /// The naming core, for in-process use (`berth dev`, tests).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// Binds every listener and spawns the role's tasks on `shutdown`.
+pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<RegistryHandle, Error> {
+    match &config.auth_secret {
+        None if !config.loopback_only() => return Err(Error::AuthRequired),
+        Some(s) if s.len() < MIN_SECRET => return Err(Error::WeakSecret(s.len())),
+        _ => {}
+    }
+    let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+    let registry = Registry::start(CoreOptions {
+        beat: config.beat,
+        sweep_every: config.expiry_check_interval,
+        state_file: Some(data_dir.join("naming.json")),
+        history: 4096,
+    })?;
+    let http_listener = bind_tcp(config.listen, "--listen").await?;
+    let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;
+    let http_addr = http_listener.local_addr().unwrap_or(config.listen);
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_listen);
+
+    let push_ip = config.listen.ip();
+    let push = PushService::bind(
+        push_ip,
+        PushOptions {
+            ack_timeout: config.push_ack_timeout,
+            attempts: config.push_attempts,
+            subscriber_ttl: config.push_subscriber_ttl,
+        },
+        config.beat,
+    )
+    .await
+    .map_err(|source| Error::PushSocket {
+        ip: push_ip,
+        source,
+    })?;
+    let push_addr = push.local_addr().unwrap_or(SocketAddr::new(push_ip, 0));
+
+    let token = shutdown.token();
+    {
+        let (push, registry, token) = (push.clone(), registry.clone(), token.clone());
+        shutdown.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = push.run(registry) => {}
+            }
+        });
+    }
+    {
+        let (registry, token) = (registry.clone(), token.clone());
+        let options = CheckOptions {
+            every: config.check_interval,
+            timeout: config.check_timeout,
+            concurrency: 64,
+        };
+        shutdown.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = checks::run(registry, options) => {}
+            }
+        });
+    }
+
+    let watch = WatchService::new(registry.clone(), token.clone());
+    let watchers = watch.active();
+    let state = AppState {
+        registry: registry.clone(),
+        push,
+        beat: config.beat,
+        http_addr,
+    };
+    let auth = Arc::new(Auth::new(config.auth_secret.clone()));
+    let router = http::router(state.clone())
+        .merge(crate::metrics::route(state, watchers))
+        .merge(crate::auth::routes(auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::auth::http_guard,
+        ));
+    http::serve::serve(http_listener, router, shutdown, config.http_grace);
+
+    {
+        let token = token.clone();
+        let interceptor = crate::auth::grpc_interceptor(auth);
+        shutdown.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    watch.into_server(),
+                    interceptor,
+                ))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(grpc_listener),
+                    token.cancelled_owned(),
+                )
+                .await;
+            if let Err(err) = result {
+                tracing::error!(%err, "gRPC server failed");
+            }
+        });
+    }
+
+    tracing::info!(%http_addr, %grpc_addr, %push_addr, "registry started");
+    Ok(RegistryHandle {
+        http_addr,
+        grpc_addr,
+        push_addr,
+        registry,
+        _data_dir: data_dir,
+    })
+}

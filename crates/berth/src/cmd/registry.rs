@@ -1,0 +1,89 @@
+//! `berth registry`: the Nacos- and Consul-compatible service registry.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::{Flags, RoleArgs};
+
+/// Every flag maps to a config key (file: `key`, env: `BERTH_REGISTRY_KEY`); flags win.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    role: RoleArgs,
+    /// HTTP listener: Nacos v1 API, Consul API, /metrics [default: 127.0.0.1:8848].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// gRPC listener for the native watch stream [default: 127.0.0.1:9848].
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
+    /// Data folder: services and persistent instances survive restarts here (required).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Beat period clients are told to use [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    beat_interval: Option<String>,
+    /// Silence after which an ephemeral instance is unhealthy [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    beat_timeout: Option<String>,
+    /// Silence after which an ephemeral instance is removed [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    delete_timeout: Option<String>,
+    /// How often beat deadlines are checked [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    expiry_check_interval: Option<String>,
+    /// Period of server-side TCP/HTTP checks of persistent instances [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    check_interval: Option<String>,
+    /// Timeout of one server-side check [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    check_timeout: Option<String>,
+    /// Wait for a UDP push ack before resending [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    push_ack_timeout: Option<String>,
+    /// Sends per change before a push subscriber is dropped [default: 3].
+    #[arg(long, value_name = "N")]
+    push_attempts: Option<u32>,
+    /// Drop push subscribers that stop listing the service for this long [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    push_subscriber_ttl: Option<String>,
+    /// File holding the auth secret (32+ bytes); required when a listener is off loopback.
+    #[arg(long, value_name = "FILE")]
+    auth_secret_file: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let flags = Flags::default()
+        .set("listen", args.listen)
+        .set("grpc_listen", args.grpc_listen)
+        .set("data_dir", args.data_dir.map(|p| p.display().to_string()))
+        .set("beat_interval", args.beat_interval)
+        .set("beat_timeout", args.beat_timeout)
+        .set("delete_timeout", args.delete_timeout)
+        .set("expiry_check_interval", args.expiry_check_interval)
+        .set("check_interval", args.check_interval)
+        .set("check_timeout", args.check_timeout)
+        .set("push_ack_timeout", args.push_ack_timeout)
+        .set("push_attempts", args.push_attempts)
+        .set("push_subscriber_ttl", args.push_subscriber_ttl)
+        .set(
+            "auth_secret_file",
+            args.auth_secret_file.map(|p| p.display().to_string()),
+        );
+    let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
+    let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;
+    let shutdown = super::signal_shutdown()?;
+    let handle = berth_registry::start(config, &shutdown)
+        .await
+        .context("cannot start the registry")?;
+    let result = super::run_until_shutdown(
+        "registry",
+        shutdown,
+        &[("http", handle.http_addr()), ("grpc", handle.grpc_addr())],
+        args.role.shutdown_grace,
+    )
+    .await;
+    drop(handle);
+    result
+}

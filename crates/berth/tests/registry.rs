@@ -1,0 +1,301 @@
+//! Black-box tests of `berth registry`: the real binary on loopback, driven by the real
+//! third-party clients (nacos-sdk-python 1.0.0, py-consul) from `tests/registry_clients`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_testkit::{BerthProcess, python, temp_dir, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+fn scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
+}
+
+async fn start_registry(data_dir: &Path, extra: &[&str]) -> BerthProcess {
+    let dir = data_dir.to_str().expect("utf-8 temp path");
+    let mut args = vec![
+        "registry",
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+        "--expiry-check-interval",
+        "100ms",
+        "--push-ack-timeout",
+        "200ms",
+        "--check-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    BerthProcess::start(BIN, &args).await
+}
+
+/// Runs a client script against `addr`; it asserts itself and prints OK.
+async fn run_script(name: &str, addr: &str, registry: &BerthProcess) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(scripts().join(name))
+            .arg(addr)
+            .current_dir(scripts())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not finish within 60 s"))
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
+        output.status,
+        registry.output()
+    );
+}
+
+#[tokio::test]
+async fn nacos_sdk_registers_lists_beats_expires_and_deregisters() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("nacos_lifecycle.py", &addr, &registry).await;
+    registry.terminate().await;
+}
+
+#[tokio::test]
+async fn nacos_raw_api_edges_and_bad_input() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("nacos_http_edges.py", &addr, &registry).await;
+    registry.terminate().await;
+}
+
+#[tokio::test]
+async fn udp_push_is_received_acked_and_silent_subscribers_dropped() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("udp_push.py", &addr, &registry).await;
+    registry.terminate().await;
+}
+
+#[tokio::test]
+async fn py_consul_register_health_blocking_queries_and_ttl() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("consul_client.py", &addr, &registry).await;
+    registry.terminate().await;
+}
+
+#[tokio::test]
+async fn persistent_instances_survive_a_restart() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("persistent_register.py", &addr, &registry).await;
+    let status = registry.terminate().await;
+    assert!(status.success(), "registry exited with {status}");
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http").to_string();
+    run_script("persistent_check.py", &addr, &registry).await;
+    registry.terminate().await;
+}
+
+#[tokio::test]
+async fn a_second_registry_on_the_same_data_dir_is_refused() {
+    let dir = temp_dir();
+    let first = start_registry(dir.path(), &[]).await;
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    first.terminate().await;
+}
+
+#[tokio::test]
+async fn bad_flags_and_missing_data_dir_are_named() {
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data_dir") || err.contains("data-dir"),
+        "{err}"
+    );
+
+    let dir = temp_dir();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--beat-timeout", "soon"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("beat") && err.contains("soon"), "{err}");
+
+    // Off loopback without a secret: refused before binding anything.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "0.0.0.0:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth"), "{err}");
+}
+
+#[tokio::test]
+async fn corrupt_state_file_stops_start_and_is_kept() {
+    let dir = temp_dir();
+    let state = dir.path().join("naming.json");
+    std::fs::write(&state, b"{ not json").unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("naming.json") && err.contains("move it aside"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), b"{ not json");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_registry_cleanly() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let addr = registry.addr("http");
+    wait_until("registry answers", Duration::from_secs(5), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let status = registry.terminate().await;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn services_command_lists_and_shows_what_clients_registered() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path(), &[]).await;
+    let http = registry.addr("http").to_string();
+    let grpc = registry.addr("grpc").to_string();
+    let register = format!(
+        "import nacos; c = nacos.NacosClient('{http}', namespace=''); \
+         assert c.add_naming_instance('shop', '127.0.0.1', 8080, cluster_name='DEFAULT', metadata={{'berth.routes': 'shop.example'}}); print('OK')"
+    );
+    let out = tokio::process::Command::new(python())
+        .args(["-c", &register])
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["services", "--registry", &grpc, "list"])
+        .output()
+        .await
+        .expect("run berth");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("shop") && text.contains("DEFAULT_GROUP"),
+        "{text}"
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "-o",
+            "json",
+            "services",
+            "--registry",
+            &grpc,
+            "show",
+            "shop",
+        ])
+        .output()
+        .await
+        .expect("run berth");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\"port\":8080") && text.contains("shop.example"),
+        "{text}"
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["services", "--registry", &grpc, "show", "nope"])
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("berth services list"));
+    registry.terminate().await;
+}

@@ -2,7 +2,7 @@
 //! A table is built once from every source's entries and then only read; updates build a
 //! new table and swap it in (see `store`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,25 +149,29 @@ impl RouteTable {
         stats: &StatsRegistry,
         generation: u64,
     ) -> Self {
-        let mut merged: BTreeMap<RouteKey, (LbAlgorithm, BTreeMap<SocketAddr, EndpointSpec>)> =
-            BTreeMap::new();
+        // Hash maps and short vectors: this runs on every swap, over every route.
+        let mut merged: HashMap<RouteKey, (LbAlgorithm, Vec<EndpointSpec>)> = HashMap::new();
         for entry in entries {
             let slot = merged.entry(entry.key).or_default();
             if entry.lb != LbAlgorithm::default() {
                 slot.0 = entry.lb;
             }
             for ep in entry.endpoints {
-                slot.1.insert(ep.addr, ep);
+                match slot.1.iter_mut().find(|e| e.addr == ep.addr) {
+                    Some(existing) => *existing = ep,
+                    None => slot.1.push(ep),
+                }
             }
         }
         let mut hosts: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
         let mut live = HashSet::new();
         let mut endpoints = 0;
         let routes = merged.len();
-        for (key, (lb, eps)) in merged {
+        for (key, (lb, mut eps)) in merged {
             endpoints += eps.len();
+            eps.sort_by_key(|e| e.addr);
             let eps: Vec<Arc<Endpoint>> = eps
-                .into_values()
+                .into_iter()
                 .map(|spec| {
                     live.insert(spec.addr);
                     stats.endpoint(spec)

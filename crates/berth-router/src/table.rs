@@ -144,19 +144,20 @@ pub struct RouteTable {
 impl RouteTable {
     /// Merges entries (several may share a key: their endpoints are unioned by address,
     /// the last one wins) into a table.
-    pub fn build(
-        entries: impl IntoIterator<Item = RouteEntry>,
+    pub fn build<'a>(
+        entries: impl IntoIterator<Item = &'a RouteEntry>,
         stats: &StatsRegistry,
         generation: u64,
     ) -> Self {
-        // Hash maps and short vectors: this runs on every swap, over every route.
-        let mut merged: HashMap<RouteKey, (LbAlgorithm, Vec<EndpointSpec>)> = HashMap::new();
+        // Borrowed keys, hash maps and short vectors: this runs on every swap, over every
+        // route, so each key and endpoint is cloned exactly once.
+        let mut merged: HashMap<&RouteKey, (LbAlgorithm, Vec<&EndpointSpec>)> = HashMap::new();
         for entry in entries {
-            let slot = merged.entry(entry.key).or_default();
+            let slot = merged.entry(&entry.key).or_default();
             if entry.lb != LbAlgorithm::default() {
                 slot.0 = entry.lb;
             }
-            for ep in entry.endpoints {
+            for ep in &entry.endpoints {
                 match slot.1.iter_mut().find(|e| e.addr == ep.addr) {
                     Some(existing) => *existing = ep,
                     None => slot.1.push(ep),
@@ -174,13 +175,13 @@ impl RouteTable {
                 .into_iter()
                 .map(|spec| {
                     live.insert(spec.addr);
-                    stats.endpoint(spec)
+                    stats.endpoint(spec.clone())
                 })
                 .collect();
             hosts
                 .entry(key.host.as_str().to_string())
                 .or_default()
-                .push(Arc::new(Pool::new(key, lb, eps)));
+                .push(Arc::new(Pool::new(key.clone(), lb, eps)));
         }
         for pools in hosts.values_mut() {
             pools.sort_by_key(|p| std::cmp::Reverse(p.key.path.as_str().len()));
@@ -294,7 +295,7 @@ mod tests {
     fn exact_host_beats_wildcard_and_longest_prefix_wins() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [
+            &[
                 entry("*.example.com", &[1]),
                 entry("*.b.example.com", &[2]),
                 entry("a.b.example.com", &[3]),
@@ -319,7 +320,7 @@ mod tests {
     fn path_only_routes_fall_through_to_wildcard() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [
+            &[
                 entry("a.example.com/api", &[1]),
                 entry("*.example.com", &[2]),
             ],
@@ -334,7 +335,7 @@ mod tests {
     fn entries_with_same_key_merge_endpoints() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [entry("w.example", &[1, 2]), entry("w.example", &[2, 3])],
+            &[entry("w.example", &[1, 2]), entry("w.example", &[2, 3])],
             &stats,
             1,
         );
@@ -350,7 +351,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2]);
         e.endpoints[0].weight = 3;
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         let mut counts = HashMap::new();
         for _ in 0..400 {
@@ -367,7 +368,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2, 3]);
         e.lb = LbAlgorithm::LeastConnection;
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         let _g1 = pool.endpoints[0].stats.begin();
         let _g2 = pool.endpoints[2].stats.begin();
@@ -379,7 +380,7 @@ mod tests {
     #[test]
     fn pick_skips_excluded_and_failing_but_falls_back_when_all_fail() {
         let stats = StatsRegistry::default();
-        let t = RouteTable::build([entry("w.example", &[1, 2])], &stats, 1);
+        let t = RouteTable::build(&[entry("w.example", &[1, 2])], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         for _ in 0..10 {
             assert_eq!(pool.pick(&[addr(1)], None).unwrap().addr(), addr(2));
@@ -398,7 +399,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2, 3]);
         e.endpoints[2].instance_id = Some("inst-3".into());
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         for _ in 0..10 {
             assert_eq!(pool.pick(&[], Some("inst-3")).unwrap().addr(), addr(3));
@@ -411,11 +412,11 @@ mod tests {
     #[test]
     fn counters_survive_a_rebuild() {
         let stats = StatsRegistry::default();
-        let t1 = RouteTable::build([entry("w.example", &[1])], &stats, 1);
+        let t1 = RouteTable::build(&[entry("w.example", &[1])], &stats, 1);
         let guard = t1.lookup(&host("w.example"), "/").unwrap().endpoints[0]
             .stats
             .begin();
-        let t2 = RouteTable::build([entry("w.example", &[1, 2])], &stats, 2);
+        let t2 = RouteTable::build(&[entry("w.example", &[1, 2])], &stats, 2);
         drop(t1);
         let pool = t2.lookup(&host("w.example"), "/").unwrap();
         let e1 = pool.endpoints.iter().find(|e| e.addr() == addr(1)).unwrap();
@@ -429,7 +430,7 @@ mod tests {
     fn view_lists_routes_sorted() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [entry("b.example", &[2]), entry("a.example/x", &[1])],
+            &[entry("b.example", &[2]), entry("a.example/x", &[1])],
             &stats,
             7,
         );

@@ -99,7 +99,10 @@ async fn main() {
     for _ in 0..10 {
         handle.set_routes(Vec::new());
     }
-    println!("one full table rebuild with {routes} routes: {:?}", t.elapsed() / 10);
+    println!(
+        "one full table rebuild with {routes} routes: {:?}",
+        t.elapsed() / 10
+    );
 
     let mut lat = Vec::with_capacity(samples);
     for n in 0..samples {

@@ -183,6 +183,8 @@ impl RouterConfig {
                 response_header_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
                 failure_cooldown: Duration::from_secs(5),
+                // Tests opt in; a stdout log would interleave with test output.
+                access_log: false,
                 ..ProxyConfig::default()
             },
             access_log_file: None,

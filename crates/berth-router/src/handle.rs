@@ -126,8 +126,17 @@ pub async fn start(config: RouterConfig, shutdown: &Shutdown) -> Result<RouterHa
     let proxy_stop = CancellationToken::new();
     let status_stop = CancellationToken::new();
     let mut proxy = Proxy::new(store.clone(), config.proxy.clone(), metrics.clone());
-    if let (Some(path), true) = (&config.access_log_file, config.proxy.access_log) {
-        let (sink, writer) = AccessSink::file(path, status_stop.clone())?;
+    if config.proxy.access_log {
+        let (sink, writer) = match &config.access_log_file {
+            Some(path) => {
+                let (sink, writer) = AccessSink::file(path, status_stop.clone())?;
+                (sink, futures::future::Either::Left(writer))
+            }
+            None => {
+                let (sink, writer) = AccessSink::stdout(status_stop.clone());
+                (sink, futures::future::Either::Right(writer))
+            }
+        };
         shutdown.spawn(writer);
         proxy = proxy.with_access_sink(sink);
     }

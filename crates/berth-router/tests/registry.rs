@@ -46,9 +46,14 @@ async fn snapshot_and_changes_become_routes() {
         ),
         false,
     );
-    wait_status(r.addr(), "web.example/beta", 200).await;
-    let beta = get(r.addr(), "web.example", "/beta/x").await;
-    assert_eq!(beta.json()["name"], "b");
+    // `/beta` also matches the root route (served by a) until the change lands.
+    let router = r.addr();
+    berth_testkit::wait_until("web.example/beta served by b", WAIT, || async move {
+        let got = get(router, "web.example", "/beta/x").await;
+        got.status == 200 && got.json()["name"] == "b"
+    })
+    .await;
+    assert_eq!(get(router, "web.example", "/").await.json()["name"], "a");
 
     // All instances unhealthy: the route stays, without endpoints.
     fake.put(

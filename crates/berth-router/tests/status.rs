@@ -129,7 +129,8 @@ async fn access_log_file_gets_one_line_per_request() {
     let log = berth_testkit::temp_dir();
     let path = log.path().join("access.log");
     let r = start_router(berth_testkit::temp_dir(), |c| {
-        c.access_log_file = Some(path.clone())
+        c.proxy.access_log = true;
+        c.access_log_file = Some(path.clone());
     })
     .await;
     r.handle.set_routes(vec![entry("log.example", &[b.addr])]);

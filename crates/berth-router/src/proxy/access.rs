@@ -1,31 +1,39 @@
 //! The access log: one line per request (status, bytes, duration, backend, request id).
-//! Lines go either through the process log (target `berth_router::access`) or to a file
-//! written by one background task through a bounded queue, so a slow disk never stalls a
-//! request: when the queue is full the line is dropped and counted.
+//!
+//! Requests append their line to a shared in-memory buffer (one short uncontended lock);
+//! a background task swaps the buffer out every few milliseconds and writes it to stdout
+//! or a file on the blocking pool. Requests never wait for a disk or a pipe, and no thread
+//! is woken per request. If the writer falls behind past `MAX_BUFFER`, lines are dropped
+//! and counted rather than growing memory.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-const QUEUE: usize = 16 * 1024;
+const MAX_BUFFER: usize = 8 << 20;
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Where access lines go.
 #[derive(Clone, Debug)]
 pub enum AccessSink {
     Off,
+    /// Through the process log (`tracing`, target `berth_router::access`).
     Log,
-    File {
-        tx: mpsc::Sender<String>,
-        dropped: Arc<AtomicU64>,
-    },
+    /// Batched to stdout or a file.
+    Batched(Arc<Batch>),
+}
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    buf: Mutex<Vec<u8>>,
+    dropped: AtomicU64,
 }
 
 /// One finished request.
@@ -43,9 +51,10 @@ pub struct AccessRecord<'a> {
 }
 
 impl AccessRecord<'_> {
-    fn line(&self) -> String {
-        let mut line = format!(
-            "{} {} {}{} status={} bytes={} duration_ms={:.3} backend={} request_id={}",
+    fn write_line(&self, out: &mut Vec<u8>) {
+        let _ = write!(
+            out,
+            "{} {} {}{} status={} bytes={} duration_ms={:.3} backend=",
             humantime::format_rfc3339_millis(SystemTime::now()),
             self.method,
             self.host,
@@ -53,25 +62,24 @@ impl AccessRecord<'_> {
             self.status,
             self.bytes,
             self.duration.as_secs_f64() * 1000.0,
-            self.backend
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "-".into()),
-            self.request_id,
         );
+        let _ = match self.backend {
+            Some(b) => write!(out, "{b}"),
+            None => write!(out, "-"),
+        };
+        let _ = write!(out, " request_id={}", self.request_id);
         if let Some(e) = self.router_error {
-            line.push_str(" router_error=");
-            line.push_str(e);
+            let _ = write!(out, " router_error={e}");
         }
         if !self.complete {
-            line.push_str(" incomplete");
+            out.extend_from_slice(b" incomplete");
         }
-        line.push('\n');
-        line
+        out.push(b'\n');
     }
 }
 
 impl AccessSink {
-    /// Opens (appends to) `path` and spawns its writer, which stops at `stop`.
+    /// Appends to `path`; the returned writer task flushes until `stop`, then once more.
     pub fn file(
         path: &Path,
         stop: CancellationToken,
@@ -84,30 +92,47 @@ impl AccessSink {
                 key: "access_log_file",
                 reason: format!("cannot open {}: {e}", path.display()),
             })?;
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        Ok(Self::batched(Box::new(file), stop))
+    }
+
+    /// Lines to the process's stdout.
+    pub fn stdout(stop: CancellationToken) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        Self::batched(Box::new(std::io::stdout()), stop)
+    }
+
+    fn batched(
+        out: Box<dyn Write + Send>,
+        stop: CancellationToken,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let batch = Arc::new(Batch::default());
+        let shared = batch.clone();
         let writer = async move {
-            let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+            let out = Arc::new(Mutex::new(out));
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
-                let line = tokio::select! {
-                    l = rx.recv() => l,
-                    _ = stop.cancelled() => { rx.close(); rx.recv().await }
+                let stopping = tokio::select! {
+                    _ = stop.cancelled() => true,
+                    _ = tick.tick() => false,
                 };
-                let Some(line) = line else { break };
-                let mut ok = out.write_all(line.as_bytes()).await.is_ok();
-                while let Ok(more) = rx.try_recv() {
-                    ok &= out.write_all(more.as_bytes()).await.is_ok();
+                let chunk =
+                    std::mem::take(&mut *shared.buf.lock().unwrap_or_else(|p| p.into_inner()));
+                if !chunk.is_empty() {
+                    let out = out.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                        out.write_all(&chunk).and_then(|_| out.flush())
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::warn!("cannot write the access log");
+                    }
                 }
-                if !(ok && out.flush().await.is_ok()) {
-                    tracing::warn!("cannot write the access log file");
+                if stopping {
+                    return;
                 }
             }
-            let _ = out.flush().await;
         };
-        let sink = AccessSink::File {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
-        Ok((sink, writer))
+        (AccessSink::Batched(batch), writer)
     }
 
     pub fn enabled(&self) -> bool {
@@ -118,12 +143,21 @@ impl AccessSink {
         match self {
             AccessSink::Off => {}
             AccessSink::Log => {
-                tracing::info!(target: "berth_router::access", "{}", r.line().trim_end())
+                let mut line = Vec::with_capacity(160);
+                r.write_line(&mut line);
+                tracing::info!(
+                    target: "berth_router::access",
+                    "{}",
+                    String::from_utf8_lossy(&line).trim_end()
+                );
             }
-            AccessSink::File { tx, dropped } => {
-                if tx.try_send(r.line()).is_err() {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+            AccessSink::Batched(batch) => {
+                let mut buf = batch.buf.lock().unwrap_or_else(|p| p.into_inner());
+                if buf.len() > MAX_BUFFER {
+                    batch.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
+                r.write_line(&mut buf);
             }
         }
     }

@@ -149,6 +149,18 @@ impl RouteTable {
         stats: &StatsRegistry,
         generation: u64,
     ) -> Self {
+        Self::rebuild(entries, stats, generation, None)
+    }
+
+    /// Like [`RouteTable::build`], reusing `previous`'s pools whose route is unchanged, so
+    /// a swap costs little for routes nobody touched (and their round-robin position is
+    /// kept).
+    pub fn rebuild<'a>(
+        entries: impl IntoIterator<Item = &'a RouteEntry>,
+        stats: &StatsRegistry,
+        generation: u64,
+        previous: Option<&RouteTable>,
+    ) -> Self {
         // Borrowed keys, hash maps and short vectors: this runs on every swap, over every
         // route, so each key and endpoint is cloned exactly once.
         let mut merged: HashMap<&RouteKey, (LbAlgorithm, Vec<&EndpointSpec>)> = HashMap::new();
@@ -171,6 +183,22 @@ impl RouteTable {
         for (key, (lb, mut eps)) in merged {
             endpoints += eps.len();
             eps.sort_by_key(|e| e.addr);
+            let unchanged = previous
+                .and_then(|t| t.hosts.get(key.host.as_str()))
+                .and_then(|pools| pools.iter().find(|p| p.key == *key))
+                .filter(|p| {
+                    p.lb == lb
+                        && p.endpoints.len() == eps.len()
+                        && p.endpoints.iter().zip(&eps).all(|(a, b)| a.spec == **b)
+                });
+            if let Some(pool) = unchanged {
+                live.extend(eps.iter().map(|e| e.addr));
+                hosts
+                    .entry(key.host.as_str().to_string())
+                    .or_default()
+                    .push(pool.clone());
+                continue;
+            }
             let eps: Vec<Arc<Endpoint>> = eps
                 .into_iter()
                 .map(|spec| {
@@ -417,6 +445,18 @@ mod tests {
             .stats
             .begin();
         let t2 = RouteTable::build(&[entry("w.example", &[1, 2])], &stats, 2);
+        let t3 = RouteTable::rebuild(
+            &[entry("w.example", &[1, 2]), entry("x.example", &[3])],
+            &stats,
+            3,
+            Some(&t2),
+        );
+        // Unchanged routes keep their pool; new ones get theirs.
+        assert!(Arc::ptr_eq(
+            t2.lookup(&host("w.example"), "/").unwrap(),
+            t3.lookup(&host("w.example"), "/").unwrap()
+        ));
+        assert_eq!(t3.route_count(), 2);
         drop(t1);
         let pool = t2.lookup(&host("w.example"), "/").unwrap();
         let e1 = pool.endpoints.iter().find(|e| e.addr() == addr(1)).unwrap();

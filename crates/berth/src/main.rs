@@ -26,12 +26,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node agent: starts instances for the server, health-checks and registers them.
-    Agent(Box<cmd::agent::Args>),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
-    Completions(cmd::completions::Args),
+    // Roles.
+    /// Every role in one process on the default loopback ports, plus a demo app.
+    Dev(cmd::dev::Args),
     /// The control-plane server: desired state, reconciler, REST API, agent stream.
     Server(Box<cmd::server::Args>),
+    /// Run the node agent: starts instances for the server, health-checks and registers them.
+    Agent(Box<cmd::agent::Args>),
+    /// Service registry: Nacos v1 and Consul HTTP APIs, UDP push, native gRPC watch.
+    Registry(Box<cmd::registry::Args>),
+    /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
+    Router(Box<cmd::router::Args>),
+
+    // Client commands.
     /// Manage apps on a server: list, show, deploy, scale, restart, rm.
     #[command(subcommand)]
     Apps(cmd::apps::AppsCommand),
@@ -39,15 +46,15 @@ enum Command {
     Nodes,
     /// List instances known to the server.
     Instances(cmd::apps::InstancesArgs),
+    /// List services and their instances as the registry sees them.
+    Services(cmd::services::Args),
+
+    // Tools.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(cmd::completions::Args),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
-    /// Service registry: Nacos v1 and Consul HTTP APIs, UDP push, native gRPC watch.
-    Registry(Box<cmd::registry::Args>),
-    /// List services and their instances as the registry sees them.
-    Services(cmd::services::Args),
-    /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
-    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Dev(args) => cmd::dev::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,

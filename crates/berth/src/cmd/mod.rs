@@ -1,11 +1,10 @@
 //! One module per subcommand. Role commands only translate flags into the role's config,
 //! start it, announce readiness and wait for shutdown (see [`run_until_shutdown`]).
 
-#![allow(dead_code)] // role plumbing, shared by the role subcommands as they are wired in
-
 pub mod agent;
 pub mod apps;
 pub mod completions;
+pub mod dev;
 pub mod hello_app;
 pub mod registry;
 pub mod router;

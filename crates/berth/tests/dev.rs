@@ -1,0 +1,145 @@
+//! Black-box test of `berth dev`: every role in one process, the demo app deployed through
+//! the server API, scheduled on the embedded agent, registered once healthy, and reached
+//! through the router. Every listener is moved to an ephemeral port through the roles'
+//! own BERTH_<ROLE>_* variables, which `berth dev` honours like the standalone roles.
+
+use std::time::Duration;
+
+use berth_testkit::{BerthProcess, temp_dir, wait_for, wait_until};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn dev_serves_the_demo_app_through_the_router_and_stops_cleanly() {
+    let data = temp_dir();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+    command
+        .args(["dev", "--data-dir"])
+        .arg(data.path())
+        .env("BERTH_LOG", "warn");
+    for var in [
+        "BERTH_SERVER_LISTEN",
+        "BERTH_SERVER_AGENT_LISTEN",
+        "BERTH_REGISTRY_LISTEN",
+        "BERTH_REGISTRY_GRPC_LISTEN",
+        "BERTH_ROUTER_LISTEN",
+        "BERTH_ROUTER_STATUS_LISTEN",
+        "BERTH_AGENT_LISTEN",
+    ] {
+        command.env(var, "127.0.0.1:0");
+    }
+    // Act as soon as the embedded agent said hello instead of waiting for stragglers.
+    command.env("BERTH_SERVER_STARTUP_GRACE", "1s");
+    let dev = BerthProcess::spawn(command).await;
+    let api = dev.addr("api");
+    let router = dev.addr("router");
+    let client = reqwest::Client::new();
+
+    let body = wait_for(
+        "the demo app through the router",
+        Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            async move {
+                let response = client
+                    .get(format!("http://{router}/"))
+                    .header("host", "hello.localhost")
+                    .send()
+                    .await
+                    .ok()?;
+                if !response.status().is_success() {
+                    return None;
+                }
+                response.text().await.ok()
+            }
+        },
+    )
+    .await;
+    assert!(body.starts_with("Hello from Berth! instance "), "{body}");
+
+    // Both instances serve: the router balances across them.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    wait_until(
+        "both demo instances answer",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let seen = seen.clone();
+            async move {
+                if let Ok(response) = client
+                    .get(format!("http://{router}/"))
+                    .header("host", "hello.localhost")
+                    .send()
+                    .await
+                    && let Ok(text) = response.text().await
+                {
+                    seen.lock().unwrap().insert(text);
+                }
+                seen.lock().unwrap().len() >= 2
+            }
+        },
+    )
+    .await;
+
+    // Removing the app stops its instances and the router stops routing to them.
+    let response = client
+        .delete(format!("http://{api}/v1/apps/demo/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_until(
+        "the demo route to disappear",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://{router}/"))
+                    .header("host", "hello.localhost")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 404 || r.status() == 503)
+            }
+        },
+    )
+    .await;
+    wait_until(
+        "the demo instances to exit",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                let Ok(response) = client
+                    .get(format!("http://{api}/v1/instances?app=demo/hello"))
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                let Ok(view) = response.json::<serde_json::Value>().await else {
+                    return false;
+                };
+                let alive = |i: &serde_json::Value| {
+                    matches!(
+                        i["state"].as_str(),
+                        Some(
+                            "pending"
+                                | "starting"
+                                | "running"
+                                | "healthy"
+                                | "unhealthy"
+                                | "stopping"
+                        )
+                    )
+                };
+                view["instances"]
+                    .as_array()
+                    .is_some_and(|list| !list.iter().any(alive))
+            }
+        },
+    )
+    .await;
+
+    let status = dev.terminate().await;
+    assert!(status.success(), "berth dev exited with {status:?}");
+}

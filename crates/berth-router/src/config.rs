@@ -38,7 +38,8 @@ use crate::tls::CertPair;
 /// | `max_attempts` | 3 | attempts per request (retries only on refused/timed-out connects) |
 /// | `failure_cooldown` | 10s | how long a backend that failed is skipped |
 /// | `sticky_session_cookies` | JSESSIONID | response cookies that start a `__VCAP_ID` session |
-/// | `access_log` | true | one log line per request (target `berth_router::access`) |
+/// | `access_log` | true | one line per request (status, bytes, duration, backend, request id) |
+/// | `access_log_file` | none | write those lines to this file (appended) instead of the process log |
 /// | `drain_wait` | 0s | after SIGTERM: time `/health` reports 503 before the listener closes |
 /// | `drain_timeout` | 10s | after that: longest wait for in-flight requests |
 #[derive(Debug, Clone)]
@@ -53,6 +54,7 @@ pub struct RouterConfig {
     pub nats: Option<NatsConfig>,
     pub route_cache: Option<PathBuf>,
     pub proxy: ProxyConfig,
+    pub access_log_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
     pub drain_wait: Duration,
     pub drain_timeout: Duration,
@@ -155,6 +157,7 @@ impl RouterConfig {
             nats,
             route_cache: layers.get("route_cache")?,
             proxy,
+            access_log_file: layers.get("access_log_file")?,
             header_read_timeout: layers.get_or("header_read_timeout", Duration::from_secs(30))?,
             drain_wait: layers.get_or("drain_wait", Duration::ZERO)?,
             drain_timeout: layers.get_or("drain_timeout", Duration::from_secs(10))?,
@@ -180,8 +183,11 @@ impl RouterConfig {
                 response_header_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
                 failure_cooldown: Duration::from_secs(5),
+                // Tests opt in; a stdout log would interleave with test output.
+                access_log: false,
                 ..ProxyConfig::default()
             },
+            access_log_file: None,
             header_read_timeout: Duration::from_secs(5),
             drain_wait: Duration::ZERO,
             drain_timeout: Duration::from_secs(2),

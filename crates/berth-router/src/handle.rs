@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::RouterMetrics;
 use crate::proxy::Proxy;
+use crate::proxy::access::AccessSink;
 use crate::route::RouteEntry;
 use crate::server::{self, Listener};
 use crate::sources::{cache, nats, registry};
@@ -119,16 +120,27 @@ pub async fn start(config: RouterConfig, shutdown: &Shutdown) -> Result<RouterHa
     let mut registry_metrics = Registry::default();
     metrics.register(&mut registry_metrics);
     let draining = Arc::new(AtomicBool::new(false));
-    let proxy = Arc::new(Proxy::new(
-        store.clone(),
-        config.proxy.clone(),
-        metrics.clone(),
-    ));
-
     // The proxy listeners stop only after /health has reported draining for `drain_wait`;
-    // the status listener stops last, so probes see 503 rather than a refused connection.
+    // the status listener (and the access log writer) stop last, so probes see 503 rather
+    // than a refused connection and the last requests are logged.
     let proxy_stop = CancellationToken::new();
     let status_stop = CancellationToken::new();
+    let mut proxy = Proxy::new(store.clone(), config.proxy.clone(), metrics.clone());
+    if config.proxy.access_log {
+        let (sink, writer) = match &config.access_log_file {
+            Some(path) => {
+                let (sink, writer) = AccessSink::file(path, status_stop.clone())?;
+                (sink, futures::future::Either::Left(writer))
+            }
+            None => {
+                let (sink, writer) = AccessSink::stdout(status_stop.clone());
+                (sink, futures::future::Either::Right(writer))
+            }
+        };
+        shutdown.spawn(writer);
+        proxy = proxy.with_access_sink(sink);
+    }
+    let proxy = Arc::new(proxy);
     let sources_stop = shutdown.token().child_token();
 
     let mut proxy_tasks = Vec::new();

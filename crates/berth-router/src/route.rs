@@ -215,6 +215,9 @@ pub struct EndpointSpec {
     pub app: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Speak HTTP/2 (cleartext, prior knowledge) to this backend instead of HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 fn default_weight() -> u32 {
@@ -229,6 +232,7 @@ impl EndpointSpec {
             instance_id: None,
             app: None,
             tags: BTreeMap::new(),
+            http2: false,
         }
     }
 

@@ -72,11 +72,7 @@ impl RouteStore {
         let (generation, sources) = &mut *guard;
         change(sources);
         *generation += 1;
-        let table = RouteTable::build(
-            sources.values().flatten().cloned(),
-            &self.stats,
-            *generation,
-        );
+        let table = RouteTable::build(sources.values().flatten(), &self.stats, *generation);
         self.current.store(Arc::new(table));
         let generation = *generation;
         self.changed.send_replace(generation);

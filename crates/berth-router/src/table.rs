@@ -2,7 +2,7 @@
 //! A table is built once from every source's entries and then only read; updates build a
 //! new table and swap it in (see `store`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -144,39 +144,72 @@ pub struct RouteTable {
 impl RouteTable {
     /// Merges entries (several may share a key: their endpoints are unioned by address,
     /// the last one wins) into a table.
-    pub fn build(
-        entries: impl IntoIterator<Item = RouteEntry>,
+    pub fn build<'a>(
+        entries: impl IntoIterator<Item = &'a RouteEntry>,
         stats: &StatsRegistry,
         generation: u64,
     ) -> Self {
-        let mut merged: BTreeMap<RouteKey, (LbAlgorithm, BTreeMap<SocketAddr, EndpointSpec>)> =
-            BTreeMap::new();
+        Self::rebuild(entries, stats, generation, None)
+    }
+
+    /// Like [`RouteTable::build`], reusing `previous`'s pools whose route is unchanged, so
+    /// a swap costs little for routes nobody touched (and their round-robin position is
+    /// kept).
+    pub fn rebuild<'a>(
+        entries: impl IntoIterator<Item = &'a RouteEntry>,
+        stats: &StatsRegistry,
+        generation: u64,
+        previous: Option<&RouteTable>,
+    ) -> Self {
+        // Borrowed keys, hash maps and short vectors: this runs on every swap, over every
+        // route, so each key and endpoint is cloned exactly once.
+        let mut merged: HashMap<&RouteKey, (LbAlgorithm, Vec<&EndpointSpec>)> = HashMap::new();
         for entry in entries {
-            let slot = merged.entry(entry.key).or_default();
+            let slot = merged.entry(&entry.key).or_default();
             if entry.lb != LbAlgorithm::default() {
                 slot.0 = entry.lb;
             }
-            for ep in entry.endpoints {
-                slot.1.insert(ep.addr, ep);
+            for ep in &entry.endpoints {
+                match slot.1.iter_mut().find(|e| e.addr == ep.addr) {
+                    Some(existing) => *existing = ep,
+                    None => slot.1.push(ep),
+                }
             }
         }
         let mut hosts: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
         let mut live = HashSet::new();
         let mut endpoints = 0;
         let routes = merged.len();
-        for (key, (lb, eps)) in merged {
+        for (key, (lb, mut eps)) in merged {
             endpoints += eps.len();
+            eps.sort_by_key(|e| e.addr);
+            let unchanged = previous
+                .and_then(|t| t.hosts.get(key.host.as_str()))
+                .and_then(|pools| pools.iter().find(|p| p.key == *key))
+                .filter(|p| {
+                    p.lb == lb
+                        && p.endpoints.len() == eps.len()
+                        && p.endpoints.iter().zip(&eps).all(|(a, b)| a.spec == **b)
+                });
+            if let Some(pool) = unchanged {
+                live.extend(eps.iter().map(|e| e.addr));
+                hosts
+                    .entry(key.host.as_str().to_string())
+                    .or_default()
+                    .push(pool.clone());
+                continue;
+            }
             let eps: Vec<Arc<Endpoint>> = eps
-                .into_values()
+                .into_iter()
                 .map(|spec| {
                     live.insert(spec.addr);
-                    stats.endpoint(spec)
+                    stats.endpoint(spec.clone())
                 })
                 .collect();
             hosts
                 .entry(key.host.as_str().to_string())
                 .or_default()
-                .push(Arc::new(Pool::new(key, lb, eps)));
+                .push(Arc::new(Pool::new(key.clone(), lb, eps)));
         }
         for pools in hosts.values_mut() {
             pools.sort_by_key(|p| std::cmp::Reverse(p.key.path.as_str().len()));
@@ -290,7 +323,7 @@ mod tests {
     fn exact_host_beats_wildcard_and_longest_prefix_wins() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [
+            &[
                 entry("*.example.com", &[1]),
                 entry("*.b.example.com", &[2]),
                 entry("a.b.example.com", &[3]),
@@ -315,7 +348,7 @@ mod tests {
     fn path_only_routes_fall_through_to_wildcard() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [
+            &[
                 entry("a.example.com/api", &[1]),
                 entry("*.example.com", &[2]),
             ],
@@ -330,7 +363,7 @@ mod tests {
     fn entries_with_same_key_merge_endpoints() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [entry("w.example", &[1, 2]), entry("w.example", &[2, 3])],
+            &[entry("w.example", &[1, 2]), entry("w.example", &[2, 3])],
             &stats,
             1,
         );
@@ -346,7 +379,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2]);
         e.endpoints[0].weight = 3;
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         let mut counts = HashMap::new();
         for _ in 0..400 {
@@ -363,7 +396,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2, 3]);
         e.lb = LbAlgorithm::LeastConnection;
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         let _g1 = pool.endpoints[0].stats.begin();
         let _g2 = pool.endpoints[2].stats.begin();
@@ -375,7 +408,7 @@ mod tests {
     #[test]
     fn pick_skips_excluded_and_failing_but_falls_back_when_all_fail() {
         let stats = StatsRegistry::default();
-        let t = RouteTable::build([entry("w.example", &[1, 2])], &stats, 1);
+        let t = RouteTable::build(&[entry("w.example", &[1, 2])], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         for _ in 0..10 {
             assert_eq!(pool.pick(&[addr(1)], None).unwrap().addr(), addr(2));
@@ -394,7 +427,7 @@ mod tests {
         let stats = StatsRegistry::default();
         let mut e = entry("w.example", &[1, 2, 3]);
         e.endpoints[2].instance_id = Some("inst-3".into());
-        let t = RouteTable::build([e], &stats, 1);
+        let t = RouteTable::build(&[e], &stats, 1);
         let pool = t.lookup(&host("w.example"), "/").unwrap();
         for _ in 0..10 {
             assert_eq!(pool.pick(&[], Some("inst-3")).unwrap().addr(), addr(3));
@@ -407,11 +440,23 @@ mod tests {
     #[test]
     fn counters_survive_a_rebuild() {
         let stats = StatsRegistry::default();
-        let t1 = RouteTable::build([entry("w.example", &[1])], &stats, 1);
+        let t1 = RouteTable::build(&[entry("w.example", &[1])], &stats, 1);
         let guard = t1.lookup(&host("w.example"), "/").unwrap().endpoints[0]
             .stats
             .begin();
-        let t2 = RouteTable::build([entry("w.example", &[1, 2])], &stats, 2);
+        let t2 = RouteTable::build(&[entry("w.example", &[1, 2])], &stats, 2);
+        let t3 = RouteTable::rebuild(
+            &[entry("w.example", &[1, 2]), entry("x.example", &[3])],
+            &stats,
+            3,
+            Some(&t2),
+        );
+        // Unchanged routes keep their pool; new ones get theirs.
+        assert!(Arc::ptr_eq(
+            t2.lookup(&host("w.example"), "/").unwrap(),
+            t3.lookup(&host("w.example"), "/").unwrap()
+        ));
+        assert_eq!(t3.route_count(), 2);
         drop(t1);
         let pool = t2.lookup(&host("w.example"), "/").unwrap();
         let e1 = pool.endpoints.iter().find(|e| e.addr() == addr(1)).unwrap();
@@ -425,7 +470,7 @@ mod tests {
     fn view_lists_routes_sorted() {
         let stats = StatsRegistry::default();
         let t = RouteTable::build(
-            [entry("b.example", &[2]), entry("a.example/x", &[1])],
+            &[entry("b.example", &[2]), entry("a.example/x", &[1])],
             &stats,
             7,
         );

@@ -363,3 +363,17 @@ async fn berth_wait(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn http2_backends_are_reached_over_h2c() {
+    let b = backend_h2("h2-backend").await;
+    let r = router(fast_config()).await;
+    let mut e = entry("h2b.example", &[b.addr]);
+    e.endpoints[0].http2 = true;
+    r.store.set_source("static", vec![e]);
+    let got = get(r.addr, "h2b.example", "/both").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let json = got.json();
+    assert_eq!(json["version"], "HTTP/2.0");
+    assert_eq!(json["headers"]["host"], "h2b.example");
+}

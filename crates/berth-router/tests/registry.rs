@@ -46,15 +46,14 @@ async fn snapshot_and_changes_become_routes() {
         ),
         false,
     );
-    // `/beta` answers 200 through the `/` route before the change lands, so wait for the
-    // instance behind it, not for a status.
-    let addr = r.addr();
-    berth_testkit::wait_until(
-        "/beta to reach b",
-        Duration::from_secs(10),
-        move || async move { get(addr, "web.example", "/beta/x").await.json()["name"] == "b" },
-    )
+    // `/beta` also matches the root route (served by a) until the change lands.
+    let router = r.addr();
+    berth_testkit::wait_until("web.example/beta served by b", WAIT, || async move {
+        let got = get(router, "web.example", "/beta/x").await;
+        got.status == 200 && got.json()["name"] == "b"
+    })
     .await;
+    assert_eq!(get(router, "web.example", "/").await.json()["name"], "a");
 
     // All instances unhealthy: the route stays, without endpoints.
     fake.put(

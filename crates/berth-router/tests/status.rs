@@ -122,3 +122,43 @@ async fn drain_reports_unhealthy_first_then_finishes_in_flight_requests() {
         .await
         .expect("router drains");
 }
+
+#[tokio::test]
+async fn access_log_file_gets_one_line_per_request() {
+    let b = backend("logged").await;
+    let log = berth_testkit::temp_dir();
+    let path = log.path().join("access.log");
+    let r = start_router(berth_testkit::temp_dir(), |c| {
+        c.proxy.access_log = true;
+        c.access_log_file = Some(path.clone());
+    })
+    .await;
+    r.handle.set_routes(vec![entry("log.example", &[b.addr])]);
+    let ok = send(
+        r.addr(),
+        Request::get(format!("http://{}/p?q=1", r.addr()))
+            .header("host", "log.example")
+            .header("x-request-id", "rid-1"),
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(get(r.addr(), "missing.example", "/").await.status, 404);
+    berth_testkit::wait_until("two access lines", WAIT, || {
+        let path = path.clone();
+        async move { std::fs::read_to_string(&path).is_ok_and(|s| s.lines().count() == 2) }
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("GET log.example/p?q=1 status=200"),
+        "{text}"
+    );
+    assert!(lines[0].contains(&format!("backend={}", b.addr)), "{text}");
+    assert!(lines[0].contains("request_id=rid-1"), "{text}");
+    assert!(
+        lines[1].contains("status=404") && lines[1].contains("router_error=unknown_route"),
+        "{text}"
+    );
+}

@@ -121,7 +121,9 @@ pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;
 /// What the router sends back to the client.
 pub struct ResponseBody {
     kind: Kind,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The idle limit, and its timer once the body first had to wait (most small
+    /// responses arrive whole and never arm one).
+    idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
     bytes: u64,
     done: bool,
     on_end: Option<OnEnd>,
@@ -144,7 +146,7 @@ impl ResponseBody {
 
     pub fn backend(body: Incoming, idle_timeout: Option<Duration>, slot: InFlight) -> Self {
         let mut b = Self::new(Kind::Backend(body));
-        b.idle = idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        b.idle = idle_timeout.map(|d| (d, None));
         b._slot = Some(slot);
         b
     }
@@ -203,8 +205,12 @@ impl Body for ResponseBody {
         };
         match polled {
             Poll::Pending => {
-                if let Some((_, sleep)) = &mut this.idle
-                    && sleep.as_mut().poll(cx).is_ready()
+                if let Some((d, timer)) = &mut this.idle
+                    && timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(*d)))
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready()
                 {
                     this.finish(false);
                     return Poll::Ready(Some(Err("backend response body idle timeout".into())));
@@ -223,8 +229,8 @@ impl Body for ResponseBody {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
-                if let Some((d, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(Instant::now() + *d);
+                if let Some((d, Some(timer))) = &mut this.idle {
+                    timer.as_mut().reset(Instant::now() + *d);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

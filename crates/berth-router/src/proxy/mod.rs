@@ -1,6 +1,7 @@
 //! The proxy engine: one request in, route lookup, endpoint choice with retries, one
 //! streamed response out.
 
+pub mod access;
 pub mod body;
 pub mod headers;
 pub mod reject;
@@ -23,6 +24,7 @@ use crate::metrics::RouterMetrics;
 use crate::route::Host;
 use crate::store::RouteStore;
 use crate::table::Pool;
+use access::{AccessRecord, AccessSink};
 use body::{RequestBody, ResponseBody, RetryableBody};
 use headers::X_REQUEST_ID;
 pub use reject::Reject;
@@ -71,28 +73,49 @@ pub struct ConnInfo {
 pub struct Proxy {
     store: Arc<RouteStore>,
     client: Client<HttpConnector, RequestBody>,
+    /// For endpoints that speak HTTP/2 without TLS (prior knowledge).
+    client_h2: Client<HttpConnector, RequestBody>,
     cfg: ProxyConfig,
+    access: AccessSink,
     metrics: Arc<RouterMetrics>,
 }
 
 impl Proxy {
+    /// Access lines go through the process log when `cfg.access_log` is on; see
+    /// [`Proxy::with_access_sink`] for a file.
     pub fn new(store: Arc<RouteStore>, cfg: ProxyConfig, metrics: Arc<RouterMetrics>) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .set_host(false)
-            .build(http);
+        let builder = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(cfg.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_max_idle_per_host(1024)
+                .set_host(false)
+                .http2_only(h2)
+                .build(http.clone())
+        };
+        let (client, client_h2) = (builder(false), builder(true));
+        let access = if cfg.access_log {
+            AccessSink::Log
+        } else {
+            AccessSink::Off
+        };
         Proxy {
             store,
             client,
+            client_h2,
+            access,
             cfg,
             metrics,
         }
+    }
+
+    pub fn with_access_sink(mut self, sink: AccessSink) -> Self {
+        self.access = sink;
+        self
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
@@ -112,16 +135,30 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let authority = request_authority(&req);
         let request_id = headers::ensure_request_id(req.headers_mut());
-        let Some(host) = authority.as_deref().and_then(Host::from_request_authority) else {
-            return self.reject(Reject::EmptyHost, "", &request_id);
+        let method = req.method().clone();
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let mut rejecting = Rejecting {
+            method: method.as_str(),
+            host: "",
+            path: &path_and_query,
+            request_id: &request_id,
+            start,
         };
+        let Some(host) = authority.as_deref().and_then(Host::from_request_authority) else {
+            return self.reject(Reject::EmptyHost, rejecting);
+        };
+        rejecting.host = host.as_str();
         let authority = authority.unwrap_or_default();
         let pool: Arc<Pool> = match self.store.load().lookup(&host, req.uri().path()) {
             Some(p) => p.clone(),
-            None => return self.reject(Reject::UnknownRoute, host.as_str(), &request_id),
+            None => return self.reject(Reject::UnknownRoute, rejecting),
         };
         if pool.endpoints.is_empty() {
-            return self.reject(Reject::NoEndpoints, host.as_str(), &request_id);
+            return self.reject(Reject::NoEndpoints, rejecting);
         }
 
         let is_upgrade =
@@ -139,11 +176,6 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".to_string());
         let body = RetryableBody::new(body);
 
         let max_attempts = (self.cfg.max_attempts.max(1) as usize).min(pool.endpoints.len());
@@ -163,17 +195,23 @@ impl Proxy {
             }
             let uri: Uri = match format!("http://{}{}", ep.addr(), path_and_query).parse() {
                 Ok(u) => u,
-                Err(_) => return self.reject(Reject::EndpointFailure, host.as_str(), &request_id),
+                Err(_) => return self.reject(Reject::EndpointFailure, rejecting),
             };
             let mut breq = Request::new(body.attempt());
             *breq.method_mut() = parts.method.clone();
             *breq.uri_mut() = uri;
-            *breq.version_mut() = Version::HTTP_11;
             *breq.headers_mut() = parts.headers.clone();
+            // Upgrades need HTTP/1.1 whatever the endpoint prefers.
+            let client = if ep.spec.http2 && !is_upgrade {
+                *breq.version_mut() = Version::HTTP_2;
+                &self.client_h2
+            } else {
+                *breq.version_mut() = Version::HTTP_11;
+                &self.client
+            };
 
             let sent =
-                tokio::time::timeout(self.cfg.response_header_timeout, self.client.request(breq))
-                    .await;
+                tokio::time::timeout(self.cfg.response_header_timeout, client.request(breq)).await;
             match sent {
                 Ok(Ok(resp)) => {
                     ep.stats.mark_ok();
@@ -219,7 +257,7 @@ impl Proxy {
         } else {
             Reject::EndpointFailure
         };
-        self.reject(reject, host.as_str(), &request_id)
+        self.reject(reject, rejecting)
     }
 
     fn respond(
@@ -257,8 +295,9 @@ impl Proxy {
         } else {
             ResponseBody::backend(body, Some(self.cfg.idle_timeout), slot)
         };
-        if self.cfg.access_log {
+        if self.access.enabled() {
             let line = AccessLine {
+                sink: self.access.clone(),
                 method: r.method.to_string(),
                 host: r.host.to_string(),
                 path: r.path.to_string(),
@@ -272,21 +311,21 @@ impl Proxy {
         Response::from_parts(parts, body)
     }
 
-    fn reject(
-        &self,
-        reject: Reject,
-        host: &str,
-        request_id: &HeaderValue,
-    ) -> Response<ResponseBody> {
+    fn reject(&self, reject: Reject, r: Rejecting<'_>) -> Response<ResponseBody> {
         self.metrics.router_error(reject.reason());
-        if self.cfg.access_log {
-            tracing::info!(
-                target: "berth_router::access",
-                host, status = reject.status().as_u16(), router_error = reject.reason(),
-                request_id = request_id.to_str().unwrap_or("-"), "request rejected"
-            );
-        }
-        reject.response(host, Some(request_id))
+        self.access.record(&AccessRecord {
+            method: r.method,
+            host: r.host,
+            path: r.path,
+            status: reject.status().as_u16(),
+            bytes: 0,
+            duration: r.start.elapsed(),
+            backend: None,
+            request_id: r.request_id.to_str().unwrap_or("-"),
+            router_error: Some(reject.reason()),
+            complete: true,
+        });
+        reject.response(r.host, Some(r.request_id))
     }
 }
 
@@ -299,7 +338,17 @@ struct Responding<'a> {
     start: Instant,
 }
 
+#[derive(Clone, Copy)]
+struct Rejecting<'a> {
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    request_id: &'a HeaderValue,
+    start: Instant,
+}
+
 struct AccessLine {
+    sink: AccessSink,
     method: String,
     host: String,
     path: String,
@@ -311,12 +360,18 @@ struct AccessLine {
 
 impl AccessLine {
     fn log(&self, bytes: u64, complete: bool) {
-        tracing::info!(
-            target: "berth_router::access",
-            method = %self.method, host = %self.host, path = %self.path, status = self.status,
-            bytes, duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            backend = %self.backend, request_id = %self.request_id, complete, "request"
-        );
+        self.sink.record(&AccessRecord {
+            method: &self.method,
+            host: &self.host,
+            path: &self.path,
+            status: self.status,
+            bytes,
+            duration: self.start.elapsed(),
+            backend: Some(self.backend),
+            request_id: &self.request_id,
+            router_error: None,
+            complete,
+        });
     }
 }
 

@@ -48,6 +48,7 @@ impl Default for NatsConfig {
 pub struct RegistryMessage {
     pub host: String,
     pub port: u16,
+    pub http_version: u16,
     pub tls_port: u16,
     pub uris: Vec<String>,
     pub tags: BTreeMap<String, String>,
@@ -151,6 +152,7 @@ impl RegistryMessage {
             endpoint.app = Some(self.app.clone());
         }
         endpoint.tags = self.tags;
+        endpoint.http2 = self.http_version == 2;
         if !self.private_instance_index.is_empty() {
             endpoint
                 .tags

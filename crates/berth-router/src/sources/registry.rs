@@ -25,6 +25,9 @@ use crate::store::{RouteStore, SOURCE_REGISTRY};
 pub const META_ROUTES: &str = "berth.routes";
 /// Instance metadata key choosing the balancing algorithm of its routes.
 pub const META_LB: &str = "berth.lb";
+/// Instance metadata key naming the backend protocol: `h2c` (HTTP/2 prior knowledge) or
+/// `http1` (default).
+pub const META_PROTOCOL: &str = "berth.protocol";
 /// Instance metadata key holding Consul-style tags (comma-separated).
 pub const META_TAGS: &str = "tags";
 const URLPREFIX: &str = "urlprefix-";
@@ -86,75 +89,92 @@ fn weight(w: f64) -> Option<u32> {
     (w > 0.0).then(|| ((w * 100.0).round() as u32).max(1))
 }
 
-/// Builds this source's entries from the services it holds.
-pub fn entries(services: &HashMap<String, pb::Service>) -> Vec<RouteEntry> {
+/// Routes of one service: one entry per route key its instances name.
+pub fn service_entries(svc: &pb::Service) -> Vec<RouteEntry> {
     let mut by_key: BTreeMap<RouteKey, RouteEntry> = BTreeMap::new();
-    for svc in services.values() {
-        for inst in &svc.instances {
-            let keys = instance_routes(&inst.metadata);
-            if keys.is_empty() {
-                continue;
+    for inst in &svc.instances {
+        let keys = instance_routes(&inst.metadata);
+        if keys.is_empty() {
+            continue;
+        }
+        let lb = inst
+            .metadata
+            .get(META_LB)
+            .and_then(|s| LbAlgorithm::parse(s))
+            .unwrap_or_default();
+        let endpoint = match (inst.healthy && inst.enabled, weight(inst.weight)) {
+            (true, Some(w)) => inst.ip.parse::<IpAddr>().ok().and_then(|ip| {
+                let port = u16::try_from(inst.port).ok().filter(|p| *p != 0)?;
+                let mut e = EndpointSpec::new(SocketAddr::new(ip, port)).with_weight(w);
+                e.instance_id = (!inst.id.is_empty()).then(|| inst.id.clone());
+                e.app = Some(svc.name.clone());
+                e.http2 = inst
+                    .metadata
+                    .get(META_PROTOCOL)
+                    .is_some_and(|p| matches!(p.as_str(), "h2c" | "http2" | "h2"));
+                Some(e)
+            }),
+            _ => None,
+        };
+        for key in keys {
+            let entry = by_key.entry(key.clone()).or_insert_with(|| RouteEntry {
+                key,
+                lb,
+                endpoints: Vec::new(),
+            });
+            if lb != LbAlgorithm::default() {
+                entry.lb = lb;
             }
-            let lb = inst
-                .metadata
-                .get(META_LB)
-                .and_then(|s| LbAlgorithm::parse(s))
-                .unwrap_or_default();
-            let endpoint = match (inst.healthy && inst.enabled, weight(inst.weight)) {
-                (true, Some(w)) => inst.ip.parse::<IpAddr>().ok().and_then(|ip| {
-                    let port = u16::try_from(inst.port).ok().filter(|p| *p != 0)?;
-                    let mut e = EndpointSpec::new(SocketAddr::new(ip, port)).with_weight(w);
-                    e.instance_id = (!inst.id.is_empty()).then(|| inst.id.clone());
-                    e.app = Some(svc.name.clone());
-                    Some(e)
-                }),
-                _ => None,
-            };
-            for key in keys {
-                let entry = by_key.entry(key.clone()).or_insert_with(|| RouteEntry {
-                    key,
-                    lb,
-                    endpoints: Vec::new(),
-                });
-                if lb != LbAlgorithm::default() {
-                    entry.lb = lb;
-                }
-                if let Some(e) = &endpoint {
-                    entry.endpoints.push(e.clone());
-                }
+            if let Some(e) = &endpoint {
+                entry.endpoints.push(e.clone());
             }
         }
     }
     by_key.into_values().collect()
 }
 
-fn service_key(s: &pb::Service) -> String {
-    format!("{}/{}@@{}", s.namespace, s.group, s.name)
+/// The registry's routes, kept per service so a change re-derives only that service.
+#[derive(Debug, Default)]
+pub struct RegistryRoutes {
+    per_service: HashMap<String, Vec<RouteEntry>>,
 }
 
-/// Applies one event; returns false for an event without content.
-pub fn apply(services: &mut HashMap<String, pb::Service>, event: pb::WatchEvent) -> bool {
-    match event.kind {
-        Some(pb::watch_event::Kind::Snapshot(snap)) => {
-            services.clear();
-            for s in snap.services {
-                services.insert(service_key(&s), s);
-            }
-            true
-        }
-        Some(pb::watch_event::Kind::Change(change)) => match change.service {
-            Some(s) if change.deleted => {
-                services.remove(&service_key(&s));
+impl RegistryRoutes {
+    /// Applies one event; returns false for an event without content.
+    pub fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        match event.kind {
+            Some(pb::watch_event::Kind::Snapshot(snap)) => {
+                self.per_service.clear();
+                for s in snap.services {
+                    self.per_service
+                        .insert(service_key(&s), service_entries(&s));
+                }
                 true
             }
-            Some(s) => {
-                services.insert(service_key(&s), s);
-                true
-            }
+            Some(pb::watch_event::Kind::Change(change)) => match change.service {
+                Some(s) if change.deleted => {
+                    self.per_service.remove(&service_key(&s));
+                    true
+                }
+                Some(s) => {
+                    self.per_service
+                        .insert(service_key(&s), service_entries(&s));
+                    true
+                }
+                None => false,
+            },
             None => false,
-        },
-        None => false,
+        }
     }
+
+    /// Every route of every service (the table merges keys shared by several services).
+    pub fn entries(&self) -> Vec<RouteEntry> {
+        self.per_service.values().flatten().cloned().collect()
+    }
+}
+
+fn service_key(s: &pb::Service) -> String {
+    format!("{}/{}@@{}", s.namespace, s.group, s.name)
 }
 
 /// Runs the registry watch until `stop`.
@@ -164,7 +184,7 @@ pub async fn run(
     metrics: Arc<RouterMetrics>,
     stop: CancellationToken,
 ) {
-    let mut services: HashMap<String, pb::Service> = HashMap::new();
+    let mut services = RegistryRoutes::default();
     let mut revision = 0u64;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -194,7 +214,7 @@ async fn watch_once(
     cfg: &RegistryConfig,
     store: &RouteStore,
     metrics: &RouterMetrics,
-    services: &mut HashMap<String, pb::Service>,
+    services: &mut RegistryRoutes,
     revision: &mut u64,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
@@ -236,13 +256,13 @@ async fn watch_once(
                         );
                     } else {
                         *revision = event.revision;
-                        changed |= apply(services, event);
+                        changed |= services.apply(event);
                         metrics.registry_events.inc();
                     }
                 }
                 Ok(None) => {
                     if changed {
-                        store.set_source(SOURCE_REGISTRY, entries(services));
+                        store.set_source(SOURCE_REGISTRY, services.entries());
                     }
                     return if applied || changed {
                         Ok(true)
@@ -252,7 +272,7 @@ async fn watch_once(
                 }
                 Err(s) => {
                     if changed {
-                        store.set_source(SOURCE_REGISTRY, entries(services));
+                        store.set_source(SOURCE_REGISTRY, services.entries());
                     }
                     return Err(format!("{}: {}", s.code(), s.message()));
                 }
@@ -263,7 +283,7 @@ async fn watch_once(
             }
         }
         if changed {
-            store.set_source(SOURCE_REGISTRY, entries(services));
+            store.set_source(SOURCE_REGISTRY, services.entries());
             applied = true;
         }
     }
@@ -335,22 +355,17 @@ mod tests {
         zero.weight = 0.0;
         let mut heavy = instance(5, true, &r);
         heavy.weight = 2.5;
-        let svcs: HashMap<String, pb::Service> = [(
-            "k".to_string(),
-            service(
-                "web",
-                vec![
-                    instance(1, true, &r),
-                    instance(2, false, &r),
-                    disabled,
-                    zero,
-                    heavy,
-                    instance(6, true, &[]),
-                ],
-            ),
-        )]
-        .into();
-        let e = entries(&svcs);
+        let e = service_entries(&service(
+            "web",
+            vec![
+                instance(1, true, &r),
+                instance(2, false, &r),
+                disabled,
+                zero,
+                heavy,
+                instance(6, true, &[]),
+            ],
+        ));
         assert_eq!(e.len(), 1);
         let ports: Vec<(u16, u32)> = e[0]
             .endpoints
@@ -363,12 +378,7 @@ mod tests {
     #[test]
     fn unhealthy_only_route_stays_without_endpoints() {
         let r = [(META_ROUTES, "down.example")];
-        let svcs: HashMap<String, pb::Service> = [(
-            "k".to_string(),
-            service("down", vec![instance(1, false, &r)]),
-        )]
-        .into();
-        let e = entries(&svcs);
+        let e = service_entries(&service("down", vec![instance(1, false, &r)]));
         assert_eq!(e.len(), 1);
         assert!(e[0].endpoints.is_empty());
     }
@@ -376,14 +386,14 @@ mod tests {
     #[test]
     fn snapshot_replaces_and_changes_update_or_delete() {
         let r = [(META_ROUTES, "a.example")];
-        let mut svcs = HashMap::new();
+        let mut svcs = RegistryRoutes::default();
         let snap = pb::WatchEvent {
             revision: 5,
             kind: Some(pb::watch_event::Kind::Snapshot(pb::Snapshot {
                 services: vec![service("a", vec![instance(1, true, &r)])],
             })),
         };
-        assert!(apply(&mut svcs, snap));
+        assert!(svcs.apply(snap));
         let change = |deleted, inst: Vec<pb::Instance>| pb::WatchEvent {
             revision: 6,
             kind: Some(pb::watch_event::Kind::Change(pb::ServiceChange {
@@ -391,13 +401,13 @@ mod tests {
                 deleted,
             })),
         };
-        apply(
-            &mut svcs,
-            change(false, vec![instance(1, true, &r), instance(2, true, &r)]),
-        );
-        assert_eq!(entries(&svcs)[0].endpoints.len(), 2);
-        apply(&mut svcs, change(true, vec![]));
-        assert!(entries(&svcs).is_empty());
+        svcs.apply(change(
+            false,
+            vec![instance(1, true, &r), instance(2, true, &r)],
+        ));
+        assert_eq!(svcs.entries()[0].endpoints.len(), 2);
+        svcs.apply(change(true, vec![]));
+        assert!(svcs.entries().is_empty());
     }
 
     #[test]

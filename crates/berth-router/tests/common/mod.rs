@@ -37,6 +37,15 @@ pub struct Backend {
 }
 
 pub async fn backend(name: &'static str) -> Backend {
+    backend_with(name, false).await
+}
+
+/// A backend speaking HTTP/2 only (prior knowledge, no TLS).
+pub async fn backend_h2(name: &'static str) -> Backend {
+    backend_with(name, true).await
+}
+
+async fn backend_with(name: &'static str, h2: bool) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -53,10 +62,16 @@ pub async fn backend(name: &'static str) -> Backend {
                     h.fetch_add(1, Ordering::SeqCst);
                     answer(name, req, r.clone())
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                }
             });
         }
     });
@@ -127,6 +142,7 @@ async fn answer(
         headers.insert(k.to_string(), v.to_str().unwrap_or("").to_string());
     }
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let body = req
         .into_body()
         .collect()
@@ -134,7 +150,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let json = serde_json::json!({
-        "name": name, "method": method, "path": path, "headers": headers,
+        "name": name, "method": method, "version": version, "path": path, "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
     let mut resp = Response::builder()

@@ -17,7 +17,7 @@ use super::{Flags, RoleArgs};
 /// TOML file, as BERTH_ROUTER_<KEY>, or as --<key>; see docs/ROUTER.md for the full list:
 /// connect_timeout, response_header_timeout, idle_timeout, header_read_timeout,
 /// max_conns_per_backend, max_attempts, failure_cooldown, sticky_session_cookies,
-/// access_log, drain_wait, drain_timeout, status_user, status_password(_file),
+/// access_log, access_log_file, drain_wait, drain_timeout, status_user, status_password(_file),
 /// tls_listen, tls_cert_files, tls_key_files, tls_reload_interval, registry_namespace,
 /// registry_retry_max, nats_prune_threshold, nats_prune_interval,
 /// nats_minimum_register_interval.
@@ -64,6 +64,9 @@ pub struct Args {
     /// Longest wait for in-flight requests while draining (default 10s).
     #[arg(long, value_name = "DURATION")]
     drain_timeout: Option<String>,
+    /// Write the access log (one line per request) to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    access_log_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -83,7 +86,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("nats_prune_interval", args.nats_prune_interval)
         .set("max_conns_per_backend", args.max_conns_per_backend)
         .set("drain_wait", args.drain_wait)
-        .set("drain_timeout", args.drain_timeout);
+        .set("drain_timeout", args.drain_timeout)
+        .set(
+            "access_log_file",
+            args.access_log_file.map(|p| p.display().to_string()),
+        );
     let mut layers = super::layers("router", args.role.config.as_deref(), flags)?;
     let config = RouterConfig::from_layers(&mut layers)?;
     // The router's own drain (health 503, then in-flight requests) must fit in the grace.

@@ -39,7 +39,7 @@ impl Default for CoreOptions {
             beat: BeatTimings::default(),
             sweep_every: Duration::from_millis(500),
             state_file: None,
-            history: 4096,
+            history: 1024,
         }
     }
 }

@@ -233,7 +233,9 @@ pub struct Service {
     pub protect_threshold: f32,
     /// Selector as given by the client (Nacos `selector` JSON), kept verbatim.
     pub selector: Option<String>,
-    pub instances: BTreeMap<InstanceKey, Instance>,
+    /// A persistent map: cloning a service to change it copies O(log n) nodes, so the
+    /// change history and readers share structure instead of holding full copies.
+    pub instances: imbl::OrdMap<InstanceKey, Instance>,
     /// Global revision of this service's last change.
     pub revision: u64,
 }
@@ -245,7 +247,7 @@ impl Service {
             metadata: BTreeMap::new(),
             protect_threshold: 0.0,
             selector: None,
-            instances: BTreeMap::new(),
+            instances: imbl::OrdMap::new(),
             revision: 0,
         }
     }

@@ -2,7 +2,7 @@
 //! registry, rnacos) over keep-alive HTTP/1.1 and reports, per phase, throughput and the
 //! server's own CPU time (from /proc), so the generator's share does not blur the figure.
 //!
-//! `bench_registry ADDR PID [instances] [concurrency]`: prints one JSON line per phase.
+//! `bench_registry ADDR PID [instances] [concurrency] [push subscribers]`: prints one JSON line per phase.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +155,122 @@ async fn phase(addr: SocketAddr, pid: u32, name: &'static str, ops: u64, concurr
     );
 }
 
+async fn http_call(addr: SocketAddr, method: hyper::Method, path: String) -> bool {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .expect("valid request");
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let ok = resp.status().is_success();
+            let _ = resp.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// UDP push latency: `subscribers` sockets subscribe to one service; each of `changes`
+/// registrations is timed from the request until every subscriber got its packet.
+async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
+    use std::io::Read;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    for n in 0..subscribers {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind UDP");
+        let port = sock.local_addr().expect("local addr").port();
+        let path = format!(
+            "/nacos/v1/ns/instance/list?serviceName=bench-push&udpPort={port}&clientIP=127.0.0.1"
+        );
+        if !http_call(addr, hyper::Method::GET, path).await {
+            eprintln!("subscription {n} failed");
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((len, from)) = sock.recv_from(&mut buf).await {
+                let now = Instant::now();
+                let mut raw = buf[..len].to_vec();
+                if raw.starts_with(&[0x1f, 0x8b]) {
+                    let mut out = Vec::new();
+                    if flate2::read::GzDecoder::new(&raw[..])
+                        .read_to_end(&mut out)
+                        .is_ok()
+                    {
+                        raw = out;
+                    }
+                }
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                    continue;
+                };
+                let nonce = match &v["lastRefTime"] {
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    _ => String::new(),
+                };
+                let ack = serde_json::json!({"type": "push-ack", "lastRefTime": nonce, "data": ""});
+                let _ = sock.send_to(ack.to_string().as_bytes(), from).await;
+                let hosts =
+                    serde_json::from_str::<serde_json::Value>(v["data"].as_str().unwrap_or("{}"))
+                        .ok()
+                        .and_then(|d| d["hosts"].as_array().map(Vec::len))
+                        .unwrap_or(0);
+                if tx.send((hosts, now)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut missed = 0usize;
+    for k in 0..changes {
+        while rx.try_recv().is_ok() {}
+        let started = Instant::now();
+        let path = format!(
+            "/nacos/v1/ns/instance?serviceName=bench-push&ip=10.9.0.{}&port={}&ephemeral=true",
+            k % 250,
+            20_000 + k
+        );
+        http_call(addr, hyper::Method::POST, path).await;
+        let mut got = 0;
+        let deadline = started + std::time::Duration::from_secs(3);
+        while got < subscribers {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((hosts, at))) if hosts == k + 1 => {
+                    latencies.push(at.duration_since(started).as_secs_f64() * 1000.0);
+                    got += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missed += subscribers - got;
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{{\"phase\":\"push\",\"subscribers\":{subscribers},\"changes\":{changes},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"missed\":{missed}}}",
+        pct(0.50),
+        pct(0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -169,4 +285,6 @@ async fn main() {
     phase(addr, pid, "register", instances, concurrency).await;
     phase(addr, pid, "beat", instances, concurrency).await;
     phase(addr, pid, "list", instances / 2, concurrency).await;
+    let subscribers: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1000);
+    push_phase(addr, subscribers, 20).await;
 }

@@ -36,7 +36,7 @@ pub fn host(key: &ServiceKey, i: &Instance, defaults: &BeatTimings) -> Value {
 }
 
 /// Which instances a list request asked for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListFilter {
     /// Empty: every cluster.
     pub clusters: Vec<String>,

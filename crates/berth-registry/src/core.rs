@@ -423,7 +423,10 @@ impl Writer {
 fn needs_persist(op: &Op) -> bool {
     match op {
         Op::Register { instance, .. } | Op::Update { instance, .. } => !instance.ephemeral,
-        Op::CreateService { .. } | Op::UpdateService { .. } | Op::DeleteService { .. } => true,
+        Op::CreateService { .. }
+        | Op::UpdateService { .. }
+        | Op::DeleteService { .. }
+        | Op::UpdateCluster { .. } => true,
         Op::Deregister { .. } | Op::SetHealth { .. } => false,
     }
 }

@@ -7,6 +7,7 @@
 //! through their public `start` functions).
 #![forbid(unsafe_code)]
 
+pub mod fake_agent;
 mod process;
 mod wait;
 

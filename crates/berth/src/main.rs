@@ -26,8 +26,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent: starts instances for the server, health-checks and registers them.
+    Agent(Box<cmd::agent::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
+    /// The control-plane server: desired state, reconciler, REST API, agent stream.
+    Server(Box<cmd::server::Args>),
+    /// Manage apps on a server: list, show, deploy, scale, restart, rm.
+    #[command(subcommand)]
+    Apps(cmd::apps::AppsCommand),
+    /// List the nodes known to the server.
+    Nodes,
+    /// List instances known to the server.
+    Instances(cmd::apps::InstancesArgs),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
     #[command(hide = true)]
     HelloApp(cmd::hello_app::Args),
@@ -35,6 +46,8 @@ enum Command {
     Registry(Box<cmd::registry::Args>),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
+    /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
+    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> ExitCode {
@@ -52,10 +65,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,
             Command::Services(args) => cmd::services::run(args, cli.global.output).await,
+            Command::Router(args) => cmd::router::run(*args).await,
+            Command::Server(args) => cmd::server::run(*args).await,
+            Command::Apps(c) => cmd::apps::run(c, &cli.global).await,
+            Command::Nodes => cmd::apps::nodes(&cli.global).await,
+            Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
         }
     });
     match result {

@@ -1,0 +1,51 @@
+//! The environment an instance runs with.
+
+use std::collections::BTreeMap;
+
+use crate::spec::InstanceSpec;
+
+use super::Supervisor;
+
+impl Supervisor {
+    /// The complete environment of an instance. Nothing of the agent's own environment
+    /// leaks in (it may hold the agent's settings) except PATH and locale; the spec's
+    /// variables come next and Berth's own last, so an app cannot shadow its ports.
+    pub fn env_for(&self, spec: &InstanceSpec, ports: &[u16]) -> BTreeMap<String, String> {
+        let config = &self.inner.config;
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
+        for key in ["LANG", "LC_ALL", "TZ"] {
+            if let Ok(value) = std::env::var(key) {
+                env.insert(key.to_string(), value);
+            }
+        }
+        let work = self.inner.store.work_dir(&spec.instance_id);
+        env.insert("HOME".to_string(), work.display().to_string());
+        env.extend(spec.env.clone());
+        if let Some(port) = ports.first() {
+            env.insert("PORT".to_string(), port.to_string());
+        }
+        for (i, port) in ports.iter().enumerate() {
+            env.insert(format!("PORT{i}"), port.to_string());
+        }
+        let berth = [
+            ("HOST", config.advertise.clone()),
+            ("BERTH_APP_ID", spec.app_id.clone()),
+            ("BERTH_APP", spec.app_id.clone()),
+            ("BERTH_APP_VERSION", spec.app_version.to_string()),
+            ("BERTH_INSTANCE_ID", spec.instance_id.to_string()),
+            ("BERTH_INSTANCE", spec.instance_id.to_string()),
+            ("BERTH_NODE", config.node_id.clone()),
+        ];
+        for (key, value) in berth {
+            env.insert(key.to_string(), value);
+        }
+        if let Some(addr) = &config.log_addr {
+            env.insert("BERTH_LOG_ADDR".to_string(), addr.clone());
+        }
+        env
+    }
+}

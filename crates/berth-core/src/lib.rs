@@ -1,0 +1,25 @@
+//! Berth's domain: what an app is, how it is validated, what a node offers, and where
+//! instances go.
+//!
+//! Owns: ids, [`spec::AppSpec`] and its validation, resources, placement constraints,
+//! instance states, version ids, launch backoff and the scheduler. Everything here is pure
+//! logic over plain values so it can be tested exhaustively and shared by every role.
+//! Must never depend on I/O (no files, sockets, clocks, async runtimes) nor on any other
+//! Berth crate: time comes in as arguments.
+
+pub mod backoff;
+pub mod constraint;
+pub mod id;
+pub mod instance;
+pub mod resources;
+pub mod scheduler;
+pub mod spec;
+mod suggest;
+pub mod validate;
+pub mod version;
+
+pub use id::{AppId, IdError, InstanceId, NodeId};
+pub use resources::Resources;
+pub use spec::AppSpec;
+pub use validate::{FieldError, SpecErrors};
+pub use version::VersionId;

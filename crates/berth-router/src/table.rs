@@ -1,0 +1,437 @@
+//! The immutable route table one generation serves, and endpoint selection within a route.
+//! A table is built once from every source's entries and then only read; updates build a
+//! new table and swap it in (see `store`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use crate::endpoint::{Endpoint, StatsRegistry};
+use crate::route::{EndpointSpec, Host, LbAlgorithm, RouteEntry, RouteKey};
+
+/// Largest weighted round-robin schedule; weights are scaled down beyond it so a route
+/// with extreme weights still costs bounded memory.
+const MAX_SCHEDULE: u64 = 4096;
+
+/// One route's endpoints and its balancing state.
+#[derive(Debug)]
+pub struct Pool {
+    pub key: RouteKey,
+    pub lb: LbAlgorithm,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Smooth weighted round-robin order of endpoint indices.
+    schedule: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(key: RouteKey, lb: LbAlgorithm, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let weights: Vec<u64> = endpoints
+            .iter()
+            .map(|e| u64::from(e.spec.weight.max(1)))
+            .collect();
+        let schedule = smooth_wrr_schedule(&weights);
+        // Start each generation at a random point so a table swap does not send the next
+        // request of every route to its first endpoint.
+        let start = if schedule.is_empty() {
+            0
+        } else {
+            rand::random_range(0..schedule.len())
+        };
+        Pool {
+            key,
+            lb,
+            endpoints,
+            schedule,
+            next: AtomicUsize::new(start),
+        }
+    }
+
+    /// Picks an endpoint not in `exclude`. A `sticky` id selects its endpoint when that one
+    /// is usable. Endpoints marked failing by passive health are skipped unless every
+    /// remaining endpoint is failing (a likely-failing try beats a certain 503).
+    pub fn pick(&self, exclude: &[SocketAddr], sticky: Option<&str>) -> Option<Arc<Endpoint>> {
+        if let Some(id) = sticky
+            && let Some(e) = self.endpoints.iter().find(|e| e.sticky_id == id)
+            && !exclude.contains(&e.addr())
+            && !e.stats.is_failing()
+        {
+            return Some(e.clone());
+        }
+        let usable = |e: &Endpoint, allow_failing: bool| {
+            !exclude.contains(&e.addr()) && (allow_failing || !e.stats.is_failing())
+        };
+        self.pick_with(|e| usable(e, false))
+            .or_else(|| self.pick_with(|e| usable(e, true)))
+    }
+
+    fn pick_with(&self, ok: impl Fn(&Endpoint) -> bool) -> Option<Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        match self.lb {
+            LbAlgorithm::RoundRobin => {
+                let len = self.schedule.len();
+                for _ in 0..len {
+                    let i = self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len];
+                    let e = &self.endpoints[i as usize];
+                    if ok(e) {
+                        return Some(e.clone());
+                    }
+                }
+                None
+            }
+            LbAlgorithm::LeastConnection => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| &self.endpoints[(start + k) % n])
+                    .filter(|e| ok(e))
+                    .min_by_key(|e| e.stats.in_flight())
+                    .cloned()
+            }
+        }
+    }
+}
+
+/// Nginx's smooth weighted round-robin, unrolled into a fixed schedule so picking is one
+/// atomic increment.
+fn smooth_wrr_schedule(weights: &[u64]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().copied().fold(0, gcd);
+    let mut w: Vec<u64> = weights.iter().map(|x| x / g).collect();
+    let total: u64 = w.iter().sum();
+    if total > MAX_SCHEDULE {
+        for x in &mut w {
+            *x = (*x * MAX_SCHEDULE / total).max(1);
+        }
+    }
+    let total: i64 = w.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// An immutable table: host -> routes ordered by longest path prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    hosts: HashMap<String, Vec<Arc<Pool>>>,
+    generation: u64,
+    routes: usize,
+    endpoints: usize,
+}
+
+impl RouteTable {
+    /// Merges entries (several may share a key: their endpoints are unioned by address,
+    /// the last one wins) into a table.
+    pub fn build(
+        entries: impl IntoIterator<Item = RouteEntry>,
+        stats: &StatsRegistry,
+        generation: u64,
+    ) -> Self {
+        let mut merged: BTreeMap<RouteKey, (LbAlgorithm, BTreeMap<SocketAddr, EndpointSpec>)> =
+            BTreeMap::new();
+        for entry in entries {
+            let slot = merged.entry(entry.key).or_default();
+            if entry.lb != LbAlgorithm::default() {
+                slot.0 = entry.lb;
+            }
+            for ep in entry.endpoints {
+                slot.1.insert(ep.addr, ep);
+            }
+        }
+        let mut hosts: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
+        let mut live = HashSet::new();
+        let mut endpoints = 0;
+        let routes = merged.len();
+        for (key, (lb, eps)) in merged {
+            endpoints += eps.len();
+            let eps: Vec<Arc<Endpoint>> = eps
+                .into_values()
+                .map(|spec| {
+                    live.insert(spec.addr);
+                    stats.endpoint(spec)
+                })
+                .collect();
+            hosts
+                .entry(key.host.as_str().to_string())
+                .or_default()
+                .push(Arc::new(Pool::new(key, lb, eps)));
+        }
+        for pools in hosts.values_mut() {
+            pools.sort_by_key(|p| std::cmp::Reverse(p.key.path.as_str().len()));
+        }
+        stats.retain(&live);
+        RouteTable {
+            hosts,
+            generation,
+            routes,
+            endpoints,
+        }
+    }
+
+    /// Finds the route for a request: exact host first, then wildcards one label at a
+    /// time; within a host the longest matching path prefix.
+    pub fn lookup(&self, host: &Host, path: &str) -> Option<&Arc<Pool>> {
+        host.lookup_candidates().find_map(|candidate| {
+            self.hosts
+                .get(&candidate)?
+                .iter()
+                .find(|p| p.key.path.matches(path))
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.routes
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints
+    }
+
+    /// Every route with its endpoints and their live counters, sorted by route.
+    pub fn view(&self) -> Vec<RouteView> {
+        let mut out: Vec<RouteView> = self
+            .hosts
+            .values()
+            .flatten()
+            .map(|p| RouteView {
+                route: p.key.to_string(),
+                lb: p.lb,
+                endpoints: p
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointView {
+                        addr: e.addr(),
+                        weight: e.spec.weight,
+                        instance_id: e.spec.instance_id.clone(),
+                        app: e.spec.app.clone(),
+                        in_flight: e.stats.in_flight(),
+                        requests: e.stats.requests(),
+                        failures: e.stats.failures(),
+                        failing: e.stats.is_failing(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.route.cmp(&b.route));
+        out
+    }
+}
+
+/// JSON shape of `/routes`.
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    pub route: String,
+    pub lb: LbAlgorithm,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointView {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub in_flight: i64,
+    pub requests: u64,
+    pub failures: u64,
+    pub failing: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn entry(route: &str, ports: &[u16]) -> RouteEntry {
+        RouteEntry {
+            key: RouteKey::parse(route).unwrap(),
+            lb: LbAlgorithm::RoundRobin,
+            endpoints: ports.iter().map(|p| EndpointSpec::new(addr(*p))).collect(),
+        }
+    }
+
+    fn host(s: &str) -> Host {
+        Host::from_request_authority(s).unwrap()
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_and_longest_prefix_wins() {
+        let stats = StatsRegistry::default();
+        let t = RouteTable::build(
+            [
+                entry("*.example.com", &[1]),
+                entry("*.b.example.com", &[2]),
+                entry("a.b.example.com", &[3]),
+                entry("a.b.example.com/api", &[4]),
+                entry("a.b.example.com/api/v2", &[5]),
+            ],
+            &stats,
+            1,
+        );
+        let port = |h: &str, p: &str| t.lookup(&host(h), p).map(|p| p.endpoints[0].addr().port());
+        assert_eq!(port("a.b.example.com", "/"), Some(3));
+        assert_eq!(port("A.B.Example.com:80", "/api/x"), Some(4));
+        assert_eq!(port("a.b.example.com", "/api/v2/z"), Some(5));
+        assert_eq!(port("a.b.example.com", "/apiv2"), Some(3));
+        assert_eq!(port("x.b.example.com", "/"), Some(2));
+        assert_eq!(port("x.y.example.com", "/"), Some(1));
+        assert_eq!(port("example.com", "/"), None);
+        assert_eq!(port("other.org", "/"), None);
+    }
+
+    #[test]
+    fn path_only_routes_fall_through_to_wildcard() {
+        let stats = StatsRegistry::default();
+        let t = RouteTable::build(
+            [
+                entry("a.example.com/api", &[1]),
+                entry("*.example.com", &[2]),
+            ],
+            &stats,
+            1,
+        );
+        let p = t.lookup(&host("a.example.com"), "/web").unwrap();
+        assert_eq!(p.endpoints[0].addr().port(), 2);
+    }
+
+    #[test]
+    fn entries_with_same_key_merge_endpoints() {
+        let stats = StatsRegistry::default();
+        let t = RouteTable::build(
+            [entry("w.example", &[1, 2]), entry("w.example", &[2, 3])],
+            &stats,
+            1,
+        );
+        assert_eq!(t.route_count(), 1);
+        assert_eq!(t.endpoint_count(), 3);
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights_smoothly() {
+        assert_eq!(smooth_wrr_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr_schedule(&[2, 2]), vec![0, 1]);
+        assert!(smooth_wrr_schedule(&[1_000_000, 1]).len() <= MAX_SCHEDULE as usize + 1);
+        let stats = StatsRegistry::default();
+        let mut e = entry("w.example", &[1, 2]);
+        e.endpoints[0].weight = 3;
+        let t = RouteTable::build([e], &stats, 1);
+        let pool = t.lookup(&host("w.example"), "/").unwrap();
+        let mut counts = HashMap::new();
+        for _ in 0..400 {
+            *counts
+                .entry(pool.pick(&[], None).unwrap().addr().port())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts[&1], 300);
+        assert_eq!(counts[&2], 100);
+    }
+
+    #[test]
+    fn least_connection_prefers_idle_endpoint() {
+        let stats = StatsRegistry::default();
+        let mut e = entry("w.example", &[1, 2, 3]);
+        e.lb = LbAlgorithm::LeastConnection;
+        let t = RouteTable::build([e], &stats, 1);
+        let pool = t.lookup(&host("w.example"), "/").unwrap();
+        let _g1 = pool.endpoints[0].stats.begin();
+        let _g2 = pool.endpoints[2].stats.begin();
+        for _ in 0..10 {
+            assert_eq!(pool.pick(&[], None).unwrap().addr().port(), 2);
+        }
+    }
+
+    #[test]
+    fn pick_skips_excluded_and_failing_but_falls_back_when_all_fail() {
+        let stats = StatsRegistry::default();
+        let t = RouteTable::build([entry("w.example", &[1, 2])], &stats, 1);
+        let pool = t.lookup(&host("w.example"), "/").unwrap();
+        for _ in 0..10 {
+            assert_eq!(pool.pick(&[addr(1)], None).unwrap().addr(), addr(2));
+        }
+        pool.endpoints[1].stats.mark_failed(Duration::from_secs(60));
+        for _ in 0..10 {
+            assert_eq!(pool.pick(&[], None).unwrap().addr(), addr(1));
+        }
+        // Only a failing endpoint remains: it is still tried.
+        assert_eq!(pool.pick(&[addr(1)], None).unwrap().addr(), addr(2));
+        assert!(pool.pick(&[addr(1), addr(2)], None).is_none());
+    }
+
+    #[test]
+    fn sticky_id_selects_its_endpoint() {
+        let stats = StatsRegistry::default();
+        let mut e = entry("w.example", &[1, 2, 3]);
+        e.endpoints[2].instance_id = Some("inst-3".into());
+        let t = RouteTable::build([e], &stats, 1);
+        let pool = t.lookup(&host("w.example"), "/").unwrap();
+        for _ in 0..10 {
+            assert_eq!(pool.pick(&[], Some("inst-3")).unwrap().addr(), addr(3));
+            assert_eq!(pool.pick(&[], Some("127.0.0.1:1")).unwrap().addr(), addr(1));
+        }
+        // Unknown id: normal balancing.
+        assert!(pool.pick(&[], Some("gone")).is_some());
+    }
+
+    #[test]
+    fn counters_survive_a_rebuild() {
+        let stats = StatsRegistry::default();
+        let t1 = RouteTable::build([entry("w.example", &[1])], &stats, 1);
+        let guard = t1.lookup(&host("w.example"), "/").unwrap().endpoints[0]
+            .stats
+            .begin();
+        let t2 = RouteTable::build([entry("w.example", &[1, 2])], &stats, 2);
+        drop(t1);
+        let pool = t2.lookup(&host("w.example"), "/").unwrap();
+        let e1 = pool.endpoints.iter().find(|e| e.addr() == addr(1)).unwrap();
+        assert_eq!(e1.stats.in_flight(), 1);
+        assert_eq!(e1.stats.requests(), 1);
+        drop(guard);
+        assert_eq!(e1.stats.in_flight(), 0);
+    }
+
+    #[test]
+    fn view_lists_routes_sorted() {
+        let stats = StatsRegistry::default();
+        let t = RouteTable::build(
+            [entry("b.example", &[2]), entry("a.example/x", &[1])],
+            &stats,
+            7,
+        );
+        let v = t.view();
+        assert_eq!(v[0].route, "a.example/x");
+        assert_eq!(v[1].route, "b.example");
+        assert_eq!(t.generation(), 7);
+    }
+}

@@ -1,0 +1,177 @@
+//! The agent stream: one long-lived gRPC stream per node. Hello -> Welcome, then
+//! heartbeats and instance events in, commands out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_core::NodeId;
+use berth_proto::agent::v1 as pb;
+use berth_proto::agent::v1::agent_link_server::AgentLink;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::Ctx;
+use crate::events::NewEvent;
+
+/// Commands queued per node before the server counts the node as unable to keep up.
+const QUEUE: usize = 1024;
+
+pub struct AgentService {
+    pub ctx: Arc<Ctx>,
+    pub cancel: CancellationToken,
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+/// Checks a Hello; the error says which field and what to send instead.
+pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    let id = &hello.node_id;
+    if id.is_empty() || id.len() > 253 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "hello.node_id {id:?} is not usable: send a non-empty id of at most 253 characters without spaces (the hostname by default)"
+        )));
+    }
+    let Some(total) = &hello.total else {
+        return Err(Status::invalid_argument(
+            "hello.total is missing: send the node's total cpus, mem_mib and disk_mib",
+        ));
+    };
+    if !total.cpus.is_finite() || total.cpus < 0.0 {
+        return Err(Status::invalid_argument(format!(
+            "hello.total.cpus {} is not a non-negative number of cores",
+            total.cpus
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AgentLink for AgentService {
+    type SessionStream = Outbound;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello_timeout = self.ctx.config.hello_timeout;
+        let first = tokio::time::timeout(hello_timeout, inbound.next())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no hello within {} ms: an agent must send Hello first",
+                    hello_timeout.as_millis()
+                ))
+            })?;
+        let hello = match first {
+            Some(Ok(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::Hello(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(Status::failed_precondition(
+                    "the first message on the stream must be Hello; send Hello, then heartbeats",
+                ));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(Status::cancelled("stream closed before hello")),
+        };
+        check_hello(&hello)?;
+
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let welcome = pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::Welcome(pb::Welcome {
+                server_id: self.ctx.server_id.clone(),
+                heartbeat_interval_ms: self.ctx.config.heartbeat_interval.as_millis() as u32,
+            })),
+        };
+        tx.send(welcome)
+            .await
+            .map_err(|_| Status::internal("stream closed"))?;
+        let node = NodeId::new(hello.node_id.clone());
+        let session = {
+            let mut state = self.ctx.lock_state();
+            state.connect(&hello, tx, Instant::now(), &self.ctx.events)
+        };
+        self.ctx.wake.notify_one();
+
+        let ctx = self.ctx.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            read_loop(&ctx, &node, session, inbound, cancel).await;
+            let mut state = ctx.lock_state();
+            if state.is_current(&node, session) {
+                if let Some(n) = state.nodes.get_mut(&node) {
+                    // Dropping the sender ends the outbound half.
+                    n.tx = None;
+                }
+                state.disconnect(&node, session, &ctx.events);
+            }
+            drop(state);
+            ctx.wake.notify_one();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+async fn read_loop(
+    ctx: &Ctx,
+    node: &NodeId,
+    session: u64,
+    mut inbound: Streaming<pb::AgentMessage>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = inbound.next() => m,
+            _ = cancel.cancelled() => return,
+        };
+        let msg = match msg {
+            None => return,
+            Some(Err(e)) => {
+                tracing::info!(%node, "agent stream ended: {e}");
+                return;
+            }
+            Some(Ok(m)) => m,
+        };
+        let mut state = ctx.lock_state();
+        if !state.is_current(node, session) {
+            // A newer session of the same node took over.
+            return;
+        }
+        let now = Instant::now();
+        let mut changed = true;
+        match msg.kind {
+            Some(pb::agent_message::Kind::Heartbeat(hb)) => {
+                // Unchanged heartbeats only refresh liveness: no pass needed.
+                changed = state.heartbeat(node, &hb, now, &ctx.events);
+            }
+            Some(pb::agent_message::Kind::Event(ev)) => match ev.instance {
+                Some(inst) => state.instance_event(node, &inst, now, &ctx.events),
+                None => ctx.events.emit(
+                    "agent_protocol_error",
+                    NewEvent::node(node),
+                    format!("node {node} sent an instance event without an instance; ignored"),
+                ),
+            },
+            Some(pb::agent_message::Kind::Hello(_)) => ctx.events.emit(
+                "agent_protocol_error",
+                NewEvent::node(node),
+                format!("node {node} sent a second hello on one stream; ignored (reconnect to re-register)"),
+            ),
+            None => ctx.events.emit(
+                "agent_protocol_error",
+                NewEvent::node(node),
+                format!("node {node} sent an empty message; ignored"),
+            ),
+        }
+        drop(state);
+        if changed {
+            ctx.wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Changes to desired state: each one a new stored version, an event, and a wake-up for
+//! the reconciler.
+
+use std::sync::Arc;
+
+use berth_core::{AppId, AppSpec, VersionId};
+use berth_store::{AppVersion, Change, Store, StoreError};
+
+use crate::context::Ctx;
+use crate::events::NewEvent;
+
+async fn blocking<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Engine(format!("store task failed: {e}")))?
+}
+
+pub async fn get(ctx: &Ctx, id: &AppId) -> Result<Option<AppVersion>, StoreError> {
+    let id = id.clone();
+    blocking(ctx, move |s| s.get_app(&id)).await
+}
+
+pub async fn list(ctx: &Ctx) -> Result<Vec<AppVersion>, StoreError> {
+    blocking(ctx, |s| s.list_apps()).await
+}
+
+pub async fn versions(ctx: &Ctx, id: &AppId) -> Result<Vec<AppVersion>, StoreError> {
+    let id = id.clone();
+    blocking(ctx, move |s| s.list_versions(&id)).await
+}
+
+pub async fn version(
+    ctx: &Ctx,
+    id: &AppId,
+    v: VersionId,
+) -> Result<Option<AppVersion>, StoreError> {
+    let id = id.clone();
+    blocking(ctx, move |s| s.get_version(&id, v)).await
+}
+
+/// Creates the app; fails if it exists.
+pub async fn create(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<AppVersion, StoreError> {
+    let mut last = ctx.write_lock.lock().await;
+    let version = next_version(&mut last, None);
+    let record = AppVersion::first(spec, version);
+    let r = record.clone();
+    blocking(ctx, move |s| s.create_app(&r)).await?;
+    announce(ctx, &record, None);
+    Ok(record)
+}
+
+/// Creates or updates. `Ok((version, created))`.
+pub async fn put(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<(AppVersion, bool), StoreError> {
+    let mut last = ctx.write_lock.lock().await;
+    let id = spec.id.clone();
+    let current = {
+        let id = id.clone();
+        blocking(ctx, move |s| s.get_app(&id)).await?
+    };
+    match current {
+        None => {
+            let version = next_version(&mut last, None);
+            let record = AppVersion::first(spec, version);
+            let r = record.clone();
+            blocking(ctx, move |s| s.create_app(&r)).await?;
+            announce(ctx, &record, None);
+            Ok((record, true))
+        }
+        // Deploying the same spec again is not a change: no new version, nothing moves.
+        Some(cur) if cur.spec == spec => Ok((cur, false)),
+        Some(cur) => {
+            let version = next_version(&mut last, Some(cur.version));
+            let change = if cur.spec.needs_new_instances(&spec) {
+                Change::Updated
+            } else {
+                Change::Scaled
+            };
+            let record = cur.next(spec, version, change);
+            let r = record.clone();
+            let expected = cur.version;
+            blocking(ctx, move |s| s.update_app(&r, expected)).await?;
+            announce(ctx, &record, Some(&cur));
+            Ok((record, false))
+        }
+    }
+}
+
+/// Applies `edit` to the current spec as a new version.
+pub async fn modify(
+    ctx: &Arc<Ctx>,
+    id: &AppId,
+    change: Change,
+    edit: impl FnOnce(&mut AppSpec),
+) -> Result<AppVersion, StoreError> {
+    let mut last = ctx.write_lock.lock().await;
+    let cur = {
+        let id = id.clone();
+        blocking(ctx, move |s| s.get_app(&id)).await?
+    }
+    .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    let mut spec = cur.spec.clone();
+    edit(&mut spec);
+    let version = next_version(&mut last, Some(cur.version));
+    let record = cur.next(spec, version, change);
+    let r = record.clone();
+    let expected = cur.version;
+    blocking(ctx, move |s| s.update_app(&r, expected)).await?;
+    announce(ctx, &record, Some(&cur));
+    Ok(record)
+}
+
+pub async fn delete(ctx: &Arc<Ctx>, id: &AppId) -> Result<bool, StoreError> {
+    let _last = ctx.write_lock.lock().await;
+    let id2 = id.clone();
+    let deleted = blocking(ctx, move |s| s.delete_app(&id2)).await?;
+    if deleted {
+        ctx.events.emit(
+            "app_deleted",
+            NewEvent::app(id),
+            format!("{id} deleted; its instances will be stopped"),
+        );
+        ctx.lock_state().apps.remove(id.as_str());
+        ctx.wake.notify_one();
+    }
+    Ok(deleted)
+}
+
+fn next_version(last: &mut Option<VersionId>, current: Option<VersionId>) -> VersionId {
+    let prev = (*last).max(current);
+    let v = VersionId::next(prev, crate::clock::unix_ms());
+    *last = Some(v);
+    v
+}
+
+fn announce(ctx: &Ctx, record: &AppVersion, before: Option<&AppVersion>) {
+    let id = &record.spec.id;
+    let (kind, message) = match (record.change, before) {
+        (Change::Created, _) => (
+            "app_created",
+            format!(
+                "{id} created at version {} with {} instance(s)",
+                record.version, record.spec.instances
+            ),
+        ),
+        (Change::Scaled, Some(b)) => (
+            "app_scaled",
+            format!(
+                "{id} scaled from {} to {} instance(s) (version {})",
+                b.spec.instances, record.spec.instances, record.version
+            ),
+        ),
+        (Change::Restarted, _) => (
+            "app_restarted",
+            format!(
+                "{id} restarting: every instance is replaced (version {})",
+                record.version
+            ),
+        ),
+        _ => (
+            "app_updated",
+            format!(
+                "{id} updated to version {}; instances are replaced",
+                record.version
+            ),
+        ),
+    };
+    ctx.events.emit(kind, NewEvent::app(id), message);
+    // A deliberate change deserves a fresh start, not the delay earned by old failures.
+    if record.config_version == record.version {
+        ctx.lock_state().apps.remove(id.as_str());
+    }
+    ctx.wake.notify_one();
+}

@@ -1,0 +1,107 @@
+//! The server's one typed configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_util::config::{ConfigError, Layers};
+
+/// Every key, as it appears in the TOML file, as `BERTH_SERVER_<KEY>` and as a flag:
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `listen` | 127.0.0.1:7070 | REST API, events, metrics |
+/// | `agent_listen` | 127.0.0.1:7071 | gRPC stream agents connect to |
+/// | `registry` | none | registry gRPC address (shown in /v1/info) |
+/// | `data_dir` | ./berth-data/server | SQLite store and lock |
+/// | `heartbeat_interval` | 2s | interval agents are told to beat at |
+/// | `node_ttl` | 10s | silence after which a node is lost and its instances replaced |
+/// | `startup_grace` | 6s | wait after start before acting, so agents can report |
+/// | `reconcile_interval` | 3s | periodic reconciliation (it also runs on every change) |
+/// | `launch_timeout` | 60s | a start not reported by then is given up |
+/// | `hello_timeout` | 10s | time an agent has to send its Hello |
+/// | `stop_drain` | 2s | deregistered-to-SIGTERM time sent with stops |
+/// | `stop_grace` | 10s | SIGTERM-to-SIGKILL time sent with stops |
+/// | `max_body_bytes` | 1048576 | largest accepted request body |
+/// | `shutdown_grace` | 5s | time open HTTP connections get on shutdown |
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub agent_listen: SocketAddr,
+    pub registry: Option<String>,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub node_ttl: Duration,
+    pub startup_grace: Duration,
+    pub reconcile_interval: Duration,
+    pub launch_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub stop_drain: Duration,
+    pub stop_grace: Duration,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:7071";
+
+impl ServerConfig {
+    pub fn from_layers(layers: &mut Layers<'_>) -> Result<Self, ConfigError> {
+        let d = Self::defaults(Path::new("berth-data/server"));
+        let config = ServerConfig {
+            listen: layers.get_or("listen", d.listen)?,
+            agent_listen: layers.get_or("agent_listen", d.agent_listen)?,
+            registry: layers.get("registry")?,
+            data_dir: layers.get_or("data_dir", d.data_dir)?,
+            heartbeat_interval: layers.get_or("heartbeat_interval", d.heartbeat_interval)?,
+            node_ttl: layers.get_or("node_ttl", d.node_ttl)?,
+            startup_grace: layers.get_or("startup_grace", d.startup_grace)?,
+            reconcile_interval: layers.get_or("reconcile_interval", d.reconcile_interval)?,
+            launch_timeout: layers.get_or("launch_timeout", d.launch_timeout)?,
+            hello_timeout: layers.get_or("hello_timeout", d.hello_timeout)?,
+            stop_drain: layers.get_or("stop_drain", d.stop_drain)?,
+            stop_grace: layers.get_or("stop_grace", d.stop_grace)?,
+            max_body_bytes: layers.get_or("max_body_bytes", d.max_body_bytes)?,
+            shutdown_grace: layers.get_or("shutdown_grace", d.shutdown_grace)?,
+        };
+        layers.finish()?;
+        Ok(config)
+    }
+
+    fn defaults(data_dir: &Path) -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            agent_listen: DEFAULT_AGENT_LISTEN.parse().expect("valid default"),
+            registry: None,
+            data_dir: data_dir.to_path_buf(),
+            heartbeat_interval: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            startup_grace: Duration::from_secs(6),
+            reconcile_interval: Duration::from_secs(3),
+            launch_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(10),
+            stop_drain: Duration::from_secs(2),
+            stop_grace: Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Loopback on ephemeral ports with short timings, for tests.
+    pub fn for_test(data_dir: &Path) -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            agent_listen: "127.0.0.1:0".parse().expect("valid"),
+            heartbeat_interval: Duration::from_millis(100),
+            node_ttl: Duration::from_millis(800),
+            startup_grace: Duration::from_millis(200),
+            reconcile_interval: Duration::from_millis(200),
+            launch_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(2),
+            stop_drain: Duration::from_millis(10),
+            stop_grace: Duration::from_millis(100),
+            shutdown_grace: Duration::from_millis(500),
+            ..Self::defaults(data_dir)
+        }
+    }
+}

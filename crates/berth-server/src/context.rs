@@ -1,0 +1,50 @@
+//! What every part of the server shares.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use berth_store::Store;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::reconcile::plan::PlanConfig;
+use crate::state::RealState;
+
+pub struct Ctx {
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub state: Mutex<RealState>,
+    pub events: EventBus,
+    /// Wakes the reconciler.
+    pub wake: Notify,
+    pub metrics: Metrics,
+    pub registry: Arc<prometheus_client::registry::Registry>,
+    pub server_id: String,
+    pub started: Instant,
+    pub started_ms: u64,
+    /// Serialises writes to the store so version ids stay increasing.
+    pub write_lock: tokio::sync::Mutex<Option<berth_core::VersionId>>,
+    /// Fires on shutdown; long-lived responses (SSE) end with it.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Ctx {
+    pub fn lock_state(&self) -> MutexGuard<'_, RealState> {
+        // Every mutation is a few map operations that cannot leave the state half-done
+        // in a way that matters: reuse it after a panic elsewhere.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn plan_config(&self) -> PlanConfig {
+        PlanConfig {
+            launch_timeout: self.config.launch_timeout,
+            stop_retry: self.config.stop_drain
+                + self.config.stop_grace
+                + self.config.launch_timeout,
+            drain_ms: self.config.stop_drain.as_millis() as u32,
+            grace_ms: self.config.stop_grace.as_millis() as u32,
+        }
+    }
+}

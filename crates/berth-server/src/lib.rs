@@ -1,0 +1,133 @@
+//! The control-plane server: desired state in a store, real state in memory from agent
+//! heartbeats, the reconciler that closes the gap, and the REST API and event stream.
+//!
+//! Owns: the REST API (`/v1/...`), the agent stream gRPC service, the in-memory real
+//! state, the reconciler and the server's metrics. Placement and spec rules live in
+//! `berth-core`, storage in `berth-store`. Must never depend on another role's crate
+//! (agent, registry, router): roles talk only through their network contracts.
+
+mod agents;
+mod api;
+mod apps;
+mod clock;
+mod config;
+mod context;
+mod events;
+mod metrics;
+mod reconcile;
+pub mod sim;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use berth_proto::agent::v1::agent_link_server::AgentLinkServer;
+use berth_store::{SqliteStore, Store, StoreError};
+use berth_util::datadir::{DataDir, DataDirError};
+use berth_util::net::{BindError, bind_tcp};
+use berth_util::shutdown::Shutdown;
+use tokio::time::Instant;
+
+pub use agents::check_hello;
+pub use config::ServerConfig;
+pub use events::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot read a bound address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    http: SocketAddr,
+    agent: SocketAddr,
+    _data_dir: Arc<DataDir>,
+}
+
+impl ServerHandle {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent
+    }
+}
+
+/// Opens the store, binds both listeners and spawns every task on `shutdown`.
+pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
+    let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+    let db = data_dir.join("server.db");
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+            .await
+            .map_err(|e| StoreError::Engine(format!("store open task failed: {e}")))??,
+    );
+    start_with_store(config, store, data_dir, shutdown).await
+}
+
+async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    data_dir: Arc<DataDir>,
+    shutdown: &Shutdown,
+) -> Result<ServerHandle, Error> {
+    let http_listener = bind_tcp(config.listen, "--listen").await?;
+    let agent_listener = bind_tcp(config.agent_listen, "--agent-listen").await?;
+    let http = http_listener.local_addr()?;
+    let agent = agent_listener.local_addr()?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ctx = Arc::new(context::Ctx {
+        store,
+        state: Mutex::new(state::RealState::default()),
+        events: events::EventBus::new(),
+        wake: tokio::sync::Notify::new(),
+        metrics,
+        registry: Arc::new(registry),
+        server_id: format!("server-{}-{}", std::process::id(), clock::unix_ms()),
+        started: Instant::now(),
+        started_ms: clock::unix_ms(),
+        write_lock: tokio::sync::Mutex::new(None),
+        cancel: shutdown.token(),
+        config,
+    });
+
+    berth_util::http::serve(
+        http_listener,
+        api::router(ctx.clone()),
+        shutdown,
+        ctx.config.shutdown_grace,
+    );
+
+    let service = AgentLinkServer::new(agents::AgentService {
+        ctx: ctx.clone(),
+        cancel: shutdown.token(),
+    });
+    let cancel = shutdown.token();
+    shutdown.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!("agent stream server failed: {e}");
+        }
+    });
+
+    shutdown.spawn(reconcile::run(ctx.clone(), shutdown.token()));
+    tracing::info!(%http, %agent, "server started");
+    Ok(ServerHandle {
+        http,
+        agent,
+        _data_dir: data_dir,
+    })
+}

@@ -1,0 +1,425 @@
+//! Real state: nodes and the instances their agents report, kept in memory only.
+//!
+//! It is rebuilt from agents after a restart: a Hello lists what the node already runs
+//! and every heartbeat carries the full instance list (level-triggered), so any single
+//! heartbeat is enough to know a node completely.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use berth_core::instance::InstanceState;
+use berth_core::{InstanceId, NodeId, Resources};
+use berth_proto::agent::v1 as pb;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::events::{EventBus, NewEvent};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    /// As reported; an agent may report apps the server no longer knows.
+    pub app: String,
+    pub version: u64,
+    pub state: InstanceState,
+    pub node: NodeId,
+    pub ports: Vec<u32>,
+    pub pid: u32,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
+    pub resources: Resources,
+}
+
+impl Instance {
+    fn from_pb(node: &NodeId, s: &pb::InstanceStatus) -> Self {
+        Instance {
+            id: InstanceId::new(s.instance_id.clone()),
+            app: s.app_id.clone(),
+            version: s.app_version,
+            state: state_from_pb(s.state()),
+            node: node.clone(),
+            ports: s.ports.clone(),
+            pid: s.pid,
+            started_at_ms: s.started_at_ms,
+            updated_at_ms: s.updated_at_ms,
+            exit_code: s.exit_code,
+            message: s.message.clone(),
+            stderr_tail: s.stderr_tail.clone(),
+            resources: s
+                .resources
+                .as_ref()
+                .map(resources_from_pb)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub fn state_from_pb(s: pb::InstanceState) -> InstanceState {
+    use pb::InstanceState as P;
+    match s {
+        P::Unspecified | P::Starting => InstanceState::Starting,
+        P::Running => InstanceState::Running,
+        P::Healthy => InstanceState::Healthy,
+        P::Unhealthy => InstanceState::Unhealthy,
+        P::Stopping => InstanceState::Stopping,
+        P::Exited => InstanceState::Exited,
+        P::Failed => InstanceState::Failed,
+    }
+}
+
+pub fn resources_from_pb(r: &pb::Resources) -> Resources {
+    Resources::new(r.cpus, r.mem_mib, r.disk_mib)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Connected and reporting.
+    Ready,
+    /// The stream dropped; its instances are assumed alive until the TTL runs out.
+    Disconnected,
+    /// No heartbeat within the TTL: its instances are replaced elsewhere.
+    Lost,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub hostname: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub agent_version: String,
+    pub total: Resources,
+    /// As measured by the agent (all processes), for people; placement uses allocations.
+    pub used_reported: Resources,
+    pub load1: f64,
+    pub status: NodeStatus,
+    pub joined_at_ms: u64,
+    pub instances: BTreeMap<InstanceId, Instance>,
+    #[serde(skip)]
+    pub last_seen: Instant,
+    #[serde(skip)]
+    pub session: u64,
+    #[serde(skip)]
+    pub tx: Option<mpsc::Sender<pb::ServerMessage>>,
+}
+
+/// A start the server ordered and no agent has reported yet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub id: InstanceId,
+    pub app: String,
+    pub version: u64,
+    pub node: NodeId,
+    pub resources: Resources,
+    #[serde(skip)]
+    pub ordered_at: Instant,
+}
+
+/// Per-app launch backoff and the scheduler's last word on it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AppHealth {
+    pub failures: u32,
+    /// Failures already announced as a launch delay, so it is said once.
+    #[serde(skip)]
+    pub announced_delay: u32,
+    #[serde(skip)]
+    pub last_failure: Option<Instant>,
+    /// Why the last placement left instances unplaced, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+#[derive(Default, Serialize)]
+pub struct RealState {
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub pending: HashMap<InstanceId, Pending>,
+    /// Stops sent and when, so they are not repeated every pass.
+    #[serde(skip)]
+    pub stop_requested: HashMap<InstanceId, Instant>,
+    pub apps: HashMap<String, AppHealth>,
+    /// Instances already counted as failures.
+    #[serde(skip)]
+    pub counted_failures: HashSet<InstanceId>,
+    #[serde(skip)]
+    next_session: u64,
+    #[serde(skip)]
+    instance_seq: u64,
+}
+
+impl RealState {
+    /// A node said hello: (re)register it and adopt the instances it already runs.
+    pub fn connect(
+        &mut self,
+        hello: &pb::Hello,
+        tx: mpsc::Sender<pb::ServerMessage>,
+        now: Instant,
+        events: &EventBus,
+    ) -> u64 {
+        self.next_session += 1;
+        let session = self.next_session;
+        let id = NodeId::new(hello.node_id.clone());
+        let existed = self.nodes.contains_key(&id);
+        let node = Node {
+            id: id.clone(),
+            hostname: if hello.hostname.is_empty() {
+                hello.node_id.clone()
+            } else {
+                hello.hostname.clone()
+            },
+            address: hello.address.clone(),
+            labels: hello.labels.clone().into_iter().collect(),
+            drivers: if hello.drivers.is_empty() {
+                vec!["process".into()]
+            } else {
+                hello.drivers.clone()
+            },
+            agent_version: hello.version.clone(),
+            total: hello
+                .total
+                .as_ref()
+                .map(resources_from_pb)
+                .unwrap_or_default(),
+            used_reported: Resources::default(),
+            load1: 0.0,
+            status: NodeStatus::Ready,
+            joined_at_ms: crate::clock::unix_ms(),
+            instances: BTreeMap::new(),
+            last_seen: now,
+            session,
+            tx: Some(tx),
+        };
+        self.nodes.insert(id.clone(), node);
+        events.emit(
+            if existed {
+                "node_reconnected"
+            } else {
+                "node_joined"
+            },
+            NewEvent::node(&id),
+            format!(
+                "node {id} ({}) connected with {} and {} running instance(s)",
+                hello.hostname,
+                hello
+                    .total
+                    .as_ref()
+                    .map(resources_from_pb)
+                    .unwrap_or_default(),
+                hello.instances.len()
+            ),
+        );
+        self.replace_instances(&id, &hello.instances, events);
+        session
+    }
+
+    /// The stream of `session` ended. Instances stay until the TTL says the node is lost.
+    pub fn disconnect(&mut self, id: &NodeId, session: u64, events: &EventBus) {
+        if let Some(node) = self.nodes.get_mut(id)
+            && node.session == session
+            && node.status == NodeStatus::Ready
+        {
+            node.status = NodeStatus::Disconnected;
+            node.tx = None;
+            events.emit(
+                "node_disconnected",
+                NewEvent::node(id),
+                format!("node {id} disconnected; its instances count as running until its heartbeat TTL passes"),
+            );
+        }
+    }
+
+    /// True when `session` is still the node's live session.
+    pub fn is_current(&self, id: &NodeId, session: u64) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.session == session)
+    }
+
+    /// Returns whether anything the reconciler cares about changed.
+    pub fn heartbeat(
+        &mut self,
+        id: &NodeId,
+        hb: &pb::Heartbeat,
+        now: Instant,
+        events: &EventBus,
+    ) -> bool {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return false;
+        };
+        let before = Self::signature(node);
+        let was = node.status;
+        node.last_seen = now;
+        if node.status == NodeStatus::Lost {
+            events.emit(
+                "node_recovered",
+                NewEvent::node(id),
+                format!("node {id} reports again"),
+            );
+        }
+        node.status = NodeStatus::Ready;
+        node.used_reported = hb.used.as_ref().map(resources_from_pb).unwrap_or_default();
+        node.load1 = hb.load1;
+        self.replace_instances(id, &hb.instances, events);
+        let node = &self.nodes[id];
+        was != node.status || before != Self::signature(node)
+    }
+
+    fn signature(node: &Node) -> Vec<(InstanceId, InstanceState, u64)> {
+        node.instances
+            .values()
+            .map(|i| (i.id.clone(), i.state, i.version))
+            .collect()
+    }
+
+    /// One instance changed state.
+    pub fn instance_event(
+        &mut self,
+        id: &NodeId,
+        status: &pb::InstanceStatus,
+        now: Instant,
+        events: &EventBus,
+    ) {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        node.last_seen = now;
+        let inst = Instance::from_pb(id, status);
+        let old = node.instances.insert(inst.id.clone(), inst.clone());
+        self.observe(old.as_ref(), &inst, now, events);
+    }
+
+    fn replace_instances(&mut self, id: &NodeId, list: &[pb::InstanceStatus], events: &EventBus) {
+        let now = Instant::now();
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        let fresh: BTreeMap<InstanceId, Instance> = list
+            .iter()
+            .map(|s| {
+                let i = Instance::from_pb(id, s);
+                (i.id.clone(), i)
+            })
+            .collect();
+        let old = std::mem::replace(&mut node.instances, fresh.clone());
+        for inst in fresh.values() {
+            self.observe(old.get(&inst.id), inst, now, events);
+        }
+        for (gone_id, gone) in old.iter().filter(|(k, _)| !fresh.contains_key(*k)) {
+            let requested = self.stop_requested.remove(gone_id).is_some();
+            if !requested && gone.state.is_active() {
+                events.emit(
+                    "instance_vanished",
+                    NewEvent::app(&gone.app)
+                        .with_node(id)
+                        .with_instance(gone_id),
+                    format!("instance {gone_id} is no longer reported by node {id}"),
+                );
+            }
+        }
+    }
+
+    /// Book-keeping when an instance is seen: pending resolved, transitions, failures.
+    fn observe(
+        &mut self,
+        old: Option<&Instance>,
+        inst: &Instance,
+        now: Instant,
+        events: &EventBus,
+    ) {
+        self.pending.remove(&inst.id);
+        let from = old.map(|o| o.state);
+        if from == Some(inst.state) {
+            return;
+        }
+        let about = NewEvent::app(&inst.app)
+            .with_node(&inst.node)
+            .with_instance(&inst.id);
+        let detail = if inst.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", inst.message)
+        };
+        let from_s = from
+            .map(|s| format!("{s:?}").to_lowercase())
+            .unwrap_or_else(|| "new".into());
+        events.emit(
+            "instance_state",
+            about,
+            format!(
+                "instance {} of {} on {}: {from_s} -> {}{detail}",
+                inst.id,
+                inst.app,
+                inst.node,
+                format!("{:?}", inst.state).to_lowercase()
+            ),
+        );
+        if inst.state.is_terminal() {
+            let requested = self.stop_requested.contains_key(&inst.id);
+            if !requested && self.counted_failures.insert(inst.id.clone()) {
+                self.note_failure(&inst.app, now);
+            }
+        }
+    }
+
+    pub fn note_failure(&mut self, app: &str, now: Instant) {
+        let health = self.apps.entry(app.to_string()).or_default();
+        // An app that ran for a long stretch without failing starts its backoff afresh.
+        if health
+            .last_failure
+            .is_some_and(|t| now.duration_since(t) >= berth_core::backoff::RESET_AFTER)
+        {
+            health.failures = 0;
+        }
+        health.failures = health.failures.saturating_add(1);
+        health.last_failure = Some(now);
+    }
+
+    /// A number never handed out before by this process, and above any handed out by an
+    /// earlier run (it starts at the start time in ms x 4096), so instance ids stay unique
+    /// across server restarts without scanning every node.
+    pub fn next_instance_seq(&mut self) -> u64 {
+        if self.instance_seq == 0 {
+            self.instance_seq = crate::clock::unix_ms() << 12;
+        }
+        self.instance_seq += 1;
+        self.instance_seq
+    }
+
+    /// Marks nodes silent for longer than `ttl` as lost; their instances no longer count.
+    pub fn mark_lost(&mut self, now: Instant, ttl: std::time::Duration, events: &EventBus) {
+        for node in self.nodes.values_mut() {
+            if node.status == NodeStatus::Lost || now.duration_since(node.last_seen) < ttl {
+                continue;
+            }
+            // The stream may still be open (a hung agent can resume): keep its sender.
+            node.status = NodeStatus::Lost;
+            for inst in node.instances.values_mut() {
+                if inst.state.holds_resources() {
+                    inst.state = InstanceState::Lost;
+                }
+            }
+            events.emit(
+                "node_lost",
+                NewEvent::node(&node.id),
+                format!(
+                    "node {} sent no heartbeat for {} ms; its {} instance(s) will be replaced elsewhere",
+                    node.id,
+                    now.duration_since(node.last_seen).as_millis(),
+                    node.instances.len()
+                ),
+            );
+            let id = node.id.clone();
+            self.pending.retain(|_, p| p.node != id);
+        }
+    }
+
+    /// Every instance the nodes report (lost ones included, in state `lost`).
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.nodes.values().flat_map(|n| n.instances.values())
+    }
+}

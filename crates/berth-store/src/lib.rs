@@ -1,0 +1,46 @@
+//! Berth's desired-state store: apps and every version of them.
+//!
+//! Owns: the [`Store`] trait, its records, the SQLite implementation ([`SqliteStore`],
+//! the default) and a conformance suite ([`testsuite`]) every implementation must pass.
+//! The trait speaks only in domain types and assumes nothing about the engine, so a
+//! PostgreSQL implementation can follow. Real state (nodes, instances) never lands here:
+//! it lives in the server's memory and is rebuilt from agents.
+//! Must never depend on networking or on roles' crates.
+
+mod error;
+mod record;
+mod sqlite;
+pub mod testsuite;
+
+pub use error::StoreError;
+pub use record::{AppVersion, Change};
+pub use sqlite::SqliteStore;
+
+use berth_core::{AppId, VersionId};
+
+/// Desired state. Calls are blocking and short; async callers run them on a blocking
+/// thread.
+pub trait Store: Send + Sync + 'static {
+    /// Stores the first version of a new app. Fails with [`StoreError::AlreadyExists`].
+    fn create_app(&self, version: &AppVersion) -> Result<(), StoreError>;
+
+    /// Stores a new version of an existing app and makes it current. `expected` is the
+    /// version the change was based on; if another change landed in between, fails with
+    /// [`StoreError::Conflict`] so no change is silently lost.
+    fn update_app(&self, version: &AppVersion, expected: VersionId) -> Result<(), StoreError>;
+
+    /// Deletes an app and its versions. `false` when it did not exist.
+    fn delete_app(&self, id: &AppId) -> Result<bool, StoreError>;
+
+    /// The current version of an app.
+    fn get_app(&self, id: &AppId) -> Result<Option<AppVersion>, StoreError>;
+
+    /// The current version of every app, ordered by id.
+    fn list_apps(&self) -> Result<Vec<AppVersion>, StoreError>;
+
+    /// Every stored version of an app, newest first.
+    fn list_versions(&self, id: &AppId) -> Result<Vec<AppVersion>, StoreError>;
+
+    fn get_version(&self, id: &AppId, version: VersionId)
+    -> Result<Option<AppVersion>, StoreError>;
+}

@@ -1,0 +1,88 @@
+use std::fmt;
+use std::str::FromStr;
+
+use berth_core::{AppSpec, VersionId};
+use serde::{Deserialize, Serialize};
+
+/// Why a version was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Updated,
+    Scaled,
+    Restarted,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Updated => "updated",
+            Change::Scaled => "scaled",
+            Change::Restarted => "restarted",
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Change {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "created" => Change::Created,
+            "updated" => Change::Updated,
+            "scaled" => Change::Scaled,
+            "restarted" => Change::Restarted,
+            other => return Err(format!("unknown change kind {other:?}")),
+        })
+    }
+}
+
+/// One version of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppVersion {
+    pub spec: AppSpec,
+    pub version: VersionId,
+    /// The latest version whose change needs new instances (create, update of anything
+    /// but the count, restart). Instances carry it, so a scale keeps them and a restart
+    /// replaces them.
+    pub config_version: VersionId,
+    pub change: Change,
+    pub created_at_ms: u64,
+}
+
+impl AppVersion {
+    /// The first version of a new app.
+    pub fn first(spec: AppSpec, version: VersionId) -> Self {
+        AppVersion {
+            spec,
+            version,
+            config_version: version,
+            change: Change::Created,
+            created_at_ms: version.unix_ms(),
+        }
+    }
+
+    /// The version that follows `self` with `spec`, made at `version`.
+    pub fn next(&self, spec: AppSpec, version: VersionId, change: Change) -> Self {
+        let config_version = if change == Change::Restarted || self.spec.needs_new_instances(&spec)
+        {
+            version
+        } else {
+            self.config_version
+        };
+        AppVersion {
+            spec,
+            version,
+            config_version,
+            change,
+            created_at_ms: version.unix_ms(),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! SQLite: one file in the data folder, WAL journal, numbered migrations.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use berth_core::{AppId, AppSpec, VersionId};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{AppVersion, Store, StoreError};
+
+/// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE TABLE app_versions (
+    app_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    config_version INTEGER NOT NULL,
+    change TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (app_id, version)
+);
+"#];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        Self::init(conn, path).map_err(|e| match e {
+            StoreError::Engine(reason) => StoreError::Open {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?, Path::new(":memory:"))
+    }
+
+    fn init(mut conn: Connection, path: &Path) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // WAL: readers never block the writer; FULL: a change acknowledged to the user
+        // survives power loss.
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY NOT NULL,
+                applied_at_ms INTEGER NOT NULL
+            )",
+        )?;
+        let current: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: current,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, CAST(strftime('%s','now') AS INTEGER) * 1000)",
+                params![i as i64 + 1],
+            )?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const COLUMNS: &str = "app_id, version, config_version, change, created_at_ms, spec";
+
+fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<AppVersion, StoreError>> {
+    let app: String = row.get(0)?;
+    let version: i64 = row.get(1)?;
+    let config_version: i64 = row.get(2)?;
+    let change: String = row.get(3)?;
+    let created_at_ms: i64 = row.get(4)?;
+    let spec: String = row.get(5)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        app: app.clone(),
+        version,
+        reason,
+    };
+    Ok((|| {
+        let spec: AppSpec = serde_json::from_str(&spec).map_err(|e| corrupt(e.to_string()))?;
+        if spec.id.as_str() != app {
+            return Err(corrupt(format!(
+                "the spec's id {} differs from the row's",
+                spec.id
+            )));
+        }
+        Ok(AppVersion {
+            spec,
+            version: VersionId(version as u64),
+            config_version: VersionId(config_version as u64),
+            change: change.parse().map_err(corrupt)?,
+            created_at_ms: created_at_ms as u64,
+        })
+    })())
+}
+
+fn insert_version(conn: &Connection, v: &AppVersion) -> Result<(), StoreError> {
+    let spec = serde_json::to_string(&v.spec).map_err(|e| StoreError::Engine(e.to_string()))?;
+    conn.execute(
+        &format!("INSERT INTO app_versions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            v.spec.id.as_str(),
+            v.version.0 as i64,
+            v.config_version.0 as i64,
+            v.change.as_str(),
+            v.created_at_ms as i64,
+            spec
+        ],
+    )?;
+    Ok(())
+}
+
+fn current_version(conn: &Connection, id: &AppId) -> Result<Option<VersionId>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT version FROM apps WHERE id = ?1",
+            params![id.as_str()],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|v| VersionId(v as u64)))
+}
+
+impl Store for SqliteStore {
+    fn create_app(&self, v: &AppVersion) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if current_version(&tx, &v.spec.id)?.is_some() {
+            return Err(StoreError::AlreadyExists(v.spec.id.clone()));
+        }
+        // Leftover versions of an earlier app with the same id would mix histories.
+        tx.execute(
+            "DELETE FROM app_versions WHERE app_id = ?1",
+            params![v.spec.id.as_str()],
+        )?;
+        insert_version(&tx, v)?;
+        tx.execute(
+            "INSERT INTO apps (id, version) VALUES (?1, ?2)",
+            params![v.spec.id.as_str(), v.version.0 as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn update_app(&self, v: &AppVersion, expected: VersionId) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = &v.spec.id;
+        match current_version(&tx, id)? {
+            None => return Err(StoreError::NotFound(id.clone())),
+            Some(current) if current != expected => {
+                return Err(StoreError::Conflict {
+                    app: id.clone(),
+                    expected,
+                    current,
+                });
+            }
+            Some(_) => {}
+        }
+        insert_version(&tx, v)?;
+        tx.execute(
+            "UPDATE apps SET version = ?2 WHERE id = ?1",
+            params![id.as_str(), v.version.0 as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_app(&self, id: &AppId) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM apps WHERE id = ?1", params![id.as_str()])?;
+        tx.execute(
+            "DELETE FROM app_versions WHERE app_id = ?1",
+            params![id.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn get_app(&self, id: &AppId) -> Result<Option<AppVersion>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM app_versions v WHERE v.app_id = ?1 AND v.version = (SELECT a.version FROM apps a WHERE a.id = v.app_id)"
+        );
+        conn.query_row(&sql, params![id.as_str()], read_row)
+            .optional()?
+            .transpose()
+    }
+
+    fn list_apps(&self) -> Result<Vec<AppVersion>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM app_versions v WHERE v.version = (SELECT a.version FROM apps a WHERE a.id = v.app_id) ORDER BY v.app_id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([], read_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn list_versions(&self, id: &AppId) -> Result<Vec<AppVersion>, StoreError> {
+        let conn = self.conn();
+        let sql =
+            format!("SELECT {COLUMNS} FROM app_versions WHERE app_id = ?1 ORDER BY version DESC");
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![id.as_str()], read_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn get_version(
+        &self,
+        id: &AppId,
+        version: VersionId,
+    ) -> Result<Option<AppVersion>, StoreError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {COLUMNS} FROM app_versions WHERE app_id = ?1 AND version = ?2");
+        conn.query_row(&sql, params![id.as_str(), version.0 as i64], read_row)
+            .optional()?
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! The behaviour every [`Store`] implementation must have. An engine's tests call
+//! [`run_all`] with a constructor of empty stores.
+
+use berth_core::{AppId, AppSpec, VersionId};
+
+use crate::{AppVersion, Change, Store, StoreError};
+
+/// Runs every check, each on a fresh store from `fresh`. Panics on the first failure,
+/// naming the check.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
+    create_get_list(fresh().as_ref());
+    duplicate_create_is_refused(fresh().as_ref());
+    updates_keep_every_version(fresh().as_ref());
+    stale_update_is_refused(fresh().as_ref());
+    update_of_missing_app_is_refused(fresh().as_ref());
+    delete_removes_app_and_history(fresh().as_ref());
+}
+
+fn spec(id: &str, instances: u32) -> AppSpec {
+    let mut s = AppSpec::minimal(id, "sleep 1000");
+    s.instances = instances;
+    s
+}
+
+fn id(raw: &str) -> AppId {
+    AppId::parse(raw).unwrap()
+}
+
+fn create_get_list(store: &dyn Store) {
+    let a = AppVersion::first(spec("shop/web", 2), VersionId(1_000));
+    let b = AppVersion::first(spec("alpha", 1), VersionId(2_000));
+    store.create_app(&a).expect("create shop/web");
+    store.create_app(&b).expect("create alpha");
+    assert_eq!(store.get_app(&id("shop/web")).unwrap(), Some(a.clone()));
+    assert_eq!(store.get_app(&id("nope")).unwrap(), None);
+    let ids: Vec<_> = store
+        .list_apps()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.spec.id.to_string())
+        .collect();
+    assert_eq!(ids, ["alpha", "shop/web"], "list_apps is ordered by id");
+}
+
+fn duplicate_create_is_refused(store: &dyn Store) {
+    let a = AppVersion::first(spec("a", 1), VersionId(1_000));
+    store.create_app(&a).unwrap();
+    let again = AppVersion::first(spec("a", 5), VersionId(2_000));
+    assert!(matches!(
+        store.create_app(&again),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(store.get_app(&id("a")).unwrap().unwrap().spec.instances, 1);
+}
+
+fn updates_keep_every_version(store: &dyn Store) {
+    let v1 = AppVersion::first(spec("a", 1), VersionId(1_000));
+    store.create_app(&v1).unwrap();
+    let v2 = v1.next(spec("a", 3), VersionId(2_000), Change::Scaled);
+    store.update_app(&v2, v1.version).unwrap();
+    let mut changed = spec("a", 3);
+    changed.cmd = Some("sleep 2000".into());
+    let v3 = v2.next(changed, VersionId(3_000), Change::Updated);
+    store.update_app(&v3, v2.version).unwrap();
+    assert_eq!(v2.config_version, v1.version, "a scale keeps instances");
+    assert_eq!(v3.config_version, v3.version, "a cmd change replaces them");
+    assert_eq!(store.get_app(&id("a")).unwrap(), Some(v3.clone()));
+    let versions = store.list_versions(&id("a")).unwrap();
+    assert_eq!(versions, vec![v3, v2.clone(), v1], "newest first");
+    assert_eq!(
+        store.get_version(&id("a"), VersionId(2_000)).unwrap(),
+        Some(v2)
+    );
+    assert_eq!(store.get_version(&id("a"), VersionId(9)).unwrap(), None);
+}
+
+fn stale_update_is_refused(store: &dyn Store) {
+    let v1 = AppVersion::first(spec("a", 1), VersionId(1_000));
+    store.create_app(&v1).unwrap();
+    let v2 = v1.next(spec("a", 2), VersionId(2_000), Change::Scaled);
+    store.update_app(&v2, v1.version).unwrap();
+    let stale = v1.next(spec("a", 9), VersionId(3_000), Change::Scaled);
+    assert!(matches!(
+        store.update_app(&stale, v1.version),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(store.get_app(&id("a")).unwrap().unwrap().spec.instances, 2);
+    assert_eq!(store.list_versions(&id("a")).unwrap().len(), 2);
+}
+
+fn update_of_missing_app_is_refused(store: &dyn Store) {
+    let v = AppVersion::first(spec("ghost", 1), VersionId(1_000));
+    assert!(matches!(
+        store.update_app(&v, VersionId(1)),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.list_versions(&id("ghost")).unwrap().is_empty());
+}
+
+fn delete_removes_app_and_history(store: &dyn Store) {
+    let v1 = AppVersion::first(spec("a", 1), VersionId(1_000));
+    store.create_app(&v1).unwrap();
+    store
+        .create_app(&AppVersion::first(spec("b", 1), VersionId(1_500)))
+        .unwrap();
+    assert!(store.delete_app(&id("a")).unwrap());
+    assert!(!store.delete_app(&id("a")).unwrap());
+    assert_eq!(store.get_app(&id("a")).unwrap(), None);
+    assert!(store.list_versions(&id("a")).unwrap().is_empty());
+    assert_eq!(store.list_apps().unwrap().len(), 1, "other apps untouched");
+    // The id can be reused and starts a fresh history.
+    let again = AppVersion::first(spec("a", 4), VersionId(5_000));
+    store.create_app(&again).unwrap();
+    assert_eq!(store.list_versions(&id("a")).unwrap(), vec![again]);
+}

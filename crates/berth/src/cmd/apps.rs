@@ -1,0 +1,566 @@
+//! Client commands against the server's REST API: `berth apps ...`, `berth nodes`,
+//! `berth instances`. Tables for people, `-o json` for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{GlobalArgs, OutputFormat};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AppsCommand {
+    /// List apps with their running and wanted instances.
+    List,
+    /// Show one app: spec, status, instances, versions and last events.
+    Show { app: String },
+    /// Create or update an app from a TOML (or JSON) spec file, then wait until its
+    /// instances run (unless --detach). Exits non-zero with the reason on failure.
+    Deploy {
+        file: PathBuf,
+        /// Return once the spec is accepted, without waiting for instances.
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::parse_duration)]
+        timeout: Duration,
+    },
+    /// Set the number of instances.
+    Scale { app: String, instances: u32 },
+    /// Replace every instance with a fresh one.
+    Restart { app: String },
+    /// Delete the app; its instances are stopped.
+    Rm { app: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InstancesArgs {
+    /// Only instances of this app.
+    #[arg(long)]
+    app: Option<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(global: &GlobalArgs) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: global.server_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, String)>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .timeout(Duration::from_secs(30));
+        if let Some((ct, body)) = body {
+            req = req.header("content-type", ct).body(body);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!("cannot reach the server at {}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL", self.base)
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the server's answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        bail!("{}", describe_error(status.as_u16(), &value))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn describe_error(status: u16, v: &Value) -> String {
+    let mut out = match v.get("message").and_then(Value::as_str) {
+        Some(m) => format!("server said ({status}): {m}"),
+        None => format!("server answered {status}: {v}"),
+    };
+    // Validation errors are already listed in the message; other errors name one field.
+    if v.get("errors").is_none()
+        && let Some(f) = v.get("field").and_then(Value::as_str)
+    {
+        out.push_str(&format!(" [field: {f}]"));
+    }
+    out
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Left-aligned columns sized to their content.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = Client::new(global);
+    let json_out = global.output == OutputFormat::Json;
+    match cmd {
+        AppsCommand::List => {
+            let v = client.get("/v1/apps").await?;
+            if json_out {
+                print_json(&v);
+                return Ok(());
+            }
+            let rows = v["apps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(&a["spec"]["id"]),
+                        format!(
+                            "{}/{}",
+                            s(&a["status"]["running"]),
+                            s(&a["status"]["wanted"])
+                        ),
+                        s(&a["version"]),
+                        s(&a["change"]),
+                        a["status"]["why"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &["APP", "RUNNING", "VERSION", "LAST CHANGE", "PROBLEM"],
+                rows,
+            );
+        }
+        AppsCommand::Show { app } => {
+            let v = client.get(&format!("/v1/apps/{app}")).await?;
+            let versions = client.get(&format!("/v1/apps/{app}/versions")).await?;
+            if json_out {
+                let mut v = v;
+                v["versions"] = versions["versions"].clone();
+                print_json(&v);
+                return Ok(());
+            }
+            show(&v, &versions);
+        }
+        AppsCommand::Deploy {
+            file,
+            detach,
+            timeout,
+        } => {
+            deploy(&client, &file, detach, timeout, json_out).await?;
+        }
+        AppsCommand::Scale { app, instances } => {
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/apps/{app}/scale"),
+                    Some((
+                        "application/json",
+                        json!({ "instances": instances }).to_string(),
+                    )),
+                )
+                .await?;
+            report(
+                &v,
+                json_out,
+                &format!(
+                    "{app} scaled to {instances} instance(s), version {}",
+                    s(&v["version"])
+                ),
+            );
+        }
+        AppsCommand::Restart { app } => {
+            let v = client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/apps/{app}/restart"),
+                    Some(("application/json", "{}".into())),
+                )
+                .await?;
+            report(
+                &v,
+                json_out,
+                &format!(
+                    "{app} restarting: every instance is replaced (version {})",
+                    s(&v["version"])
+                ),
+            );
+        }
+        AppsCommand::Rm { app } => {
+            let v = client
+                .call(reqwest::Method::DELETE, &format!("/v1/apps/{app}"), None)
+                .await?;
+            report(
+                &v,
+                json_out,
+                &format!("{app} deleted; its instances are being stopped"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn report(v: &Value, json_out: bool, text: &str) {
+    if json_out {
+        print_json(v);
+    } else {
+        println!("{text}");
+    }
+}
+
+fn show(v: &Value, versions: &Value) {
+    let spec = &v["spec"];
+    let st = &v["status"];
+    println!("app:       {}", s(&spec["id"]));
+    println!("version:   {} ({})", s(&v["version"]), s(&v["change"]));
+    println!("running:   {}/{}", s(&st["running"]), s(&st["wanted"]));
+    let run = spec
+        .get("cmd")
+        .map(s)
+        .or_else(|| spec.get("args").map(|a| a.to_string()))
+        .or_else(|| spec.get("image").map(s))
+        .unwrap_or_default();
+    println!("runs:      {run}");
+    println!(
+        "resources: {} cpus, {} MiB memory, {} MiB disk",
+        s(&spec["cpus"]),
+        s(&spec["mem"]),
+        s(&spec["disk"])
+    );
+    if let Some(why) = st["why"].as_str() {
+        println!("problem:   {why}");
+    }
+    if st["failures"].as_u64().unwrap_or(0) > 0 {
+        println!("failures:  {} in a row", s(&st["failures"]));
+    }
+    println!("\ninstances:");
+    let rows = v["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(instance_row)
+        .collect();
+    table(
+        &["INSTANCE", "STATE", "NODE", "PORTS", "VERSION", "MESSAGE"],
+        rows,
+    );
+    println!("\nversions:");
+    let rows = versions["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .take(10)
+        .map(|x| {
+            vec![
+                s(&x["version"]),
+                s(&x["change"]),
+                s(&x["spec"]["instances"]),
+            ]
+        })
+        .collect();
+    table(&["VERSION", "CHANGE", "INSTANCES"], rows);
+    println!("\nlast events:");
+    for e in v["events"].as_array().cloned().unwrap_or_default() {
+        println!("  [{}] {}", s(&e["type"]), s(&e["message"]));
+    }
+}
+
+fn instance_row(i: &Value) -> Vec<String> {
+    let ports: Vec<String> = i["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(s)
+        .collect();
+    vec![
+        s(&i["id"]),
+        s(&i["state"]),
+        s(&i["node"]),
+        ports.join(","),
+        s(&i["version"]),
+        i["message"].as_str().unwrap_or("").to_string(),
+    ]
+}
+
+async fn deploy(
+    client: &Client,
+    file: &PathBuf,
+    detach: bool,
+    timeout: Duration,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the spec file {}", file.display()))?;
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let ct = if is_json {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    // The id picks the URL; a spec without a readable id still goes to the server, which
+    // reports every problem at once.
+    let id = if is_json {
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+    } else {
+        toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("id").and_then(|v| v.as_str()).map(str::to_string))
+    };
+    let accepted = match &id {
+        Some(id) if !id.is_empty() && !id.contains("..") => {
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/apps/{id}"),
+                    Some((ct, text)),
+                )
+                .await
+        }
+        _ => {
+            client
+                .call(reqwest::Method::POST, "/v1/apps", Some((ct, text)))
+                .await
+        }
+    }
+    .with_context(|| format!("{} was not deployed", file.display()))?;
+    let app = s(&accepted["spec"]["id"]);
+    let version = accepted["config_version"].as_u64().unwrap_or(0);
+    if detach {
+        report(
+            &accepted,
+            json_out,
+            &format!("{app} accepted at version {}", s(&accepted["version"])),
+        );
+        return Ok(());
+    }
+    if !json_out {
+        println!(
+            "{app} accepted at version {}; waiting for instances",
+            s(&accepted["version"])
+        );
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_line = String::new();
+    let mut unplaceable_polls = 0;
+    loop {
+        let v = client.get(&format!("/v1/apps/{app}")).await?;
+        let st = &v["status"];
+        let wanted = st["wanted"].as_u64().unwrap_or(0);
+        let instances = v["instances"].as_array().cloned().unwrap_or_default();
+        let current = |i: &&Value| i["version"].as_u64() == Some(version);
+        // With health checks an instance counts once healthy, not merely started.
+        let checked = v["spec"]["health_checks"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty());
+        let word = if checked { "healthy" } else { "running" };
+        let ready = |i: &&Value| match i["state"].as_str() {
+            Some("healthy") => true,
+            Some("running") => !checked,
+            _ => false,
+        };
+        let running = instances.iter().filter(current).filter(ready).count() as u64;
+        let old = instances
+            .iter()
+            .filter(|i| {
+                !current(i)
+                    && matches!(
+                        i["state"].as_str(),
+                        Some("starting" | "running" | "healthy" | "unhealthy")
+                    )
+            })
+            .count();
+        let line = format!(
+            "{app}: {running}/{wanted} {word}{}",
+            if old > 0 {
+                format!(", {old} old still up")
+            } else {
+                String::new()
+            }
+        );
+        if line != last_line && !json_out {
+            println!("{line}");
+            last_line = line;
+        }
+        if running == wanted && old == 0 {
+            if json_out {
+                print_json(&v);
+            } else {
+                println!("{app} deployed: {running}/{wanted} {word}");
+            }
+            return Ok(());
+        }
+        if let Some(why) = st["why"].as_str() {
+            unplaceable_polls += 1;
+            if unplaceable_polls >= 3 {
+                bail!("{app} cannot run: {why}");
+            }
+        } else {
+            unplaceable_polls = 0;
+        }
+        let failures = st["failures"].as_u64().unwrap_or(0);
+        if failures >= 3 {
+            let last = instances
+                .iter()
+                .filter(|i| matches!(i["state"].as_str(), Some("failed" | "exited")))
+                .map(|i| {
+                    format!(
+                        "{} {}",
+                        s(&i["message"]),
+                        i["stderr_tail"].as_str().unwrap_or("")
+                    )
+                })
+                .next_back()
+                .unwrap_or_default();
+            let event = v["events"]
+                .as_array()
+                .and_then(|e| e.iter().rev().find(|e| e["type"] == "instance_state"))
+                .map(|e| s(&e["message"]))
+                .unwrap_or_default();
+            bail!(
+                "{app} keeps failing ({failures} failures in a row): {} {}",
+                last.trim(),
+                event
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{app} not ready after {} s: {running}/{wanted} running; see `berth apps show {app}`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub async fn nodes(global: &GlobalArgs) -> anyhow::Result<()> {
+    let v = Client::new(global).get("/v1/nodes").await?;
+    if global.output == OutputFormat::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = v["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let cpu = |r: &Value| r["cpu_millis"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            vec![
+                s(&n["id"]),
+                s(&n["status"]),
+                s(&n["address"]),
+                format!("{}/{}", cpu(&n["allocated"]), cpu(&n["total"])),
+                format!(
+                    "{}/{}",
+                    s(&n["allocated"]["mem_mib"]),
+                    s(&n["total"]["mem_mib"])
+                ),
+                s(&n["instances"]),
+                n["labels"]
+                    .as_object()
+                    .map(|l| {
+                        l.iter()
+                            .map(|(k, v)| format!("{k}={}", s(v)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "STATUS",
+            "ADDRESS",
+            "CPUS",
+            "MEM MiB",
+            "INSTANCES",
+            "LABELS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+pub async fn instances(args: InstancesArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let path = match &args.app {
+        Some(app) => format!("/v1/instances?app={app}"),
+        None => "/v1/instances".to_string(),
+    };
+    let v = Client::new(global).get(&path).await?;
+    if global.output == OutputFormat::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    let mut rows: Vec<Vec<String>> = v["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            let mut row = vec![s(&i["app"])];
+            row.extend(instance_row(i));
+            row
+        })
+        .collect();
+    for p in v["pending"].as_array().cloned().unwrap_or_default() {
+        rows.push(vec![
+            s(&p["app"]),
+            s(&p["id"]),
+            "pending".into(),
+            s(&p["node"]),
+            String::new(),
+            s(&p["version"]),
+            String::new(),
+        ]);
+    }
+    table(
+        &[
+            "APP", "INSTANCE", "STATE", "NODE", "PORTS", "VERSION", "MESSAGE",
+        ],
+        rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `berth server`: the control plane (desired state, reconciler, REST API, agent stream).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use berth_server::ServerConfig;
+
+/// Every flag is also a key of the `--config` TOML file (`_` for `-`) and an environment
+/// variable `BERTH_SERVER_<KEY>`. Durations take a unit: 250ms, 5s, 2m.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    role: super::RoleArgs,
+    /// REST API, events and metrics [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// gRPC stream agents connect to [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR")]
+    agent_listen: Option<SocketAddr>,
+    /// The registry's gRPC address, reported in /v1/info.
+    #[arg(long, value_name = "ADDR")]
+    registry: Option<String>,
+    /// Folder of the SQLite store (server.db) [default: berth-data/server].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Interval agents are told to send heartbeats at [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    heartbeat_interval: Option<String>,
+    /// Silence after which a node is lost and its instances are replaced [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    node_ttl: Option<String>,
+    /// Wait after start before the reconciler acts, so agents can report [default: 6s].
+    #[arg(long, value_name = "DURATION")]
+    startup_grace: Option<String>,
+    /// Periodic reconciliation; it also runs on every change [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    reconcile_interval: Option<String>,
+    /// A start not reported by its agent within this time is given up [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    launch_timeout: Option<String>,
+    /// Time an agent has to send its Hello [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    hello_timeout: Option<String>,
+    /// Time between deregistration and SIGTERM, sent with stops [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    stop_drain: Option<String>,
+    /// Time between SIGTERM and SIGKILL, sent with stops [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    stop_grace: Option<String>,
+    /// Largest accepted request body in bytes [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let flags = super::Flags::default()
+        .set("listen", args.listen)
+        .set("agent_listen", args.agent_listen)
+        .set("registry", args.registry)
+        .set("data_dir", args.data_dir.map(|p| p.display().to_string()))
+        .set("heartbeat_interval", args.heartbeat_interval)
+        .set("node_ttl", args.node_ttl)
+        .set("startup_grace", args.startup_grace)
+        .set("reconcile_interval", args.reconcile_interval)
+        .set("launch_timeout", args.launch_timeout)
+        .set("hello_timeout", args.hello_timeout)
+        .set("stop_drain", args.stop_drain)
+        .set("stop_grace", args.stop_grace)
+        .set("max_body_bytes", args.max_body_bytes)
+        .set(
+            "shutdown_grace",
+            Some(format!("{}ms", args.role.shutdown_grace.as_millis())),
+        );
+    let mut layers = super::layers("server", args.role.config.as_deref(), flags)?;
+    let config = ServerConfig::from_layers(&mut layers)?;
+    let shutdown = super::signal_shutdown()?;
+    let handle = berth_server::start(config, &shutdown).await?;
+    super::run_until_shutdown(
+        "server",
+        shutdown,
+        &[("http", handle.http_addr()), ("grpc", handle.agent_addr())],
+        args.role.shutdown_grace,
+    )
+    .await
+}

@@ -1,0 +1,306 @@
+//! Black-box: the real `berth server` process driven by the real `berth apps ...` client
+//! commands, with fake agents on the real gRPC stream.
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_testkit::fake_agent::{FakeAgent, NodeSpec};
+use berth_testkit::{BerthProcess, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn server(dir: &Path) -> BerthProcess {
+    BerthProcess::start(
+        BIN,
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--registry",
+            "127.0.0.1:9848",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--startup-grace",
+            "100ms",
+            "--heartbeat-interval",
+            "100ms",
+            "--node-ttl",
+            "1s",
+            "--reconcile-interval",
+            "200ms",
+            "--stop-grace",
+            "100ms",
+        ],
+    )
+    .await
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(server: &BerthProcess, args: &[&str]) -> Out {
+    let url = format!("http://{}", server.addr("http"));
+    let out = tokio::process::Command::new(BIN)
+        .arg("--server-url")
+        .arg(&url)
+        .args(args)
+        .output()
+        .await
+        .expect("run berth");
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn deploy_waits_then_scale_restart_show_and_remove() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a = FakeAgent::connect(s.addr("grpc"), NodeSpec::new("n1", 4.0, 2048)).await;
+    let b = FakeAgent::connect(s.addr("grpc"), NodeSpec::new("n2", 4.0, 2048)).await;
+    let total = || a.running_of("shop/web") + b.running_of("shop/web");
+    let spec = write(
+        data.path(),
+        "web.toml",
+        "id = \"shop/web\"\ncmd = \"exec ./web --port $PORT\"\ninstances = 2\nmem = 128\nroutes = [\"web.shop.example\"]\n",
+    );
+    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("shop/web deployed: 2/2 running"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(total(), 2);
+
+    let out = cli(&s, &["apps", "list"]).await;
+    assert!(
+        out.stdout.contains("shop/web") && out.stdout.contains("2/2"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&s, &["-o", "json", "apps", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output");
+    assert_eq!(v["apps"][0]["spec"]["id"], "shop/web");
+
+    let out = cli(&s, &["apps", "scale", "shop/web", "3"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_until("3 running", WAIT, || async { total() == 3 }).await;
+
+    let out = cli(&s, &["apps", "show", "shop/web"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    for part in [
+        "running:   3/3",
+        "instances:",
+        "versions:",
+        "scaled",
+        "created",
+        "last events:",
+    ] {
+        assert!(
+            out.stdout.contains(part),
+            "{part} missing in:\n{}",
+            out.stdout
+        );
+    }
+    let out = cli(&s, &["nodes"]).await;
+    assert!(
+        out.stdout.contains("n1") && out.stdout.contains("n2") && out.stdout.contains("ready"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&s, &["instances", "--app", "shop/web"]).await;
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("shop/web"))
+            .count(),
+        3,
+        "{}",
+        out.stdout
+    );
+
+    let starts = a.starts() + b.starts();
+    let out = cli(&s, &["apps", "restart", "shop/web"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_until("3 new instances", WAIT, || async {
+        a.starts() + b.starts() == starts + 3 && total() == 3
+    })
+    .await;
+
+    let out = cli(&s, &["apps", "rm", "shop/web"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_until("all stopped", WAIT, || async { total() == 0 }).await;
+    let out = cli(&s, &["apps", "show", "shop/web"]).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    let status = s.terminate().await;
+    assert!(status.success(), "clean exit on SIGTERM");
+}
+
+#[tokio::test]
+async fn bad_spec_names_every_field_and_exits_nonzero() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let spec = write(
+        data.path(),
+        "bad.toml",
+        "id = \"Bad/App\"\ncpus = -2\ninstnces = 2\n[[health_checks]]\nprotocol = \"http\"\ntimeout_seconds = 0\n",
+    );
+    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    assert!(!out.ok);
+    for field in [
+        "id:",
+        "cmd:",
+        "cpus:",
+        "instnces:",
+        "health_checks[0].path:",
+        "health_checks[0].timeout_seconds:",
+    ] {
+        assert!(
+            out.stderr.contains(field),
+            "{field} missing in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains("did you mean `instances`"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&s, &["apps", "list"]).await;
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "nothing stored: {}",
+        out.stdout
+    );
+    let out = cli(&s, &["apps", "deploy", "/nonexistent/app.toml"]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("cannot read the spec file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn deploy_that_cannot_be_placed_fails_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let _a = FakeAgent::connect(s.addr("grpc"), NodeSpec::new("n1", 4.0, 300)).await;
+    let spec = write(
+        data.path(),
+        "big.toml",
+        "id = \"big\"\ncmd = \"x\"\nmem = 512\n",
+    );
+    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("no node has 512 MiB memory free; largest free is 300 MiB on n1"),
+        "{}",
+        out.stderr
+    );
+    let detached = cli(&s, &["apps", "deploy", "--detach", &spec]).await;
+    assert!(detached.ok, "{}", detached.stderr);
+}
+
+#[tokio::test]
+async fn apps_survive_a_server_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let spec = write(
+        data.path(),
+        "a.toml",
+        "id = \"keep\"\ncmd = \"x\"\ninstances = 0\n",
+    );
+    assert!(cli(&s, &["apps", "deploy", &spec]).await.ok);
+    assert!(s.terminate().await.success());
+    let s = server(data.path()).await;
+    let out = cli(&s, &["apps", "list"]).await;
+    assert!(out.stdout.contains("keep"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn clear_errors_for_unreachable_server_and_bad_flags() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["--server-url", "http://127.0.0.1:1", "apps", "list"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the server at http://127.0.0.1:1"),
+        "{err}"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--node-ttl",
+            "banana",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node_ttl") || err.contains("node-ttl"),
+        "{err}"
+    );
+    assert!(err.contains("banana"), "{err}");
+}
+
+#[tokio::test]
+async fn deploy_of_a_crashing_app_fails_with_the_exit_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(data.path()).await;
+    let a = FakeAgent::connect(s.addr("grpc"), NodeSpec::new("n1", 4.0, 1024)).await;
+    let spec = write(
+        data.path(),
+        "crash.toml",
+        "id = \"crash\"\ncmd = \"exit 1\"\nbackoff_seconds = 0.1\nmax_launch_delay_seconds = 0.5\n[[health_checks]]\nprotocol = \"tcp\"\n",
+    );
+    let args = ["apps", "deploy", "--timeout", "30s", &spec];
+    let deploy = cli(&s, &args);
+    let crasher = async {
+        for _ in 0..3 {
+            let id = berth_testkit::wait_for("an instance to crash", WAIT, || async {
+                a.running()
+                    .into_iter()
+                    .find(|i| i.app_id == "crash")
+                    .map(|i| i.instance_id)
+            })
+            .await;
+            a.fail(&id).await;
+        }
+    };
+    let (out, ()) = tokio::join!(deploy, crasher);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("crash keeps failing"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 1"), "{}", out.stderr);
+}

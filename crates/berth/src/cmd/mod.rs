@@ -3,14 +3,14 @@
 
 #![allow(dead_code)] // role plumbing, shared by the role subcommands as they are wired in
 
-pub mod apps;
 pub mod agent;
+pub mod apps;
 pub mod completions;
 pub mod hello_app;
 pub mod registry;
-pub mod services;
 pub mod router;
 pub mod server;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -321,9 +321,7 @@ async fn silent_node_that_resumes_is_usable_again() {
 #[tokio::test]
 async fn instances_reported_without_resources_still_hold_their_share() {
     let s = TestServer::start().await;
-    let body = s
-        .deploy(json!({"id": "other", "cmd": "x", "instances": 2, "mem": 128}))
-        .await;
+    let body = s.deploy(json!({"id": "other", "cmd": "x", "instances": 2, "mem": 128})).await;
     let version = body["config_version"].as_u64().unwrap();
     let mut spec = NodeSpec::new("n1", 4.0, 300);
     for i in 0..2 {

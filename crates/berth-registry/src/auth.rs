@@ -146,7 +146,9 @@ pub async fn http_guard(State(auth): State<Arc<Auth>>, req: Request, next: Next)
         .into_response(),
         None => ApiError {
             status: StatusCode::FORBIDDEN,
-            message: "auth is on: send accessToken, Authorization: Bearer or X-Consul-Token".into(),
+            message:
+                "auth is on: send a token (accessToken, Authorization: Bearer or X-Consul-Token)"
+                    .into(),
         }
         .into_response(),
     }

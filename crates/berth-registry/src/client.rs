@@ -19,35 +19,46 @@ pub enum ClientError {
     Closed { addr: SocketAddr },
 }
 
-/// Every service of `namespace` (empty: `public`) at the registry's current revision.
-pub async fn snapshot(
+/// Opens a watch: a snapshot (or the changes after `from_revision`), then every change.
+/// The router and agents keep this stream open and reconnect with their last revision.
+pub async fn watch(
     addr: SocketAddr,
-    namespace: &str,
+    request: WatchRequest,
     token: Option<&str>,
-) -> Result<(u64, Vec<Service>), ClientError> {
+) -> Result<tonic::Streaming<berth_proto::registry::v1::WatchEvent>, ClientError> {
     let mut client = RegistryClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| ClientError::Connect {
             addr,
             reason: e.to_string(),
         })?;
-    let mut request = tonic::Request::new(WatchRequest {
-        namespace: namespace.to_string(),
-        ..Default::default()
-    });
+    let mut request = tonic::Request::new(request);
     if let Some(token) = token
         && let Ok(value) = format!("Bearer {token}").parse()
     {
         request.metadata_mut().insert("authorization", value);
     }
-    let mut stream = client
+    Ok(client
         .watch(request)
         .await
         .map_err(|s| ClientError::Refused {
             addr,
             status: s.message().to_string(),
         })?
-        .into_inner();
+        .into_inner())
+}
+
+/// Every service of `namespace` (empty: `public`) at the registry's current revision.
+pub async fn snapshot(
+    addr: SocketAddr,
+    namespace: &str,
+    token: Option<&str>,
+) -> Result<(u64, Vec<Service>), ClientError> {
+    let request = WatchRequest {
+        namespace: namespace.to_string(),
+        ..Default::default()
+    };
+    let mut stream = watch(addr, request, token).await?;
     loop {
         match stream.message().await {
             Ok(Some(event)) => {

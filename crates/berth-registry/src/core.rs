@@ -39,7 +39,7 @@ impl Default for CoreOptions {
             beat: BeatTimings::default(),
             sweep_every: Duration::from_millis(500),
             state_file: None,
-            history: 4096,
+            history: 1024,
         }
     }
 }
@@ -370,7 +370,7 @@ impl Writer {
     fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
         self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
         let persist = needs_persist(&op);
-        let applied = {
+        let (applied, save) = {
             let mut naming = self
                 .shared
                 .naming
@@ -378,19 +378,21 @@ impl Writer {
                 .unwrap_or_else(|p| p.into_inner());
             let applied = naming.apply(op.clone())?;
             let touched_persistent = applied.previous.as_ref().is_some_and(|p| !p.ephemeral);
-            if applied.change.is_some()
-                && (persist || touched_persistent)
-                && let Some(path) = &self.options.state_file
-                && let Err(e) = persist::save(path, &naming)
-            {
+            let save = applied.change.is_some() && (persist || touched_persistent);
+            (applied, save)
+        };
+        // Saved under a read lock: readers go on while the file is written and synced.
+        // Only this task writes, so the state saved is exactly the state just applied.
+        if save && let Some(path) = &self.options.state_file {
+            let naming = self.shared.naming.read().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = persist::save(path, &naming) {
                 self.shared
                     .stats
                     .persist_failures
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "registry state not saved");
             }
-            applied
-        };
+        }
         self.track(&op);
         if let Some(change) = &applied.change {
             let _ = self.shared.changes.send(change.clone());
@@ -423,7 +425,10 @@ impl Writer {
 fn needs_persist(op: &Op) -> bool {
     match op {
         Op::Register { instance, .. } | Op::Update { instance, .. } => !instance.ephemeral,
-        Op::CreateService { .. } | Op::UpdateService { .. } | Op::DeleteService { .. } => true,
+        Op::CreateService { .. }
+        | Op::UpdateService { .. }
+        | Op::DeleteService { .. }
+        | Op::UpdateCluster { .. } => true,
         Op::Deregister { .. } | Op::SetHealth { .. } => false,
     }
 }
@@ -521,6 +526,23 @@ mod tests {
         }
         revisions.changed().await.unwrap();
         assert_eq!(*revisions.borrow(), 3);
+    }
+
+    #[tokio::test]
+    async fn failed_save_is_counted_and_the_registry_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CoreOptions {
+            // Its folder does not exist: every save fails.
+            state_file: Some(dir.path().join("missing/naming.json")),
+            ..fast()
+        };
+        let r = Registry::start(opts).unwrap();
+        let s = ServiceKey::simple("db");
+        let mut i = Instance::new(&s, "10.0.0.1", 5432, DEFAULT_CLUSTER);
+        i.ephemeral = false;
+        register(&r, &s, i).await;
+        assert_eq!(r.stats().persist_failures.load(Ordering::Relaxed), 1);
+        assert_eq!(r.get(&s).unwrap().instances.len(), 1);
     }
 
     #[tokio::test]

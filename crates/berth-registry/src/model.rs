@@ -135,6 +135,14 @@ pub enum CheckSpec {
     None,
 }
 
+/// Settings of one cluster of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Server-side check for the cluster's persistent instances.
+    pub check: CheckSpec,
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// One registered instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -233,7 +241,12 @@ pub struct Service {
     pub protect_threshold: f32,
     /// Selector as given by the client (Nacos `selector` JSON), kept verbatim.
     pub selector: Option<String>,
-    pub instances: BTreeMap<InstanceKey, Instance>,
+    /// Per-cluster settings (Nacos `/cluster`): the check persistent instances get.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// A persistent map: cloning a service to change it copies O(log n) nodes, so the
+    /// change history and readers share structure instead of holding full copies.
+    pub instances: imbl::OrdMap<InstanceKey, Instance>,
     /// Global revision of this service's last change.
     pub revision: u64,
 }
@@ -245,7 +258,8 @@ impl Service {
             metadata: BTreeMap::new(),
             protect_threshold: 0.0,
             selector: None,
-            instances: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            instances: imbl::OrdMap::new(),
             revision: 0,
         }
     }

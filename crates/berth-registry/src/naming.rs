@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::model::{HealthStatus, Instance, InstanceKey, Service, ServiceKey};
+use crate::model::{ClusterConfig, HealthStatus, Instance, InstanceKey, Service, ServiceKey};
 
 /// One mutation of the naming state.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +48,12 @@ pub enum Op {
     DeleteService {
         service: ServiceKey,
     },
+    /// Sets a cluster's check (and metadata); its persistent instances take the check.
+    UpdateCluster {
+        service: ServiceKey,
+        cluster: String,
+        config: ClusterConfig,
+    },
 }
 
 impl Op {
@@ -59,7 +65,8 @@ impl Op {
             | Op::SetHealth { service, .. }
             | Op::CreateService { service, .. }
             | Op::UpdateService { service, .. }
-            | Op::DeleteService { service } => service,
+            | Op::DeleteService { service }
+            | Op::UpdateCluster { service, .. } => service,
         }
     }
 }
@@ -276,6 +283,32 @@ impl Naming {
                 svc.selector = selector;
                 Ok(self.commit(svc, None))
             }
+            Op::UpdateCluster {
+                service,
+                cluster,
+                config,
+            } => {
+                let mut svc = self.existing(&service)?;
+                if svc.clusters.get(&cluster) == Some(&config) {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                }
+                let keys: Vec<InstanceKey> = svc
+                    .instances
+                    .iter()
+                    .filter(|(k, i)| k.cluster == cluster && !i.ephemeral)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    if let Some(i) = svc.instances.get_mut(&key) {
+                        i.check = Some(config.check.clone());
+                    }
+                }
+                svc.clusters.insert(cluster, config);
+                Ok(self.commit(svc, None))
+            }
             Op::DeleteService { service } => {
                 let svc = self.existing(&service)?;
                 if !svc.instances.is_empty() {
@@ -463,6 +496,46 @@ mod tests {
                 .next()
                 .unwrap()
                 .healthy()
+        );
+    }
+
+    #[test]
+    fn cluster_check_applies_to_its_persistent_instances() {
+        use crate::model::CheckSpec;
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        let mut p = Instance::new(&a, "10.0.0.1", 80, DEFAULT_CLUSTER);
+        p.ephemeral = false;
+        p.check = Some(CheckSpec::Tcp);
+        n.apply(Op::Register {
+            service: a.clone(),
+            instance: p,
+        })
+        .unwrap();
+        reg(&mut n, &a, "10.0.0.2", 80);
+        let config = ClusterConfig {
+            check: CheckSpec::Http {
+                path: "/health".into(),
+            },
+            metadata: BTreeMap::new(),
+        };
+        let op = Op::UpdateCluster {
+            service: a.clone(),
+            cluster: DEFAULT_CLUSTER.into(),
+            config,
+        };
+        assert!(n.apply(op.clone()).unwrap().change.is_some());
+        assert!(n.apply(op).unwrap().change.is_none());
+        let svc = n.get(&a).unwrap();
+        let checks: Vec<_> = svc.instances.values().map(|i| i.check.clone()).collect();
+        assert_eq!(
+            checks,
+            vec![
+                Some(CheckSpec::Http {
+                    path: "/health".into()
+                }),
+                None
+            ]
         );
     }
 

@@ -25,6 +25,8 @@ struct StoredService {
     metadata: std::collections::BTreeMap<String, String>,
     protect_threshold: f32,
     selector: Option<String>,
+    #[serde(default)]
+    clusters: std::collections::BTreeMap<String, crate::model::ClusterConfig>,
     instances: Vec<Instance>,
 }
 
@@ -59,6 +61,7 @@ pub fn save(path: &Path, naming: &Naming) -> Result<(), PersistError> {
             metadata: s.metadata.clone(),
             protect_threshold: s.protect_threshold,
             selector: s.selector.clone(),
+            clusters: s.clusters.clone(),
             instances: s
                 .instances
                 .values()
@@ -115,6 +118,13 @@ pub fn load(path: &Path) -> Result<Vec<Op>, PersistError> {
             protect_threshold: s.protect_threshold,
             selector: s.selector,
         });
+        for (cluster, config) in s.clusters {
+            ops.push(Op::UpdateCluster {
+                service: s.key.clone(),
+                cluster,
+                config,
+            });
+        }
         for instance in s.instances {
             ops.push(Op::Register {
                 service: s.key.clone(),

@@ -206,15 +206,24 @@ impl PushService {
             }
         };
         let svc = registry.get(key);
+        // Subscribers mostly share a filter: render each distinct view once.
+        let mut views: HashMap<ListFilter, Arc<str>> = HashMap::new();
         for (target, filter) in targets {
-            let data = service_info(key, svc.as_deref(), &filter, &self.beat, 10_000).to_string();
+            let data = views
+                .entry(filter)
+                .or_insert_with_key(|f| {
+                    service_info(key, svc.as_deref(), f, &self.beat, 10_000)
+                        .to_string()
+                        .into()
+                })
+                .clone();
             let this = self.clone();
             let key = key.clone();
             tokio::spawn(async move { this.deliver(key, target, data).await });
         }
     }
 
-    async fn deliver(&self, key: ServiceKey, target: SocketAddr, data: String) {
+    async fn deliver(&self, key: ServiceKey, target: SocketAddr, data: Arc<str>) {
         for _ in 0..self.options.attempts.max(1) {
             let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
             let packet = encode_packet(&data, nonce);

@@ -80,7 +80,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         beat: config.beat,
         sweep_every: config.expiry_check_interval,
         state_file: Some(data_dir.join("naming.json")),
-        history: 4096,
+        history: 1024,
     })?;
     let http_listener = bind_tcp(config.listen, "--listen").await?;
     let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;

@@ -299,3 +299,63 @@ async fn services_command_lists_and_shows_what_clients_registered() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("berth services list"));
     registry.terminate().await;
 }
+
+#[tokio::test]
+async fn auth_on_requires_a_token_from_the_secret() {
+    let dir = temp_dir();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-secret\n").unwrap();
+    let data = dir.path().join("data");
+    let secret_arg = secret.to_str().unwrap().to_string();
+    let registry = start_registry(&data, &["--auth-secret-file", &secret_arg]).await;
+    let addr = registry.addr("http").to_string();
+    let output = tokio::process::Command::new(python())
+        .arg(scripts().join("auth.py"))
+        .args([&addr, &secret_arg])
+        .current_dir(scripts())
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "auth.py failed:\n{stdout}\n{}\n--- registry\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        registry.output()
+    );
+    // The watch refuses callers without the token too.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "services",
+            "--registry",
+            &registry.addr("grpc").to_string(),
+            "list",
+        ])
+        .env_remove("BERTH_REGISTRY_TOKEN")
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Bearer"));
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "services",
+            "--registry",
+            &registry.addr("grpc").to_string(),
+            "list",
+        ])
+        .env(
+            "BERTH_REGISTRY_TOKEN",
+            "0123456789abcdef0123456789abcdef-secret",
+        )
+        .output()
+        .await
+        .expect("run berth");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("secured"));
+    registry.terminate().await;
+}

@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
                 .delete(delete_service),
         )
         .route("/nacos/v1/ns/service/list", any(list_services))
+        .route("/nacos/v1/ns/cluster", any(update_cluster))
         .route("/nacos/v1/ns/operator/metrics", get(operator_metrics))
 }
 
@@ -117,6 +118,7 @@ fn instance_from(
     p: &Params,
     key: &ServiceKey,
     base: Option<&Instance>,
+    svc: Option<&crate::model::Service>,
 ) -> Result<Instance, ApiError> {
     let ip = p.ip("ip")?;
     let port = p.port("port")?;
@@ -143,17 +145,25 @@ fn instance_from(
     if let Some(m) = metadata_param(p)? {
         i.metadata = m;
     }
+    let cluster_check = svc
+        .and_then(|s| s.clusters.get(&i.cluster))
+        .map(|c| c.check.clone());
     i.check = if i.ephemeral {
         None
     } else {
-        Some(i.check.clone().unwrap_or(CheckSpec::Tcp))
+        Some(
+            cluster_check
+                .or_else(|| i.check.clone())
+                .unwrap_or(CheckSpec::Tcp),
+        )
     };
     Ok(i)
 }
 
 async fn register(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
-    let instance = instance_from(&p, &key, None)?;
+    let svc = s.registry.get(&key);
+    let instance = instance_from(&p, &key, None, svc.as_deref())?;
     s.registry
         .submit(Op::Register {
             service: key,
@@ -188,16 +198,16 @@ async fn update(State(s): State<AppState>, p: Params) -> Result<Response, ApiErr
     let ip = p.ip("ip")?;
     let port = p.port("port")?;
     let cluster = cluster_param(&p)?;
-    let base = s
-        .registry
-        .get(&key)
+    let svc = s.registry.get(&key);
+    let base = svc
+        .as_deref()
         .and_then(|svc| svc.find(ip, port, cluster).cloned())
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "instance {ip}:{port} not found in service {key}; register it first"
             ))
         })?;
-    let instance = instance_from(&p, &key, Some(&base))?;
+    let instance = instance_from(&p, &key, Some(&base), svc.as_deref())?;
     s.registry
         .submit(Op::Update {
             service: key,
@@ -410,6 +420,35 @@ async fn update_service(State(s): State<AppState>, p: Params) -> Result<Response
                 .opt("selector")
                 .map(str::to_string)
                 .or_else(|| current.selector.clone()),
+        })
+        .await?;
+    Ok(ok())
+}
+
+async fn update_cluster(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let cluster = cluster_param(&p)?
+        .ok_or_else(|| ApiError::bad_request("parameter 'clusterName' is required"))?
+        .to_string();
+    let current = s
+        .registry
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("service {key} not found; create it first")))?;
+    let existing = current.clusters.get(&cluster);
+    let check = match p.opt("healthChecker") {
+        Some(raw) => nacos_json::parse_health_checker(raw)
+            .map_err(|e| ApiError::bad_request(format!("parameter 'healthChecker' {e}")))?,
+        None => existing.map(|c| c.check.clone()).unwrap_or(CheckSpec::Tcp),
+    };
+    let metadata = match metadata_param(&p)? {
+        Some(m) => m,
+        None => existing.map(|c| c.metadata.clone()).unwrap_or_default(),
+    };
+    s.registry
+        .submit(Op::UpdateCluster {
+            service: key,
+            cluster,
+            config: crate::model::ClusterConfig { check, metadata },
         })
         .await?;
     Ok(ok())

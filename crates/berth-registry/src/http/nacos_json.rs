@@ -36,7 +36,7 @@ pub fn host(key: &ServiceKey, i: &Instance, defaults: &BeatTimings) -> Value {
 }
 
 /// Which instances a list request asked for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ListFilter {
     /// Empty: every cluster.
     pub clusters: Vec<String>,
@@ -118,10 +118,15 @@ pub fn instance_detail(key: &ServiceKey, i: &Instance) -> Value {
 
 fn health_checker(s: &Service, cluster: &str) -> Value {
     let check = s
-        .instances
-        .values()
-        .find(|i| i.cluster == cluster && !i.ephemeral)
-        .and_then(|i| i.check.clone());
+        .clusters
+        .get(cluster)
+        .map(|c| c.check.clone())
+        .or_else(|| {
+            s.instances
+                .values()
+                .find(|i| i.cluster == cluster && !i.ephemeral)
+                .and_then(|i| i.check.clone())
+        });
     match check {
         Some(CheckSpec::Http { path }) => {
             json!({"type": "HTTP", "path": path, "headers": "", "expectedResponseCode": 200})
@@ -131,12 +136,50 @@ fn health_checker(s: &Service, cluster: &str) -> Value {
     }
 }
 
+/// Reads a Nacos `healthChecker` JSON (`{"type":"HTTP","path":"/health"}`).
+pub fn parse_health_checker(raw: &str) -> Result<CheckSpec, String> {
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| format!("is not JSON ({e}); send {{\"type\":\"TCP\"}} or {{\"type\":\"HTTP\",\"path\":\"/health\"}}"))?;
+    let kind = v
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("needs a string field 'type' (TCP, HTTP or NONE)")?;
+    match kind.to_ascii_uppercase().as_str() {
+        "TCP" => Ok(CheckSpec::Tcp),
+        "NONE" => Ok(CheckSpec::None),
+        "HTTP" => {
+            let path = v.get("path").and_then(Value::as_str).unwrap_or("/");
+            Ok(CheckSpec::Http {
+                path: if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                },
+            })
+        }
+        other => Err(format!(
+            "type '{}' is not supported; use TCP, HTTP or NONE",
+            crate::http::params::clip(other)
+        )),
+    }
+}
+
 /// The `GET /service` answer.
 pub fn service_detail(s: &Service) -> Value {
-    let clusters: Vec<Value> = s
-        .cluster_names()
+    let mut names = s.cluster_names();
+    names.extend(s.clusters.keys().cloned());
+    names.sort();
+    names.dedup();
+    let clusters: Vec<Value> = names
         .iter()
-        .map(|c| json!({"name": c, "healthChecker": health_checker(s, c), "metadata": {}}))
+        .map(|c| {
+            let metadata = s
+                .clusters
+                .get(c)
+                .map(|c| c.metadata.clone())
+                .unwrap_or_default();
+            json!({"name": c, "healthChecker": health_checker(s, c), "metadata": metadata})
+        })
         .collect();
     let selector: Value = s
         .selector
@@ -199,6 +242,27 @@ pub fn json_metadata(v: &Value) -> Result<BTreeMap<String, String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_checker_types() {
+        assert_eq!(
+            parse_health_checker(r#"{"type":"tcp"}"#),
+            Ok(CheckSpec::Tcp)
+        );
+        assert_eq!(
+            parse_health_checker(r#"{"type":"HTTP","path":"health"}"#),
+            Ok(CheckSpec::Http {
+                path: "/health".into()
+            })
+        );
+        assert!(
+            parse_health_checker(r#"{"type":"MYSQL"}"#)
+                .unwrap_err()
+                .contains("MYSQL")
+        );
+        assert!(parse_health_checker("{").is_err());
+        assert!(parse_health_checker("{}").unwrap_err().contains("'type'"));
+    }
 
     #[test]
     fn metadata_accepts_json_and_pairs() {

@@ -1,0 +1,290 @@
+//! Load generator for `scripts/bench-registry`: drives any Nacos v1 server (Berth's
+//! registry, rnacos) over keep-alive HTTP/1.1 and reports, per phase, throughput and the
+//! server's own CPU time (from /proc), so the generator's share does not blur the figure.
+//!
+//! `bench_registry ADDR PID [instances] [concurrency] [push subscribers]`: prints one JSON line per phase.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const SERVICES: usize = 100;
+/// Linux's USER_HZ: /proc reports CPU time in these ticks.
+const TICKS_PER_SEC: f64 = 100.0;
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the full line: 11 and 12 after ')'.
+    (ticks(11) + ticks(12)) / TICKS_PER_SEC
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn instance(i: usize) -> (String, String, u16) {
+    let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    (
+        format!("bench-svc-{}", i % SERVICES),
+        ip,
+        10_000 + (i % 50_000) as u16,
+    )
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn path_for(phase: &str, i: usize) -> (hyper::Method, String) {
+    let (svc, ip, port) = instance(i);
+    match phase {
+        "register" => (
+            hyper::Method::POST,
+            format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}&ephemeral=true"),
+        ),
+        "beat" => {
+            let beat = format!(
+                r#"{{"serviceName":"DEFAULT_GROUP@@{svc}","ip":"{ip}","port":{port},"cluster":"DEFAULT","weight":1.0}}"#
+            );
+            (
+                hyper::Method::PUT,
+                format!(
+                    "/nacos/v1/ns/instance/beat?serviceName={svc}&groupName=DEFAULT_GROUP&beat={}",
+                    enc(&beat)
+                ),
+            )
+        }
+        _ => (
+            hyper::Method::GET,
+            format!(
+                "/nacos/v1/ns/instance/list?serviceName=bench-svc-{}",
+                i % SERVICES
+            ),
+        ),
+    }
+}
+
+async fn worker(
+    addr: SocketAddr,
+    phase: &'static str,
+    next: Arc<AtomicU64>,
+    total: u64,
+    errors: Arc<AtomicU64>,
+) {
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the server under test");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(conn);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= total {
+            return;
+        }
+        let (method, path) = path_for(phase, i as usize);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("valid request");
+        match sender.send_request(req).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await;
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+async fn phase(addr: SocketAddr, pid: u32, name: &'static str, ops: u64, concurrency: usize) {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_secs(pid);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(addr, name, next.clone(), ops, errors.clone())))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_secs(pid) - cpu0).max(0.01);
+    println!(
+        "{{\"phase\":\"{name}\",\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_sec\":{:.0},\"server_cpu_secs\":{cpu:.2},\"ops_per_cpu_sec\":{:.0},\"errors\":{},\"rss_mib\":{:.1}}}",
+        ops as f64 / secs,
+        ops as f64 / cpu,
+        errors.load(Ordering::Relaxed),
+        rss_mib(pid),
+    );
+}
+
+async fn http_call(addr: SocketAddr, method: hyper::Method, path: String) -> bool {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .expect("valid request");
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let ok = resp.status().is_success();
+            let _ = resp.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// UDP push latency: `subscribers` sockets subscribe to one service; each of `changes`
+/// registrations is timed from the request until every subscriber got its packet.
+async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
+    use std::io::Read;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    for n in 0..subscribers {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind UDP");
+        let port = sock.local_addr().expect("local addr").port();
+        let path = format!(
+            "/nacos/v1/ns/instance/list?serviceName=bench-push&udpPort={port}&clientIP=127.0.0.1"
+        );
+        if !http_call(addr, hyper::Method::GET, path).await {
+            eprintln!("subscription {n} failed");
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((len, from)) = sock.recv_from(&mut buf).await {
+                let now = Instant::now();
+                let mut raw = buf[..len].to_vec();
+                if raw.starts_with(&[0x1f, 0x8b]) {
+                    let mut out = Vec::new();
+                    if flate2::read::GzDecoder::new(&raw[..])
+                        .read_to_end(&mut out)
+                        .is_ok()
+                    {
+                        raw = out;
+                    }
+                }
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                    continue;
+                };
+                let nonce = match &v["lastRefTime"] {
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    _ => String::new(),
+                };
+                let ack = serde_json::json!({"type": "push-ack", "lastRefTime": nonce, "data": ""});
+                let _ = sock.send_to(ack.to_string().as_bytes(), from).await;
+                let hosts =
+                    serde_json::from_str::<serde_json::Value>(v["data"].as_str().unwrap_or("{}"))
+                        .ok()
+                        .and_then(|d| d["hosts"].as_array().map(Vec::len))
+                        .unwrap_or(0);
+                if tx.send((hosts, now)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut missed = 0usize;
+    for k in 0..changes {
+        while rx.try_recv().is_ok() {}
+        let started = Instant::now();
+        let path = format!(
+            "/nacos/v1/ns/instance?serviceName=bench-push&ip=10.9.0.{}&port={}&ephemeral=true",
+            k % 250,
+            20_000 + k
+        );
+        http_call(addr, hyper::Method::POST, path).await;
+        let mut got = 0;
+        let deadline = started + std::time::Duration::from_secs(3);
+        while got < subscribers {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((hosts, at))) if hosts == k + 1 => {
+                    latencies.push(at.duration_since(started).as_secs_f64() * 1000.0);
+                    got += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missed += subscribers - got;
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{{\"phase\":\"push\",\"subscribers\":{subscribers},\"changes\":{changes},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"missed\":{missed}}}",
+        pct(0.50),
+        pct(0.99)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: bench_registry ADDR PID [instances] [concurrency]");
+        std::process::exit(2);
+    }
+    let addr: SocketAddr = args[1].parse().expect("ADDR as ip:port");
+    let pid: u32 = args[2].parse().expect("PID");
+    let instances: u64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let concurrency: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(32);
+    phase(addr, pid, "register", instances, concurrency).await;
+    phase(addr, pid, "beat", instances, concurrency).await;
+    phase(addr, pid, "list", instances / 2, concurrency).await;
+    let subscribers: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1000);
+    push_phase(addr, subscribers, 20).await;
+}

@@ -3,6 +3,7 @@
 
 mod apps;
 mod error;
+mod logs;
 mod views;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/instances", get(views::instances))
         .route("/v1/nodes", get(views::nodes))
+        .route("/v1/logs", get(logs::logs))
         .route("/v1/info", get(views::info))
         .route("/v1/events", get(views::events))
         .route("/v1/events/recent", get(views::recent_events))

@@ -55,6 +55,7 @@ pub async fn nodes(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
                 "id": n.id,
                 "hostname": n.hostname,
                 "address": n.address,
+                "status_url": n.status_url,
                 "status": n.status,
                 "labels": n.labels,
                 "drivers": n.drivers,

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod completions;
 pub mod dev;
 pub mod hello_app;
+pub mod logs;
 pub mod registry;
 pub mod router;
 pub mod server;

@@ -9,9 +9,11 @@
 
 pub mod fake_agent;
 mod process;
+mod reaper;
 mod wait;
 
 pub use process::BerthProcess;
+pub use reaper::InstanceReaper;
 pub use wait::{wait_for, wait_until};
 
 use std::path::PathBuf;

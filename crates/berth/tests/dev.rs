@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, temp_dir, wait_for, wait_until};
+use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_for, wait_until};
 use tokio::process::Command;
 
 #[tokio::test]
 async fn dev_serves_the_demo_app_through_the_router_and_stops_cleanly() {
     let data = temp_dir();
+    let _reaper = InstanceReaper::new([data.path().join("agent")]);
     let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
     command
         .args(["dev", "--data-dir"])

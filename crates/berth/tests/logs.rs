@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, temp_dir, wait_until};
+use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -56,6 +56,7 @@ async fn berth(api: std::net::SocketAddr, args: &[&str]) -> Out {
 #[tokio::test]
 async fn logs_of_every_instance_one_instance_stderr_and_follow() {
     let data = temp_dir();
+    let _reaper = InstanceReaper::new([data.path().join("agent")]);
     let dev = dev(data.path()).await;
     let api = dev.addr("api");
     // Each instance says who it is on both outputs, then ticks once per 100 ms on stdout.

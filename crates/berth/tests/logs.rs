@@ -5,30 +5,15 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_until};
+use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
 async fn dev(data: &std::path::Path) -> BerthProcess {
-    let mut command = Command::new(BIN);
-    command
-        .args(["dev", "--no-demo", "--data-dir"])
-        .arg(data)
-        .env("BERTH_LOG", "warn")
-        .env("BERTH_SERVER_STARTUP_GRACE", "1s");
-    for var in [
-        "BERTH_SERVER_LISTEN",
-        "BERTH_SERVER_AGENT_LISTEN",
-        "BERTH_REGISTRY_LISTEN",
-        "BERTH_REGISTRY_GRPC_LISTEN",
-        "BERTH_ROUTER_LISTEN",
-        "BERTH_ROUTER_STATUS_LISTEN",
-        "BERTH_AGENT_LISTEN",
-    ] {
-        command.env(var, "127.0.0.1:0");
-    }
+    let mut command = dev_command(BIN, data);
+    command.arg("--no-demo");
     BerthProcess::spawn(command).await
 }
 

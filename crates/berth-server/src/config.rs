@@ -14,6 +14,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `agent_listen` | 127.0.0.1:7071 | gRPC stream agents connect to |
 /// | `registry` | none | registry gRPC address (shown in /v1/info) |
 /// | `data_dir` | ./berth-data/server | SQLite store and lock |
+/// | `postgres_url` (or `postgres_url_file`) | none | keep desired state in PostgreSQL instead of SQLite: `postgres://USER:PASS@HOST:PORT/DB` or `host=... user=... dbname=...` |
 /// | `heartbeat_interval` | 2s | interval agents are told to beat at |
 /// | `node_ttl` | 10s | silence after which a node is lost and its instances replaced |
 /// | `startup_grace` | 6s | wait after start before acting, so agents can report |
@@ -30,6 +31,8 @@ pub struct ServerConfig {
     pub agent_listen: SocketAddr,
     pub registry: Option<String>,
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of the SQLite file in `data_dir`.
+    pub postgres_url: Option<berth_util::config::Secret>,
     pub heartbeat_interval: Duration,
     pub node_ttl: Duration,
     pub startup_grace: Duration,
@@ -53,6 +56,9 @@ impl ServerConfig {
             agent_listen: layers.get_or("agent_listen", d.agent_listen)?,
             registry: layers.get("registry")?,
             data_dir: layers.get_or("data_dir", d.data_dir)?,
+            postgres_url: layers
+                .secret("postgres_url")?
+                .map(berth_util::config::Secret::new),
             heartbeat_interval: layers.get_or("heartbeat_interval", d.heartbeat_interval)?,
             node_ttl: layers.get_or("node_ttl", d.node_ttl)?,
             startup_grace: layers.get_or("startup_grace", d.startup_grace)?,
@@ -74,6 +80,7 @@ impl ServerConfig {
             agent_listen: DEFAULT_AGENT_LISTEN.parse().expect("valid default"),
             registry: None,
             data_dir: data_dir.to_path_buf(),
+            postgres_url: None,
             heartbeat_interval: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),
             startup_grace: Duration::from_secs(6),

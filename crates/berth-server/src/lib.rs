@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use berth_proto::agent::v1::agent_link_server::AgentLinkServer;
-use berth_store::{SqliteStore, Store, StoreError};
+use berth_store::{PostgresStore, SqliteStore, Store, StoreError};
 use berth_util::datadir::{DataDir, DataDirError};
 use berth_util::net::{BindError, bind_tcp};
 use berth_util::shutdown::Shutdown;
@@ -64,11 +64,13 @@ impl ServerHandle {
 pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let db = data_dir.join("server.db");
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&db))
-            .await
-            .map_err(|e| StoreError::Engine(format!("store open task failed: {e}")))??,
-    );
+    let postgres = config.postgres_url.clone();
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || match postgres {
+        Some(url) => PostgresStore::open(url.expose()).map(|s| Arc::new(s) as Arc<dyn Store>),
+        None => SqliteStore::open(&db).map(|s| Arc::new(s) as Arc<dyn Store>),
+    })
+    .await
+    .map_err(|e| StoreError::Engine(format!("store open task failed: {e}")))??;
     start_with_store(config, store, data_dir, shutdown).await
 }
 

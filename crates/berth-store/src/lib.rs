@@ -1,18 +1,20 @@
 //! Berth's desired-state store: apps and every version of them.
 //!
-//! Owns: the [`Store`] trait, its records, the SQLite implementation ([`SqliteStore`],
-//! the default) and a conformance suite ([`testsuite`]) every implementation must pass.
-//! The trait speaks only in domain types and assumes nothing about the engine, so a
-//! PostgreSQL implementation can follow. Real state (nodes, instances) never lands here:
-//! it lives in the server's memory and is rebuilt from agents.
-//! Must never depend on networking or on roles' crates.
+//! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
+//! file in the data folder; [`PostgresStore`], for servers that share one database) and a
+//! conformance suite ([`testsuite`]) every engine passes. The trait speaks only in domain
+//! types and assumes nothing about the engine. Real state (nodes, instances) never lands
+//! here: it lives in the server's memory and is rebuilt from agents.
+//! Must never depend on roles' crates.
 
 mod error;
+mod postgres;
 mod record;
 mod sqlite;
 pub mod testsuite;
 
 pub use error::StoreError;
+pub use postgres::PostgresStore;
 pub use record::{AppVersion, Change};
 pub use sqlite::SqliteStore;
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_agent;
+pub mod postgres;
 mod process;
 mod reaper;
 mod wait;

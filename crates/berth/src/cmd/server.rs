@@ -47,6 +47,11 @@ pub struct Args {
     /// Time between SIGTERM and SIGKILL, sent with stops [default: 10s].
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
+    /// File holding a PostgreSQL URL (`postgres://USER:PASS@HOST:PORT/DB`): keep desired
+    /// state there instead of SQLite in --data-dir (several servers can share it). Or set
+    /// BERTH_SERVER_POSTGRES_URL [default: none, SQLite].
+    #[arg(long, value_name = "FILE")]
+    postgres_url_file: Option<PathBuf>,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -58,6 +63,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("agent_listen", args.agent_listen)
         .set("registry", args.registry)
         .set("data_dir", args.data_dir.map(|p| p.display().to_string()))
+        .set(
+            "postgres_url_file",
+            args.postgres_url_file.map(|p| p.display().to_string()),
+        )
         .set("heartbeat_interval", args.heartbeat_interval)
         .set("node_ttl", args.node_ttl)
         .set("startup_grace", args.startup_grace)

@@ -25,6 +25,9 @@ use berth_util::config::{ConfigError, Layers};
 /// | `stop_grace` | 10s | SIGTERM-to-SIGKILL time sent with stops |
 /// | `max_body_bytes` | 1048576 | largest accepted request body |
 /// | `shutdown_grace` | 5s | time open HTTP connections get on shutdown |
+/// | `leader_lease` | 6s | leader lease time to live in the store (renewed every third); a dead leader is replaced after at most this |
+/// | `advertise_url` | `http://<listen>` | this server's API URL as other servers redirect to it when it leads |
+/// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -43,6 +46,11 @@ pub struct ServerConfig {
     pub stop_grace: Duration,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub leader_lease: Duration,
+    /// Defaults to the bound API address.
+    pub advertise_url: Option<String>,
+    /// Defaults to the bound agent stream address.
+    pub advertise_agent: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -69,6 +77,9 @@ impl ServerConfig {
             stop_grace: layers.get_or("stop_grace", d.stop_grace)?,
             max_body_bytes: layers.get_or("max_body_bytes", d.max_body_bytes)?,
             shutdown_grace: layers.get_or("shutdown_grace", d.shutdown_grace)?,
+            leader_lease: layers.get_or("leader_lease", d.leader_lease)?,
+            advertise_url: layers.get("advertise_url")?,
+            advertise_agent: layers.get("advertise_agent")?,
         };
         layers.finish()?;
         Ok(config)
@@ -91,6 +102,9 @@ impl ServerConfig {
             stop_grace: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            leader_lease: Duration::from_secs(6),
+            advertise_url: None,
+            advertise_agent: None,
         }
     }
 
@@ -108,6 +122,7 @@ impl ServerConfig {
             stop_drain: Duration::from_millis(10),
             stop_grace: Duration::from_millis(100),
             shutdown_grace: Duration::from_millis(500),
+            leader_lease: Duration::from_secs(1),
             ..Self::defaults(data_dir)
         }
     }

@@ -13,6 +13,7 @@ mod clock;
 mod config;
 mod context;
 mod events;
+mod leader;
 mod metrics;
 mod reconcile;
 pub mod sim;
@@ -26,7 +27,6 @@ use berth_store::{PostgresStore, SqliteStore, Store, StoreError};
 use berth_util::datadir::{DataDir, DataDirError};
 use berth_util::net::{BindError, bind_tcp};
 use berth_util::shutdown::Shutdown;
-use tokio::time::Instant;
 
 pub use agents::check_hello;
 pub use config::ServerConfig;
@@ -95,10 +95,12 @@ async fn start_with_store(
         metrics,
         registry: Arc::new(registry),
         server_id: format!("server-{}-{}", std::process::id(), clock::unix_ms()),
-        started: Instant::now(),
         started_ms: clock::unix_ms(),
         write_lock: tokio::sync::Mutex::new(None),
         cancel: shutdown.token(),
+        leadership: Mutex::new(leader::Leadership::Unknown {
+            reason: "the first election has not finished".into(),
+        }),
         config,
     });
 
@@ -109,10 +111,7 @@ async fn start_with_store(
         ctx.config.shutdown_grace,
     );
 
-    let service = AgentLinkServer::new(agents::AgentService {
-        ctx: ctx.clone(),
-        cancel: shutdown.token(),
-    });
+    let service = AgentLinkServer::new(agents::AgentService { ctx: ctx.clone() });
     let cancel = shutdown.token();
     shutdown.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
@@ -125,7 +124,24 @@ async fn start_with_store(
         }
     });
 
-    shutdown.spawn(reconcile::run(ctx.clone(), shutdown.token()));
+    let me = leader::LeaderInfo {
+        server_id: ctx.server_id.clone(),
+        api_url: ctx
+            .config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http}")),
+        agent_addr: ctx
+            .config
+            .advertise_agent
+            .clone()
+            .unwrap_or_else(|| agent.to_string()),
+    };
+    // The first round runs before start returns, so a lone server leads from its first
+    // request on.
+    let mut elector = leader::Elector::new(ctx.clone(), me);
+    let next = elector.round().await;
+    shutdown.spawn(elector.run(next, shutdown.token()));
     tracing::info!(%http, %agent, "server started");
     Ok(ServerHandle {
         http,

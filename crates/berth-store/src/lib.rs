@@ -15,7 +15,7 @@ pub mod testsuite;
 
 pub use error::StoreError;
 pub use postgres::PostgresStore;
-pub use record::{AppVersion, Change};
+pub use record::{AppVersion, Change, Lease};
 pub use sqlite::SqliteStore;
 
 use berth_core::{AppId, VersionId};
@@ -45,4 +45,20 @@ pub trait Store: Send + Sync + 'static {
 
     fn get_version(&self, id: &AppId, version: VersionId)
     -> Result<Option<AppVersion>, StoreError>;
+
+    /// Takes the lease `name` for `ttl`, or renews it, when it is free, expired or already
+    /// `holder`'s; otherwise leaves it. Either way returns who holds it afterwards. Expiry
+    /// is judged by the store's clock, so servers whose clocks differ still agree. Servers
+    /// sharing one store elect their leader with this.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        info: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up at once if `holder` has it (a clean shutdown), so another server
+    /// need not wait for it to expire.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

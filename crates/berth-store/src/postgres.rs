@@ -12,10 +12,11 @@ use std::time::Duration;
 use berth_core::{AppId, AppSpec, VersionId};
 use postgres::{Client, GenericClient, NoTls, Row};
 
-use crate::{AppVersion, Store, StoreError};
+use crate::{AppVersion, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     id TEXT PRIMARY KEY NOT NULL,
     version BIGINT NOT NULL
@@ -29,7 +30,16 @@ CREATE TABLE app_versions (
     spec TEXT NOT NULL,
     PRIMARY KEY (app_id, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    info TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+"#,
+];
 
 /// Serialises migrations of servers that start at the same moment (an arbitrary constant
 /// key for `pg_advisory_xact_lock`).
@@ -387,6 +397,69 @@ impl Store for PostgresStore {
                 .as_ref()
                 .map(read_row)
                 .transpose()
+        })
+    }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.with(|client| {
+            let mut tx = client.transaction().map_err(engine)?;
+            // A row to lock, so two candidates serialise on it.
+            tx.execute(
+                "INSERT INTO leases (name, holder, info, expires_at_ms) VALUES ($1, '', '', 0)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )
+            .map_err(engine)?;
+            // The database's clock decides expiry, so servers with skewed clocks agree.
+            let row = tx
+                .query_one(
+                    "SELECT holder, info, expires_at_ms,
+                            (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
+                     FROM leases WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .map_err(engine)?;
+            let (other, other_info, expires_at, now): (String, String, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if other != holder && expires_at > now {
+                tx.commit().map_err(engine)?;
+                return Ok(Lease {
+                    holder: other,
+                    info: other_info,
+                    expires_in: Duration::from_millis((expires_at - now) as u64),
+                    mine: false,
+                });
+            }
+            tx.execute(
+                "UPDATE leases SET holder = $2, info = $3, expires_at_ms = $4 WHERE name = $1",
+                &[&name, &holder, &info, &(now + ttl.as_millis() as i64)],
+            )
+            .map_err(engine)?;
+            tx.commit().map_err(engine)?;
+            Ok(Lease {
+                holder: holder.to_string(),
+                info: info.to_string(),
+                expires_in: ttl,
+                mine: true,
+            })
+        })
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.with(|client| {
+            client
+                .execute(
+                    "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .map_err(engine)?;
+            Ok(())
         })
     }
 }

@@ -24,6 +24,8 @@ async fn server(data: &std::path::Path, url_file: &std::path::Path) -> BerthProc
             data.to_str().unwrap(),
             "--postgres-url-file",
             url_file.to_str().unwrap(),
+            "--leader-lease",
+            "1500ms",
         ],
     )
     .await
@@ -91,6 +93,24 @@ async fn apps_live_in_postgres_and_an_outage_is_a_clear_503() {
         .await
         .unwrap();
     assert!(health.status().is_success());
+
+    // Unable to renew its lease, the server stops leading before the lease could have
+    // passed to another server: it refuses to act rather than risk two leaders.
+    let leader_url = format!("http://{}/v1/leader", second.addr("http"));
+    wait_until("leadership given up", Duration::from_secs(20), || async {
+        let view: serde_json::Value = reqwest::get(&leader_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["role"] == "unknown"
+    })
+    .await;
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "no_leader", "{body}");
 
     // It comes back; so does the server, without a restart.
     pg.restart();

@@ -52,6 +52,19 @@ pub struct Args {
     /// BERTH_SERVER_POSTGRES_URL [default: none, SQLite].
     #[arg(long, value_name = "FILE")]
     postgres_url_file: Option<PathBuf>,
+    /// Time to live of the leader lease in the store, renewed every third of it; with
+    /// several servers on one PostgreSQL database, a dead leader is replaced within it
+    /// [default: 6s].
+    #[arg(long, value_name = "DURATION")]
+    leader_lease: Option<String>,
+    /// This server's API URL, where the others redirect clients while it leads
+    /// [default: http://<bound --listen address>].
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
+    /// This server's agent stream address, as the others name it to agents
+    /// [default: the bound --agent-listen address].
+    #[arg(long, value_name = "ADDR")]
+    advertise_agent: Option<String>,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -76,6 +89,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("stop_drain", args.stop_drain)
         .set("stop_grace", args.stop_grace)
         .set("max_body_bytes", args.max_body_bytes)
+        .set("leader_lease", args.leader_lease)
+        .set("advertise_url", args.advertise_url)
+        .set("advertise_agent", args.advertise_agent)
         .set(
             "shutdown_grace",
             Some(format!("{}ms", args.role.shutdown_grace.as_millis())),

@@ -1,4 +1,4 @@
-//! Berth's desired-state store: apps and every version of them.
+//! Berth's desired-state store: apps, every version of them, and deployments.
 //!
 //! Owns: the [`Store`] trait, its records, the SQLite implementation ([`SqliteStore`],
 //! the default) and a conformance suite ([`testsuite`]) every implementation must pass.
@@ -16,7 +16,7 @@ pub use error::StoreError;
 pub use record::{AppVersion, Change};
 pub use sqlite::SqliteStore;
 
-use berth_core::{AppId, VersionId};
+use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 
 /// Desired state. Calls are blocking and short; async callers run them on a blocking
 /// thread.
@@ -43,4 +43,17 @@ pub trait Store: Send + Sync + 'static {
 
     fn get_version(&self, id: &AppId, version: VersionId)
     -> Result<Option<AppVersion>, StoreError>;
+
+    /// Stores a deployment, replacing the one with the same id. Deployments are kept
+    /// so that a restarted server goes on tracking a roll it had started.
+    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError>;
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError>;
+
+    /// Every stored deployment, newest first.
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+
+    /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
+    /// Active ones are never removed. Returns how many went.
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
 }

@@ -198,7 +198,10 @@ impl Deployment {
                 d.to.instances, d.to.config_version
             ),
         };
-        d.step(now_ms, format!("{:?} started: {what}", d.kind).to_lowercase());
+        d.step(
+            now_ms,
+            format!("{:?} started: {what}", d.kind).to_lowercase(),
+        );
         d
     }
 
@@ -294,7 +297,11 @@ mod tests {
         );
         assert_eq!(d.state, DeploymentState::Running);
         assert_eq!(d.target().config_version, VersionId(2));
-        assert!(d.steps[0].message.contains("version 1 -> 2"), "{:?}", d.steps);
+        assert!(
+            d.steps[0].message.contains("version 1 -> 2"),
+            "{:?}",
+            d.steps
+        );
         assert!(!d.expired(10_999));
         assert!(d.expired(11_000));
         assert!(d.start_rollback(11_000, "deadline".into()));
@@ -338,7 +345,10 @@ mod tests {
         }
         assert_eq!(d.steps.len(), MAX_STEPS);
         assert!(d.steps[0].message.starts_with("restart started"));
-        assert_eq!(d.steps.last().unwrap().message, format!("s{}", MAX_STEPS * 2 - 1));
+        assert_eq!(
+            d.steps.last().unwrap().message,
+            format!("s{}", MAX_STEPS * 2 - 1)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::ServerConfig;
+use crate::deploy::Deployments;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::reconcile::plan::PlanConfig;
@@ -17,6 +18,8 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub state: Mutex<RealState>,
     pub events: EventBus,
+    /// Deployments being followed, one per app at most.
+    pub deployments: Deployments,
     /// Wakes the reconciler.
     pub wake: Notify,
     pub metrics: Metrics,

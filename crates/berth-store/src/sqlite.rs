@@ -10,7 +10,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::{AppVersion, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     id TEXT PRIMARY KEY NOT NULL,
     version INTEGER NOT NULL
@@ -24,7 +25,8 @@ CREATE TABLE app_versions (
     spec TEXT NOT NULL,
     PRIMARY KEY (app_id, version)
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE deployments (
     id TEXT PRIMARY KEY NOT NULL,
     app_id TEXT NOT NULL,
@@ -33,7 +35,8 @@ CREATE TABLE deployments (
     body TEXT NOT NULL
 );
 CREATE INDEX deployments_by_app ON deployments (app_id, created_at_ms);
-"#];
+"#,
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,

@@ -90,8 +90,10 @@ impl Tracked {
             wanted: target.instances,
             ..Progress::default()
         };
-        let mut said: Vec<String> = Vec::new();
+        // Said in this order, whatever order instances are met in.
+        let mut started: Vec<String> = Vec::new();
         let mut newly_ready: Vec<String> = Vec::new();
+        let mut said: Vec<String> = Vec::new();
         let mut present: HashSet<&InstanceId> = HashSet::new();
         let nodes = state
             .nodes
@@ -106,7 +108,13 @@ impl Tracked {
             let requested = state.stop_requested.contains_key(&inst.id);
             let is_target = inst.version == cfgv;
             if is_target && inst.state.is_active() && !requested {
-                seen.alive = true;
+                if !seen.alive {
+                    seen.alive = true;
+                    started.push(format!(
+                        "starting new instance {} on {}",
+                        inst.id, inst.node
+                    ));
+                }
                 p.active += 1;
                 let ready = inst.state == InstanceState::Healthy
                     || (!checked && inst.state == InstanceState::Running);
@@ -121,8 +129,14 @@ impl Tracked {
                 if seen.alive && !seen.gone && (seen.leaving || !is_target) {
                     seen.gone = true;
                     said.push(format!(
-                        "instance {} (version {}) stopped: {}",
-                        inst.id, inst.version, inst.message
+                        "instance {} (version {}) stopped{}",
+                        inst.id,
+                        inst.version,
+                        if inst.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", inst.message)
+                        }
                     ));
                 } else if is_target
                     && !requested
@@ -164,7 +178,7 @@ impl Tracked {
                 let seen = self.seen.entry(pending.id.clone()).or_default();
                 if !seen.alive {
                     seen.alive = true;
-                    said.push(format!(
+                    started.push(format!(
                         "starting new instance {} on {}",
                         pending.id, pending.node
                     ));
@@ -178,14 +192,16 @@ impl Tracked {
                 said.push(format!("instance {inst} is gone"));
             }
         }
-        for what in newly_ready {
-            said.push(format!(
+        let before = p.ready as usize - newly_ready.len();
+        let ready_steps = newly_ready.into_iter().enumerate().map(|(i, what)| {
+            format!(
                 "new instance {what} is {} ({}/{} ready)",
                 if checked { "healthy" } else { "running" },
-                p.ready,
+                before + i + 1,
                 p.wanted
-            ));
-        }
+            )
+        });
+        let mut said: Vec<String> = started.into_iter().chain(ready_steps).chain(said).collect();
 
         let failures = state.apps.get(id).map(|h| h.failures).unwrap_or(0);
         let base = *self.base_failures.get_or_insert(failures);

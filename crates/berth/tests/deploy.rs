@@ -538,7 +538,7 @@ async fn an_instance_whose_check_fails_leaves_routing_then_is_replaced() {
     app["health_checks"] = json!([
         {"protocol": "http", "path": "/healthz", "interval_seconds": 1, "timeout_seconds": 1},
         {"protocol": "command", "command": ["/bin/sh", "-c", "test ! -e sick"],
-         "interval_seconds": 1, "timeout_seconds": 1, "max_consecutive_failures": 3}
+         "interval_seconds": 1, "timeout_seconds": 1, "max_consecutive_failures": 5}
     ]);
     app["backoff_seconds"] = json!(0.2);
     let (code, body) = dev.put(&app, "").await;
@@ -558,6 +558,16 @@ async fn an_instance_whose_check_fails_leaves_routing_then_is_replaced() {
         load.recent_instances().len() == 2 && !load.recent_instances().contains(&victim)
     })
     .await;
+    // Routing reacted to the first failed probe; the agent has not given its verdict
+    // (5 failures one interval apart) yet.
+    let v = dev.get(&format!("/v1/instances?app={APP}")).await;
+    let state = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == victim.as_str())
+        .map(|i| i["state"].clone());
+    assert_eq!(state, Some(json!("healthy")), "{v:#}");
     // Then replaced: stopped, and a new one answers.
     wait_until("a replacement answers", WAIT, || async {
         let ids = load.recent_instances();

@@ -349,3 +349,32 @@ async fn an_unhealthy_instance_is_replaced_after_its_backoff() {
     .await;
     assert!(stop.reason.starts_with("unhealthy"), "{}", stop.reason);
 }
+
+#[tokio::test]
+async fn a_restarted_server_goes_on_with_the_roll_it_had_started() {
+    let s = TestServer::start().await;
+    let (a, v1) = healthy_v1(&s).await;
+    let (_, body) = put(&s, &spec("v2"), "").await;
+    let v2 = body["config_version"].as_u64().unwrap();
+    let id = body["deployment"]["id"].as_str().unwrap().to_string();
+    wait_until("both v2 instances started", WAIT, || async {
+        versions_running(&a).iter().filter(|v| **v == v2).count() == 2
+    })
+    .await;
+    let running = a.running();
+    drop(a);
+    let dir = s.stop().await;
+
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let mut node = NodeSpec::new("n1", 8.0, 4096);
+    node.running = running;
+    let a = FakeAgent::connect(s.agent_addr(), node).await;
+    assert_eq!(deployment(&s, &id).await["state"], "running");
+    wait_state(&s, &a, &id, "succeeded", v2).await;
+    assert!(versions_running(&a).iter().all(|v| *v == v2));
+    assert!(!versions_running(&a).contains(&v1));
+    let steps = steps(&deployment(&s, &id).await);
+    // What was said before the restart is not said again.
+    let started = steps.iter().filter(|s| s.contains("starting new instance"));
+    assert_eq!(started.count(), 2, "{steps:#?}");
+}

@@ -6,20 +6,25 @@
 //! Deployments are stored on every change, so a restarted server goes on following a
 //! roll it had started.
 
+mod rollback;
+mod tick;
 pub mod track;
 
+pub use rollback::{cancel, rollback};
+pub use tick::tick;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_core::deployment::{Deployment, DeploymentKind, DeploymentState, Target};
-use berth_core::{AppId, DeploymentId, VersionId};
+use berth_core::{AppId, DeploymentId};
 use berth_store::{AppVersion, Change, StoreError};
 
-use crate::apps::{announce, blocking, next_version};
+use crate::apps::blocking;
 use crate::context::Ctx;
 use crate::events::NewEvent;
-use track::{Tracked, Verdict};
+use track::Tracked;
 
 /// Finished deployments kept per app.
 pub const HISTORY: usize = 20;
@@ -81,17 +86,17 @@ impl Deployments {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     crate::clock::unix_ms()
 }
 
-async fn persist(ctx: &Ctx, d: &Deployment) -> Result<(), StoreError> {
+pub(super) async fn persist(ctx: &Ctx, d: &Deployment) -> Result<(), StoreError> {
     let d = d.clone();
     blocking(ctx, move |s| s.put_deployment(&d)).await
 }
 
 /// Stores `d`; a failure is reported, not fatal: the deployment goes on in memory.
-async fn persist_or_report(ctx: &Ctx, d: &Deployment) {
+pub(super) async fn persist_or_report(ctx: &Ctx, d: &Deployment) {
     if let Err(e) = persist(ctx, d).await {
         ctx.events.emit(
             "store_error",
@@ -101,7 +106,7 @@ async fn persist_or_report(ctx: &Ctx, d: &Deployment) {
     }
 }
 
-fn emit(ctx: &Ctx, kind: &'static str, d: &Deployment, message: String) {
+pub(super) fn emit(ctx: &Ctx, kind: &'static str, d: &Deployment, message: String) {
     ctx.events
         .emit(kind, NewEvent::app(&d.app), format!("{}: {message}", d.id));
 }
@@ -242,289 +247,4 @@ pub async fn list(ctx: &Ctx) -> Result<Vec<Deployment>, StoreError> {
     }
     stored.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
     Ok(stored)
-}
-
-/// `DELETE /v1/deployments/{id}`: a running deployment rolls back; with `force` it
-/// stops where it stands (the app keeps its new version, nothing is rolled back).
-pub async fn cancel(
-    ctx: &Arc<Ctx>,
-    id: &DeploymentId,
-    force: bool,
-) -> Result<Deployment, ChangeError> {
-    let mut last = ctx.write_lock.lock().await;
-    let Some(d) = ctx
-        .deployments
-        .all_active()
-        .into_iter()
-        .find(|d| &d.id == id)
-    else {
-        return match get(ctx, id).await? {
-            Some(d) => Err(ChangeError::Refused(format!(
-                "deployment {id} already ended ({}); nothing to cancel. To go back to the version before it, use `berth deployments rollback {id}`",
-                d.state
-            ))),
-            None => Err(ChangeError::NotFound(id.clone())),
-        };
-    };
-    if force {
-        return Ok(finish(
-            ctx,
-            &d.app,
-            DeploymentState::Cancelled,
-            Some("stopped where it stood (force); nothing rolled back".into()),
-        )
-        .await
-        .unwrap_or(d));
-    }
-    match d.state {
-        DeploymentState::RollingBack => Err(ChangeError::Refused(format!(
-            "deployment {id} is already rolling back; pass force=true to stop it where it stands"
-        ))),
-        _ if d.from.is_none() => Err(ChangeError::Refused(format!(
-            "deployment {id} created {}: there is no earlier version to roll back to; delete the app (`berth apps rm {}`) or pass force=true to stop following it",
-            d.app, d.app
-        ))),
-        _ => {
-            begin_rollback(ctx, &mut last, &d.app, "rolled back on request".into()).await?;
-            Ok(ctx.deployments.active_for(&d.app).unwrap_or(d))
-        }
-    }
-}
-
-/// `POST /v1/deployments/{id}/rollback`: a running deployment rolls back (as DELETE);
-/// a succeeded one is undone by a new deployment back to the version before it, if the
-/// app has not changed since.
-pub async fn rollback(ctx: &Arc<Ctx>, id: &DeploymentId) -> Result<Deployment, ChangeError> {
-    if ctx.deployments.all_active().iter().any(|d| &d.id == id) {
-        return cancel(ctx, id, false).await;
-    }
-    let mut last = ctx.write_lock.lock().await;
-    let d = get(ctx, id)
-        .await?
-        .ok_or_else(|| ChangeError::NotFound(id.clone()))?;
-    let Some(from) = d.from.clone() else {
-        return Err(ChangeError::Refused(format!(
-            "deployment {id} created {}: there is no earlier version to go back to",
-            d.app
-        )));
-    };
-    check_free(ctx, &d.app, false)?;
-    let app = d.app.clone();
-    let cur = {
-        let app = app.clone();
-        blocking(ctx, move |s| s.get_app(&app)).await?
-    }
-    .ok_or_else(|| ChangeError::Refused(format!("app {app} no longer exists")))?;
-    if cur.version != d.to.version {
-        return Err(ChangeError::Refused(format!(
-            "app {app} changed after {id} (now at version {}); deploy the spec you want instead",
-            cur.version
-        )));
-    }
-    let earlier = {
-        let app = app.clone();
-        blocking(ctx, move |s| s.get_version(&app, from.version)).await?
-    }
-    .ok_or_else(|| {
-        ChangeError::Refused(format!(
-            "version {} of {app} is no longer stored; deploy the spec you want instead",
-            from.version
-        ))
-    })?;
-    let version = next_version(&mut last, Some(cur.version));
-    let record = cur.rollback_to(&earlier, version);
-    let r = record.clone();
-    blocking(ctx, move |s| s.update_app(&r, cur.version)).await?;
-    ctx.lock_state().apps.remove(app.as_str());
-    announce(ctx, &record, Some(&cur));
-    Ok(begin(ctx, Some(&cur), &record, &ChangeOptions::default()).await)
-}
-
-/// Stores the version `app` had before its running deployment and turns the deployment
-/// to rolling back. Call with the write lock held (`last`).
-async fn begin_rollback(
-    ctx: &Ctx,
-    last: &mut Option<VersionId>,
-    app: &AppId,
-    reason: String,
-) -> Result<(), ChangeError> {
-    let Some(d) = ctx.deployments.active_for(app) else {
-        return Ok(());
-    };
-    let Some(from) = d.from.clone() else {
-        return Ok(());
-    };
-    let cur = {
-        let app = app.clone();
-        blocking(ctx, move |s| s.get_app(&app)).await?
-    }
-    .ok_or_else(|| ChangeError::Refused(format!("app {app} no longer exists")))?;
-    let earlier = {
-        let app = app.clone();
-        blocking(ctx, move |s| s.get_version(&app, from.version)).await?
-    }
-    .ok_or_else(|| {
-        ChangeError::Refused(format!(
-            "version {} of {app} is no longer stored; cannot roll back",
-            from.version
-        ))
-    })?;
-    let version = next_version(last, Some(cur.version));
-    let record = cur.rollback_to(&earlier, version);
-    let r = record.clone();
-    let expected = cur.version;
-    blocking(ctx, move |s| s.update_app(&r, expected)).await?;
-    // The earlier version comes back at once, not after the backoff the failing one
-    // earned.
-    ctx.lock_state().apps.remove(app.as_str());
-    let updated = {
-        let mut active = ctx.deployments.lock();
-        active.get_mut(app).map(|t| {
-            t.d.start_rollback(now_ms(), reason.clone());
-            t.reset_failures(0);
-            t.d.clone()
-        })
-    };
-    if let Some(d) = updated {
-        persist_or_report(ctx, &d).await;
-        emit(
-            ctx,
-            "deployment_step",
-            &d,
-            d.steps
-                .last()
-                .map(|s| s.message.clone())
-                .unwrap_or_default(),
-        );
-    }
-    announce(ctx, &record, Some(&cur));
-    Ok(())
-}
-
-/// Ends the app's active deployment in `state`, stores it and tells.
-async fn finish(
-    ctx: &Ctx,
-    app: &AppId,
-    state: DeploymentState,
-    reason: Option<String>,
-) -> Option<Deployment> {
-    let mut t = ctx.deployments.lock().remove(app)?;
-    let now = now_ms();
-    t.d.finish(state, now, reason.clone());
-    persist_or_report(ctx, &t.d).await;
-    let took = format!(
-        "{:.1} s",
-        now.saturating_sub(t.d.created_at_ms) as f64 / 1000.0
-    );
-    let (kind, message) = match state {
-        DeploymentState::Succeeded => (
-            "deployment_succeeded",
-            format!("{} succeeded in {took}", t.d.app),
-        ),
-        DeploymentState::RolledBack => (
-            "deployment_rolled_back",
-            format!(
-                "{} rolled back to version {} in {took}{}",
-                t.d.app,
-                t.d.target().config_version,
-                reason.map(|r| format!(" ({r})")).unwrap_or_default()
-            ),
-        ),
-        DeploymentState::Failed => (
-            "deployment_failed",
-            format!("{} failed: {}", t.d.app, reason.unwrap_or_default()),
-        ),
-        _ => (
-            "deployment_cancelled",
-            format!("{} cancelled: {}", t.d.app, reason.unwrap_or_default()),
-        ),
-    };
-    emit(ctx, kind, &t.d, message);
-    let store_app = app.clone();
-    let _ = blocking(ctx, move |s| s.prune_deployments(&store_app, HISTORY)).await;
-    Some(t.d)
-}
-
-/// After each reconciler pass: follow every active deployment and end those that are
-/// done or failed.
-pub async fn tick(ctx: &Arc<Ctx>, desired: &[AppVersion]) {
-    let now = now_ms();
-    let mut changed = Vec::new();
-    let mut verdicts = Vec::new();
-    {
-        let state = ctx.lock_state();
-        let mut active = ctx.deployments.lock();
-        for (app, t) in active.iter_mut() {
-            let before = t.d.clone();
-            let current = desired.iter().find(|a| &a.spec.id == app);
-            let (verdict, said) = t.evaluate(current, &state, now);
-            for message in said {
-                emit(ctx, "deployment_step", &t.d, message);
-            }
-            if t.d != before {
-                changed.push(t.d.clone());
-            }
-            if verdict != Verdict::Continue {
-                verdicts.push((app.clone(), t.d.id.clone(), verdict));
-            }
-        }
-    }
-    for d in &changed {
-        persist_or_report(ctx, d).await;
-    }
-    if verdicts.is_empty() {
-        return;
-    }
-    let mut last = ctx.write_lock.lock().await;
-    for (app, id, verdict) in verdicts {
-        // An API call may have ended or replaced it while the lock was free.
-        let Some(d) = ctx.deployments.active_for(&app).filter(|d| d.id == id) else {
-            continue;
-        };
-        match verdict {
-            Verdict::Continue => {}
-            Verdict::Done => {
-                let state = if d.state == DeploymentState::RollingBack {
-                    DeploymentState::RolledBack
-                } else {
-                    DeploymentState::Succeeded
-                };
-                finish(ctx, &app, state, None).await;
-            }
-            Verdict::Cancel(reason) => {
-                finish(ctx, &app, DeploymentState::Cancelled, Some(reason)).await;
-            }
-            Verdict::Fail(reason) => {
-                let can_roll_back = d.state == DeploymentState::Running
-                    && d.rollback_on_failure
-                    && d.from.is_some();
-                if !can_roll_back {
-                    let reason = if d.state == DeploymentState::RollingBack {
-                        format!("the rollback did not complete: {reason}")
-                    } else {
-                        reason
-                    };
-                    finish(ctx, &app, DeploymentState::Failed, Some(reason)).await;
-                    continue;
-                }
-                emit(
-                    ctx,
-                    "deployment_failed",
-                    &d,
-                    format!("{app} failed: {reason}; rolling back"),
-                );
-                if let Err(e) = begin_rollback(ctx, &mut last, &app, reason.clone()).await {
-                    finish(
-                        ctx,
-                        &app,
-                        DeploymentState::Failed,
-                        Some(format!("{reason}; the rollback could not start: {e}")),
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-    drop(last);
-    ctx.wake.notify_one();
 }

@@ -2,13 +2,14 @@
 //! instances go.
 //!
 //! Owns: ids, [`spec::AppSpec`] and its validation, resources, placement constraints,
-//! instance states, version ids, launch backoff and the scheduler. Everything here is pure
+//! instance states, version ids, launch backoff, deployment records and the scheduler. Everything here is pure
 //! logic over plain values so it can be tested exhaustively and shared by every role.
 //! Must never depend on I/O (no files, sockets, clocks, async runtimes) nor on any other
 //! Berth crate: time comes in as arguments.
 
 pub mod backoff;
 pub mod constraint;
+pub mod deployment;
 pub mod id;
 pub mod instance;
 pub mod resources;
@@ -18,6 +19,7 @@ mod suggest;
 pub mod validate;
 pub mod version;
 
+pub use deployment::{Deployment, DeploymentId, DeploymentKind, DeploymentState};
 pub use id::{AppId, IdError, InstanceId, NodeId};
 pub use resources::Resources;
 pub use spec::AppSpec;

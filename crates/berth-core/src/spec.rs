@@ -171,11 +171,12 @@ pub(crate) mod defaults {
     pub fn grace_period_seconds() -> u32 {
         30
     }
+    // Why these and not Marathon's 300/60/20/3: docs/SERVER.md, "Health check defaults".
     pub fn interval_seconds() -> u32 {
-        10
+        2
     }
     pub fn timeout_seconds() -> u32 {
-        5
+        1
     }
     pub fn max_consecutive_failures() -> u32 {
         3

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use berth_core::{AppId, AppSpec, VersionId};
+use berth_core::{AppId, AppSpec, Deployment, VersionId};
 use berth_store::{AppVersion, Change, Store, StoreError};
 
 use crate::context::Ctx;
+use crate::deploy::{self, ChangeError, ChangeOptions};
 use crate::events::NewEvent;
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     ctx: &Ctx,
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -42,19 +43,39 @@ pub async fn version(
     blocking(ctx, move |s| s.get_version(&id, v)).await
 }
 
+/// A stored change and the deployment that follows it (none when nothing changed).
+pub struct Changed {
+    pub record: AppVersion,
+    pub deployment: Option<Deployment>,
+    pub created: bool,
+}
+
 /// Creates the app; fails if it exists.
-pub async fn create(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<AppVersion, StoreError> {
+pub async fn create(
+    ctx: &Arc<Ctx>,
+    spec: AppSpec,
+    options: &ChangeOptions,
+) -> Result<Changed, ChangeError> {
     let mut last = ctx.write_lock.lock().await;
     let version = next_version(&mut last, None);
     let record = AppVersion::first(spec, version);
     let r = record.clone();
     blocking(ctx, move |s| s.create_app(&r)).await?;
     announce(ctx, &record, None);
-    Ok(record)
+    let d = deploy::begin(ctx, None, &record, options).await;
+    Ok(Changed {
+        record,
+        deployment: Some(d),
+        created: true,
+    })
 }
 
-/// Creates or updates. `Ok((version, created))`.
-pub async fn put(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<(AppVersion, bool), StoreError> {
+/// Creates or updates.
+pub async fn put(
+    ctx: &Arc<Ctx>,
+    spec: AppSpec,
+    options: &ChangeOptions,
+) -> Result<Changed, ChangeError> {
     let mut last = ctx.write_lock.lock().await;
     let id = spec.id.clone();
     let current = {
@@ -68,11 +89,21 @@ pub async fn put(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<(AppVersion, bool), St
             let r = record.clone();
             blocking(ctx, move |s| s.create_app(&r)).await?;
             announce(ctx, &record, None);
-            Ok((record, true))
+            let d = deploy::begin(ctx, None, &record, options).await;
+            Ok(Changed {
+                record,
+                deployment: Some(d),
+                created: true,
+            })
         }
         // Deploying the same spec again is not a change: no new version, nothing moves.
-        Some(cur) if cur.spec == spec => Ok((cur, false)),
+        Some(cur) if cur.spec == spec => Ok(Changed {
+            deployment: ctx.deployments.active_for(&cur.spec.id),
+            record: cur,
+            created: false,
+        }),
         Some(cur) => {
+            deploy::check_free(ctx, &id, options.force)?;
             let version = next_version(&mut last, Some(cur.version));
             let change = if cur.spec.needs_new_instances(&spec) {
                 Change::Updated
@@ -84,7 +115,12 @@ pub async fn put(ctx: &Arc<Ctx>, spec: AppSpec) -> Result<(AppVersion, bool), St
             let expected = cur.version;
             blocking(ctx, move |s| s.update_app(&r, expected)).await?;
             announce(ctx, &record, Some(&cur));
-            Ok((record, false))
+            let d = deploy::begin(ctx, Some(&cur), &record, options).await;
+            Ok(Changed {
+                record,
+                deployment: Some(d),
+                created: false,
+            })
         }
     }
 }
@@ -94,14 +130,16 @@ pub async fn modify(
     ctx: &Arc<Ctx>,
     id: &AppId,
     change: Change,
+    options: &ChangeOptions,
     edit: impl FnOnce(&mut AppSpec),
-) -> Result<AppVersion, StoreError> {
+) -> Result<Changed, ChangeError> {
     let mut last = ctx.write_lock.lock().await;
     let cur = {
         let id = id.clone();
         blocking(ctx, move |s| s.get_app(&id)).await?
     }
     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    deploy::check_free(ctx, id, options.force)?;
     let mut spec = cur.spec.clone();
     edit(&mut spec);
     let version = next_version(&mut last, Some(cur.version));
@@ -110,14 +148,21 @@ pub async fn modify(
     let expected = cur.version;
     blocking(ctx, move |s| s.update_app(&r, expected)).await?;
     announce(ctx, &record, Some(&cur));
-    Ok(record)
+    let d = deploy::begin(ctx, Some(&cur), &record, options).await;
+    Ok(Changed {
+        record,
+        deployment: Some(d),
+        created: false,
+    })
 }
 
+/// Deleting is always allowed: a running deployment of the app ends where it stands.
 pub async fn delete(ctx: &Arc<Ctx>, id: &AppId) -> Result<bool, StoreError> {
     let _last = ctx.write_lock.lock().await;
     let id2 = id.clone();
     let deleted = blocking(ctx, move |s| s.delete_app(&id2)).await?;
     if deleted {
+        deploy::app_deleted(ctx, id).await;
         ctx.events.emit(
             "app_deleted",
             NewEvent::app(id),
@@ -129,14 +174,14 @@ pub async fn delete(ctx: &Arc<Ctx>, id: &AppId) -> Result<bool, StoreError> {
     Ok(deleted)
 }
 
-fn next_version(last: &mut Option<VersionId>, current: Option<VersionId>) -> VersionId {
+pub(crate) fn next_version(last: &mut Option<VersionId>, current: Option<VersionId>) -> VersionId {
     let prev = (*last).max(current);
     let v = VersionId::next(prev, crate::clock::unix_ms());
     *last = Some(v);
     v
 }
 
-fn announce(ctx: &Ctx, record: &AppVersion, before: Option<&AppVersion>) {
+pub(crate) fn announce(ctx: &Ctx, record: &AppVersion, before: Option<&AppVersion>) {
     let id = &record.spec.id;
     let (kind, message) = match (record.change, before) {
         (Change::Created, _) => (
@@ -151,6 +196,13 @@ fn announce(ctx: &Ctx, record: &AppVersion, before: Option<&AppVersion>) {
             format!(
                 "{id} scaled from {} to {} instance(s) (version {})",
                 b.spec.instances, record.spec.instances, record.version
+            ),
+        ),
+        (Change::RolledBack, _) => (
+            "app_rolled_back",
+            format!(
+                "{id} rolled back to the spec of version {} (version {})",
+                record.config_version, record.version
             ),
         ),
         (Change::Restarted, _) => (

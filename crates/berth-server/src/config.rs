@@ -23,6 +23,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `hello_timeout` | 10s | time an agent has to send its Hello |
 /// | `stop_drain` | 2s | deregistered-to-SIGTERM time sent with stops |
 /// | `stop_grace` | 10s | SIGTERM-to-SIGKILL time sent with stops |
+/// | `deployment_timeout` | 5m | a deployment not done by then fails (and rolls back) |
 /// | `max_body_bytes` | 1048576 | largest accepted request body |
 /// | `shutdown_grace` | 5s | time open HTTP connections get on shutdown |
 /// | `leader_lease` | 6s | leader lease time to live in the store (renewed every third); a dead leader is replaced after at most this |
@@ -44,6 +45,7 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     pub stop_drain: Duration,
     pub stop_grace: Duration,
+    pub deployment_timeout: Duration,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub leader_lease: Duration,
@@ -75,6 +77,7 @@ impl ServerConfig {
             hello_timeout: layers.get_or("hello_timeout", d.hello_timeout)?,
             stop_drain: layers.get_or("stop_drain", d.stop_drain)?,
             stop_grace: layers.get_or("stop_grace", d.stop_grace)?,
+            deployment_timeout: layers.get_or("deployment_timeout", d.deployment_timeout)?,
             max_body_bytes: layers.get_or("max_body_bytes", d.max_body_bytes)?,
             shutdown_grace: layers.get_or("shutdown_grace", d.shutdown_grace)?,
             leader_lease: layers.get_or("leader_lease", d.leader_lease)?,
@@ -100,6 +103,7 @@ impl ServerConfig {
             hello_timeout: Duration::from_secs(10),
             stop_drain: Duration::from_secs(2),
             stop_grace: Duration::from_secs(10),
+            deployment_timeout: Duration::from_secs(300),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
             leader_lease: Duration::from_secs(6),

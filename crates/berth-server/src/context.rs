@@ -6,6 +6,7 @@ use berth_store::Store;
 use tokio::sync::Notify;
 
 use crate::config::ServerConfig;
+use crate::deploy::Deployments;
 use crate::events::EventBus;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -17,6 +18,8 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub state: Mutex<RealState>,
     pub events: EventBus,
+    /// Deployments being followed, one per app at most.
+    pub deployments: Deployments,
     /// Wakes the reconciler.
     pub wake: Notify,
     pub metrics: Metrics,

@@ -12,6 +12,7 @@ mod apps;
 mod clock;
 mod config;
 mod context;
+mod deploy;
 mod events;
 mod leader;
 mod metrics;
@@ -85,12 +86,22 @@ async fn start_with_store(
     let http = http_listener.local_addr()?;
     let agent = agent_listener.local_addr()?;
 
+    let stored = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.list_deployments())
+            .await
+            .map_err(|e| StoreError::Engine(format!("store read task failed: {e}")))??
+    };
+    let deployments = deploy::Deployments::default();
+    deployments.load(stored);
+
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let ctx = Arc::new(context::Ctx {
         store,
         state: Mutex::new(state::RealState::default()),
         events: events::EventBus::new(),
+        deployments,
         wake: tokio::sync::Notify::new(),
         metrics,
         registry: Arc::new(registry),

@@ -35,7 +35,9 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     );
     let mut store_failing = false;
     loop {
-        pass(&ctx, &mut store_failing).await;
+        if let Some(desired) = pass(&ctx, &mut store_failing).await {
+            crate::deploy::tick(&ctx, &desired).await;
+        }
         tokio::select! {
             _ = ctx.wake.notified() => {}
             _ = sleep(ctx.config.reconcile_interval) => {}
@@ -44,7 +46,8 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
 }
 
-async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
+/// One pass; returns the desired state it acted on (`None` when it could not read it).
+async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) -> Option<Vec<berth_store::AppVersion>> {
     ctx.metrics.reconcile_passes.inc();
     let now = Instant::now();
     {
@@ -64,11 +67,11 @@ async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
                 );
             }
             *store_failing = true;
-            return;
+            return None;
         }
         Err(e) => {
             tracing::error!("store read task failed: {e}");
-            return;
+            return None;
         }
     };
     *store_failing = false;
@@ -104,4 +107,6 @@ async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
         }
     }
     ctx.metrics.observe(&state, desired.len());
+    drop(state);
+    Some(desired)
 }

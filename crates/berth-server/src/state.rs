@@ -60,6 +60,25 @@ impl Instance {
     }
 }
 
+/// `Some("healthy -> unhealthy")` when a move from `from` to `to` changes whether the
+/// instance passes its health checks (first becoming healthy counts, so does losing it).
+fn health_change(from: Option<InstanceState>, to: InstanceState) -> Option<String> {
+    use InstanceState::{Healthy, Unhealthy};
+    let name = |s: InstanceState| format!("{s:?}").to_lowercase();
+    match (from, to) {
+        (Some(f), t) if f == t => None,
+        (Some(f @ (Healthy | Unhealthy)), t @ (Healthy | Unhealthy)) => {
+            Some(format!("{} -> {}", name(f), name(t)))
+        }
+        (f, t @ (Healthy | Unhealthy)) => Some(format!(
+            "{} -> {}",
+            f.map(name).unwrap_or_else(|| "new".into()),
+            name(t)
+        )),
+        _ => None,
+    }
+}
+
 pub fn state_from_pb(s: pb::InstanceState) -> InstanceState {
     use pb::InstanceState as P;
     match s {
@@ -137,6 +156,33 @@ pub struct AppHealth {
     /// Why the last placement left instances unplaced, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The latest failure, so people can see why an app will not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_info: Option<LastFailure>,
+}
+
+/// What the last failed instance of an app said.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastFailure {
+    pub instance: String,
+    pub at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr_tail: String,
+}
+
+impl LastFailure {
+    pub fn of(inst: &Instance) -> Self {
+        LastFailure {
+            instance: inst.id.to_string(),
+            at_ms: crate::clock::unix_ms(),
+            exit_code: inst.exit_code,
+            message: inst.message.clone(),
+            stderr_tail: inst.stderr_tail.clone(),
+        }
+    }
 }
 
 #[derive(Default, Serialize)]
@@ -363,15 +409,27 @@ impl RealState {
                 format!("{:?}", inst.state).to_lowercase()
             ),
         );
+        if let Some(change) = health_change(from, inst.state) {
+            events.emit(
+                "instance_health_changed",
+                NewEvent::app(&inst.app)
+                    .with_node(&inst.node)
+                    .with_instance(&inst.id),
+                format!(
+                    "instance {} of {} on {}: {change}{detail}",
+                    inst.id, inst.app, inst.node
+                ),
+            );
+        }
         if inst.state.is_terminal() {
             let requested = self.stop_requested.contains_key(&inst.id);
             if !requested && self.counted_failures.insert(inst.id.clone()) {
-                self.note_failure(&inst.app, now);
+                self.note_failure(&inst.app, now, Some(LastFailure::of(inst)));
             }
         }
     }
 
-    pub fn note_failure(&mut self, app: &str, now: Instant) {
+    pub fn note_failure(&mut self, app: &str, now: Instant, info: Option<LastFailure>) {
         let health = self.apps.entry(app.to_string()).or_default();
         // An app that ran for a long stretch without failing starts its backoff afresh.
         if health
@@ -382,6 +440,9 @@ impl RealState {
         }
         health.failures = health.failures.saturating_add(1);
         health.last_failure = Some(now);
+        if info.is_some() {
+            health.last_failure_info = info;
+        }
     }
 
     /// A number never handed out before by this process, and above any handed out by an

@@ -41,18 +41,49 @@ async fn app_lifecycle_creates_versions() {
             .any(|e| e["type"] == "app_created")
     );
 
+    // No agent runs the instances, so the create's deployment is still running: a
+    // second change is refused, naming it, until forced.
+    let first = body_deployment(&s, "shop/web").await;
     let (code, body) = s
         .post_json("/v1/apps/shop/web/scale", json!({"instances": 5}))
         .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["code"], "deployment_running");
+    assert_eq!(body["deployment"], first);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(first.as_str().unwrap()),
+        "{body}"
+    );
+    let (code, body) = s
+        .post_json(
+            "/v1/apps/shop/web/scale?force=true",
+            json!({"instances": 5}),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["change"], "scaled");
+    assert_eq!(body["deployment"]["kind"], "scale");
+    assert_eq!(body["deployment"]["state"], "running");
+    let (_, old) = s
+        .get(&format!("/v1/deployments/{}", first.as_str().unwrap()))
+        .await;
+    assert_eq!(old["state"], "cancelled", "{old}");
+    assert!(
+        old["reason"].as_str().unwrap().contains("superseded"),
+        "{old}"
+    );
     assert_eq!(
         body["config_version"].as_u64().unwrap(),
         v1,
         "scale keeps instances"
     );
 
-    let (code, body) = s.post_json("/v1/apps/shop/web/restart", json!({})).await;
+    let (code, body) = s
+        .post_json("/v1/apps/shop/web/restart?force=true", json!({}))
+        .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["change"], "restarted");
     assert!(body["config_version"].as_u64().unwrap() > v1);
@@ -62,7 +93,7 @@ async fn app_lifecycle_creates_versions() {
     let (code, body) = s
         .send(
             Method::PUT,
-            "/v1/apps/shop/web",
+            "/v1/apps/shop/web?force=1",
             "application/json",
             updated.to_string(),
         )
@@ -229,10 +260,21 @@ async fn desired_state_survives_restart() {
     let s = TestServer::start().await;
     s.deploy(json!({"id": "keep/me", "cmd": "sleep 1", "instances": 4}))
         .await;
-    s.post_json("/v1/apps/keep/me/scale", json!({"instances": 2}))
+    s.post_json("/v1/apps/keep/me/scale?force=true", json!({"instances": 2}))
         .await;
+    let running = body_deployment(&s, "keep/me").await;
     let dir = s.stop().await;
     let s = TestServer::start_in(dir, |_| {}).await;
+    // The server goes on following the deployment it had started.
+    assert_eq!(body_deployment(&s, "keep/me").await, running);
+    let (_, all) = s.get("/v1/deployments?app=keep/me").await;
+    let states: Vec<_> = all["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["running", "cancelled"], "{all}");
     let (code, body) = s.get("/v1/apps/keep/me").await;
     assert_eq!(code, 200);
     assert_eq!(body["spec"]["instances"], 2);
@@ -240,7 +282,7 @@ async fn desired_state_survives_restart() {
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);
     // A new change gets a version above the stored ones.
     let (_, body) = s
-        .post_json("/v1/apps/keep/me/scale", json!({"instances": 3}))
+        .post_json("/v1/apps/keep/me/scale?force=true", json!({"instances": 3}))
         .await;
     assert!(body["version"].as_u64() > v["versions"][0]["version"].as_u64());
 }
@@ -274,4 +316,12 @@ async fn redeploying_the_same_spec_makes_no_version() {
     assert_eq!(first["version"], again["version"]);
     let (_, v) = s.get("/v1/apps/same/versions").await;
     assert_eq!(v["versions"].as_array().unwrap().len(), 1);
+}
+
+/// The id of the app's running deployment, from the app view.
+async fn body_deployment(s: &TestServer, app: &str) -> serde_json::Value {
+    let (code, body) = s.get(&format!("/v1/apps/{app}")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["deployment"]["state"], "running", "{body}");
+    body["deployment"]["id"].clone()
 }

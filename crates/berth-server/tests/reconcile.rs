@@ -39,14 +39,20 @@ async fn deploys_spreads_and_scales() {
     })
     .await;
 
-    s.post_json("/v1/apps/shop/web/scale", json!({"instances": 1}))
-        .await;
+    s.post_json(
+        "/v1/apps/shop/web/scale?force=true",
+        json!({"instances": 1}),
+    )
+    .await;
     wait_until("scaled down to 1", WAIT, || async {
         total(&a, "shop/web") == 1
     })
     .await;
-    s.post_json("/v1/apps/shop/web/scale", json!({"instances": 4}))
-        .await;
+    s.post_json(
+        "/v1/apps/shop/web/scale?force=true",
+        json!({"instances": 4}),
+    )
+    .await;
     wait_until("scaled up to 4", WAIT, || async {
         total(&a, "shop/web") == 4
     })
@@ -203,7 +209,9 @@ async fn restart_replaces_every_instance_without_gap() {
         .await;
     let v1 = body["config_version"].as_u64().unwrap();
     wait_until("2 running", WAIT, || async { a[0].running_of("r") == 2 }).await;
-    let (_, body) = s.post_json("/v1/apps/r/restart", json!({})).await;
+    let (_, body) = s
+        .post_json("/v1/apps/r/restart?force=true", json!({}))
+        .await;
     let v2 = body["config_version"].as_u64().unwrap();
     assert!(v2 > v1);
     wait_until("all on new version", WAIT, || async {
@@ -253,7 +261,7 @@ async fn surplus_reported_instances_are_stopped_youngest_first() {
     wait_until("3 running", WAIT, || async { a.running_of("many") == 3 }).await;
     let mut by_age = a.running();
     by_age.sort_by_key(|i| i.started_at_ms);
-    s.post_json("/v1/apps/many/scale", json!({"instances": 1}))
+    s.post_json("/v1/apps/many/scale?force=true", json!({"instances": 1}))
         .await;
     wait_until("1 left", WAIT, || async { a.running_of("many") == 1 }).await;
     let left = &a.running()[0];

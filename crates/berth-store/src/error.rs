@@ -40,6 +40,10 @@ pub enum StoreError {
         version: i64,
         reason: String,
     },
+    #[error(
+        "stored deployment {id} cannot be read: {reason}; the row is kept as is, fix or delete it by hand"
+    )]
+    CorruptDeployment { id: String, reason: String },
     #[error("store failure: {0}")]
     Engine(String),
 }

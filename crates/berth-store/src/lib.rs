@@ -1,4 +1,4 @@
-//! Berth's desired-state store: apps and every version of them.
+//! Berth's desired-state store: apps, every version of them, and deployments.
 //!
 //! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
 //! file in the data folder; [`PostgresStore`], for servers that share one database) and a
@@ -18,7 +18,7 @@ pub use postgres::PostgresStore;
 pub use record::{AppVersion, Change, Lease};
 pub use sqlite::SqliteStore;
 
-use berth_core::{AppId, VersionId};
+use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 
 /// Desired state. Calls are blocking and short; async callers run them on a blocking
 /// thread.
@@ -61,4 +61,17 @@ pub trait Store: Send + Sync + 'static {
     /// Gives the lease up at once if `holder` has it (a clean shutdown), so another server
     /// need not wait for it to expire.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Stores a deployment, replacing the one with the same id. Deployments are kept
+    /// so that a restarted server goes on tracking a roll it had started.
+    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError>;
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError>;
+
+    /// Every stored deployment, newest first.
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+
+    /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
+    /// Active ones are never removed. Returns how many went.
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
 }

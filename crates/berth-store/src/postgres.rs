@@ -9,7 +9,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_core::{AppId, AppSpec, VersionId};
+use berth_core::{AppId, AppSpec, Deployment, DeploymentId, VersionId};
 use postgres::{Client, GenericClient, NoTls, Row};
 
 use crate::{AppVersion, Lease, Store, StoreError};
@@ -30,6 +30,16 @@ CREATE TABLE app_versions (
     spec TEXT NOT NULL,
     PRIMARY KEY (app_id, version)
 );
+"#,
+    r#"
+CREATE TABLE deployments (
+    id TEXT PRIMARY KEY NOT NULL,
+    app_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX deployments_by_app ON deployments (app_id, created_at_ms);
 "#,
     r#"
 CREATE TABLE leases (
@@ -462,6 +472,85 @@ impl Store for PostgresStore {
             Ok(())
         })
     }
+
+    fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
+        let body = serde_json::to_string(d).map_err(|e| StoreError::Engine(e.to_string()))?;
+        self.with(|client| {
+            client
+                .execute(
+                    "INSERT INTO deployments (id, app_id, state, created_at_ms, body) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET app_id = EXCLUDED.app_id, state = EXCLUDED.state,
+                        created_at_ms = EXCLUDED.created_at_ms, body = EXCLUDED.body",
+                    &[
+                        &d.id.as_str(),
+                        &d.app.as_str(),
+                        &d.state.as_str(),
+                        &(d.created_at_ms as i64),
+                        &body,
+                    ],
+                )
+                .map_err(engine)?;
+            Ok(())
+        })
+    }
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        self.with(|client| {
+            client
+                .query_opt(
+                    "SELECT id, body FROM deployments WHERE id = $1",
+                    &[&id.as_str()],
+                )
+                .map_err(engine)?
+                .as_ref()
+                .map(read_deployment)
+                .transpose()
+        })
+    }
+
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        self.with(|client| {
+            client
+                .query(
+                    "SELECT id, body FROM deployments ORDER BY created_at_ms DESC, id DESC",
+                    &[],
+                )
+                .map_err(engine)?
+                .iter()
+                .map(read_deployment)
+                .collect()
+        })
+    }
+
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError> {
+        self.with(|client| {
+            let n = client
+                .execute(
+                    "DELETE FROM deployments WHERE app_id = $1 AND state NOT IN ('running', 'rolling_back')
+                       AND id NOT IN (SELECT id FROM deployments WHERE app_id = $1
+                           AND state NOT IN ('running', 'rolling_back')
+                           ORDER BY created_at_ms DESC, id DESC LIMIT $2)",
+                    &[&app.as_str(), &(keep as i64)],
+                )
+                .map_err(engine)?;
+            Ok(n as usize)
+        })
+    }
+}
+
+fn read_deployment(row: &Row) -> Result<Deployment, StoreError> {
+    let id: String = row.get(0);
+    let body: String = row.get(1);
+    serde_json::from_str::<Deployment>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            if d.id.as_str() == id {
+                Ok(d)
+            } else {
+                Err(format!("the body's id {} differs from the row's", d.id))
+            }
+        })
+        .map_err(|reason| StoreError::CorruptDeployment { id, reason })
 }
 
 #[cfg(test)]

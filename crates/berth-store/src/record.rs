@@ -12,6 +12,8 @@ pub enum Change {
     Updated,
     Scaled,
     Restarted,
+    /// Back to an earlier version's spec; instances of that version count as current.
+    RolledBack,
 }
 
 impl Change {
@@ -21,6 +23,7 @@ impl Change {
             Change::Updated => "updated",
             Change::Scaled => "scaled",
             Change::Restarted => "restarted",
+            Change::RolledBack => "rolled_back",
         }
     }
 }
@@ -39,6 +42,7 @@ impl FromStr for Change {
             "updated" => Change::Updated,
             "scaled" => Change::Scaled,
             "restarted" => Change::Restarted,
+            "rolled_back" => Change::RolledBack,
             other => return Err(format!("unknown change kind {other:?}")),
         })
     }
@@ -82,6 +86,19 @@ impl AppVersion {
             version,
             config_version,
             change,
+            created_at_ms: version.unix_ms(),
+        }
+    }
+
+    /// The version that follows `self` and brings back `earlier`'s spec. It keeps
+    /// `earlier`'s config version, so instances of that version still running are kept
+    /// and only the missing ones are started.
+    pub fn rollback_to(&self, earlier: &AppVersion, version: VersionId) -> Self {
+        AppVersion {
+            spec: earlier.spec.clone(),
+            version,
+            config_version: earlier.config_version,
+            change: Change::RolledBack,
             created_at_ms: version.unix_ms(),
         }
     }

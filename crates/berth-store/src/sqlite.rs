@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use berth_core::{AppId, AppSpec, VersionId};
+use berth_core::{AppId, AppSpec, Deployment, DeploymentId, VersionId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{AppVersion, Lease, Store, StoreError};
@@ -25,6 +25,16 @@ CREATE TABLE app_versions (
     spec TEXT NOT NULL,
     PRIMARY KEY (app_id, version)
 );
+"#,
+    r#"
+CREATE TABLE deployments (
+    id TEXT PRIMARY KEY NOT NULL,
+    app_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX deployments_by_app ON deployments (app_id, created_at_ms);
 "#,
     r#"
 CREATE TABLE leases (
@@ -321,6 +331,40 @@ impl Store for SqliteStore {
         )?;
         Ok(())
     }
+
+    fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
+        self.put_deployment_row(d)
+    }
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, body FROM deployments WHERE id = ?1",
+                params![id.as_str()],
+                read_deployment,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, body FROM deployments ORDER BY created_at_ms DESC, id DESC")?;
+        let rows = stmt.query_map([], read_deployment)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM deployments WHERE app_id = ?1 AND state NOT IN ('running', 'rolling_back')
+               AND id NOT IN (SELECT id FROM deployments WHERE app_id = ?1
+                   AND state NOT IN ('running', 'rolling_back')
+                   ORDER BY created_at_ms DESC, id DESC LIMIT ?2)",
+            params![app.as_str(), keep as i64],
+        )?;
+        Ok(n)
+    }
 }
 
 fn unix_ms() -> i64 {
@@ -328,6 +372,40 @@ fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn read_deployment(row: &Row<'_>) -> rusqlite::Result<Result<Deployment, StoreError>> {
+    let id: String = row.get(0)?;
+    let body: String = row.get(1)?;
+    Ok(serde_json::from_str::<Deployment>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            if d.id.as_str() == id {
+                Ok(d)
+            } else {
+                Err(format!("the body's id {} differs from the row's", d.id))
+            }
+        })
+        .map_err(|reason| StoreError::CorruptDeployment { id, reason }))
+}
+
+impl SqliteStore {
+    pub(crate) fn put_deployment_row(&self, d: &Deployment) -> Result<(), StoreError> {
+        let body = serde_json::to_string(d).map_err(|e| StoreError::Engine(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO deployments (id, app_id, state, created_at_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET app_id = excluded.app_id, state = excluded.state,
+                created_at_ms = excluded.created_at_ms, body = excluded.body",
+            params![
+                d.id.as_str(),
+                d.app.as_str(),
+                d.state.as_str(),
+                d.created_at_ms as i64,
+                body
+            ],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

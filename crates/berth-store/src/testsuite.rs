@@ -1,9 +1,9 @@
 //! The behaviour every [`Store`] implementation must have. An engine's tests call
 //! [`run_all`] with a constructor of empty stores.
 
-use berth_core::{AppId, AppSpec, VersionId};
-
 use std::time::Duration;
+
+use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, VersionId};
 
 use crate::{AppVersion, Change, Store, StoreError};
 
@@ -17,6 +17,9 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     update_of_missing_app_is_refused(fresh().as_ref());
     delete_removes_app_and_history(fresh().as_ref());
     leases_have_one_holder_at_a_time(fresh().as_ref());
+    deployments_round_trip_and_update_in_place(fresh().as_ref());
+    deployments_list_newest_first(fresh().as_ref());
+    pruning_keeps_active_and_newest_finished(fresh().as_ref());
 }
 
 fn spec(id: &str, instances: u32) -> AppSpec {
@@ -161,4 +164,90 @@ fn leases_have_one_holder_at_a_time(store: &dyn Store) {
     );
     let c = store.acquire_lease("short", "c", "", minute).unwrap();
     assert!(c.mine, "an expired lease is free: {c:?}");
+}
+
+fn deployment(app: &str, version: u64, created_at_ms: u64) -> Deployment {
+    use berth_core::deployment::{DeploymentKind, Target};
+    Deployment::new(
+        id(app),
+        DeploymentKind::Update,
+        Some(Target {
+            version: VersionId(version - 1),
+            config_version: VersionId(version - 1),
+            instances: 2,
+        }),
+        Target {
+            version: VersionId(version),
+            config_version: VersionId(version),
+            instances: 3,
+        },
+        true,
+        60_000,
+        created_at_ms,
+    )
+}
+
+fn deployments_round_trip_and_update_in_place(store: &dyn Store) {
+    let mut d = deployment("shop/web", 2_000, 10);
+    store.put_deployment(&d).expect("put a deployment");
+    assert_eq!(store.get_deployment(&d.id).unwrap(), Some(d.clone()));
+    d.step(20, "new instance healthy (1/3)");
+    d.progress.ready = 1;
+    store.put_deployment(&d).expect("put it again");
+    assert_eq!(
+        store.get_deployment(&d.id).unwrap(),
+        Some(d.clone()),
+        "a second put replaces the first"
+    );
+    assert_eq!(store.list_deployments().unwrap().len(), 1);
+    let missing = DeploymentId::parse("d-1").unwrap();
+    assert_eq!(store.get_deployment(&missing).unwrap(), None);
+}
+
+fn deployments_list_newest_first(store: &dyn Store) {
+    let a = deployment("a", 2_000, 10);
+    let b = deployment("b", 3_000, 30);
+    let c = deployment("a", 4_000, 20);
+    for d in [&a, &b, &c] {
+        store.put_deployment(d).unwrap();
+    }
+    let ids: Vec<_> = store
+        .list_deployments()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, vec![b.id, c.id, a.id]);
+}
+
+fn pruning_keeps_active_and_newest_finished(store: &dyn Store) {
+    let mut all = Vec::new();
+    for i in 0..5u64 {
+        let mut d = deployment("a", 2_000 + i, 10 + i);
+        if i != 1 {
+            d.finish(DeploymentState::Succeeded, 100 + i, None);
+        }
+        store.put_deployment(&d).unwrap();
+        all.push(d);
+    }
+    let other = deployment("b", 9_000, 1);
+    store.put_deployment(&other).unwrap();
+    // Finished: 0, 2, 3, 4; keep the newest two (4, 3); 1 is running.
+    assert_eq!(store.prune_deployments(&id("a"), 2).unwrap(), 2);
+    let mut left: Vec<_> = store
+        .list_deployments()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    left.sort();
+    let mut want = vec![
+        all[1].id.clone(),
+        all[3].id.clone(),
+        all[4].id.clone(),
+        other.id.clone(),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(store.prune_deployments(&id("a"), 2).unwrap(), 0);
 }

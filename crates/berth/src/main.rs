@@ -42,6 +42,8 @@ enum Command {
     /// Manage apps on a server: list, show, deploy, scale, restart, rm.
     #[command(subcommand)]
     Apps(cmd::apps::AppsCommand),
+    /// Deployments: list, show, watch, rollback ID, rm ID [--force].
+    Deployments(cmd::deployments::Args),
     /// List the nodes known to the server.
     Nodes,
     /// List instances known to the server.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Router(args) => cmd::router::run(*args).await,
             Command::Server(args) => cmd::server::run(*args).await,
             Command::Apps(c) => cmd::apps::run(c, &cli.global).await,
+            Command::Deployments(args) => cmd::deployments::run(args, &cli.global).await,
             Command::Nodes => cmd::apps::nodes(&cli.global).await,
             Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,

@@ -305,7 +305,11 @@ async fn deploy_of_a_crashing_app_fails_with_the_exit_reason() {
     };
     let (out, ()) = tokio::join!(deploy, crasher);
     assert!(!out.ok, "{}", out.stdout);
-    assert!(out.stderr.contains("crash keeps failing"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("crash: deployment") && out.stderr.contains("keep failing"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("exited with code 1"), "{}", out.stderr);
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::validate::MAX_INSTANCES;
@@ -15,11 +15,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::apps;
+use crate::apps::{self, Changed};
 use crate::context::Ctx;
+use crate::deploy::ChangeOptions;
 use crate::events::Event;
 use crate::reconcile::plan::count_up;
-use crate::state::{AppHealth, Instance};
+use crate::state::{AppHealth, Instance, LastFailure};
+use berth_core::Deployment;
+use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -35,6 +38,12 @@ pub struct AppStatus {
     /// Why instances cannot be placed, if they cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// Time until the next launch is allowed, while the app is in backoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// The last failed instance: exit code, message, stderr tail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
 }
 
 #[derive(Serialize)]
@@ -46,6 +55,12 @@ struct AppView {
     instances: Option<Vec<Instance>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<Vec<Event>>,
+    /// Health transitions of the app's instances, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_events: Option<Vec<Event>>,
+    /// The running deployment, or the one this change started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment: Option<Deployment>,
 }
 
 fn status(ctx: &Ctx, record: &AppVersion) -> AppStatus {
@@ -57,7 +72,12 @@ fn status(ctx: &Ctx, record: &AppVersion) -> AppStatus {
         .get(id)
         .cloned()
         .unwrap_or_else(AppHealth::default);
+    let backoff_ms =
+        crate::reconcile::plan::backoff_wait(&state, record, tokio::time::Instant::now())
+            .map(|d| d.as_millis() as u64);
     AppStatus {
+        backoff_ms,
+        last_failure: health.last_failure_info,
         wanted: record.spec.instances,
         running,
         active,
@@ -68,7 +88,8 @@ fn status(ctx: &Ctx, record: &AppVersion) -> AppStatus {
 
 fn view(ctx: &Ctx, record: AppVersion, detail: bool) -> AppView {
     let status = status(ctx, &record);
-    let (instances, events) = if detail {
+    let deployment = ctx.deployments.active_for(&record.spec.id);
+    let (instances, events, health_events) = if detail {
         let id = record.spec.id.to_string();
         let state = ctx.lock_state();
         let instances = state.instances().filter(|i| i.app == id).cloned().collect();
@@ -76,16 +97,63 @@ fn view(ctx: &Ctx, record: AppVersion, detail: bool) -> AppView {
         let events = ctx
             .events
             .recent(20, |e| e.app.as_deref() == Some(id.as_str()));
-        (Some(instances), Some(events))
+        let health = ctx.events.recent(10, |e| {
+            e.kind == "instance_health_changed" && e.app.as_deref() == Some(id.as_str())
+        });
+        (Some(instances), Some(events), Some(health))
     } else {
-        (None, None)
+        (None, None, None)
     };
     AppView {
         record,
         status,
         instances,
         events,
+        health_events,
+        deployment,
     }
+}
+
+fn changed_view(ctx: &Ctx, changed: Changed) -> AppView {
+    let mut v = view(ctx, changed.record, false);
+    if changed.deployment.is_some() {
+        v.deployment = changed.deployment;
+    }
+    v
+}
+
+/// `?force=true&timeout=90s&rollback=false` of a change.
+pub fn change_options(q: &HashMap<String, String>) -> Result<ChangeOptions> {
+    let flag = |key: &str| -> Result<Option<bool>> {
+        match q.get(key).map(String::as_str) {
+            None => Ok(None),
+            Some("" | "true" | "1" | "yes") => Ok(Some(true)),
+            Some("false" | "0" | "no") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{key}={other:?} is not a boolean; use {key}=true or {key}=false"
+            ))
+            .field(key)),
+        }
+    };
+    let timeout = match q.get("timeout") {
+        None => None,
+        Some(raw) => {
+            let d = <std::time::Duration as berth_util::config::FromConfigValue>::parse_value(raw)
+                .filter(|d| !d.is_zero() && d.as_secs() <= 24 * 3600)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "timeout={raw:?} is not a usable deadline; use a duration from 1s to 24h, like timeout=90s"
+                    ))
+                    .field("timeout")
+                })?;
+            Some(d)
+        }
+    };
+    Ok(ChangeOptions {
+        force: flag("force")?.unwrap_or(false),
+        timeout,
+        no_rollback: !flag("rollback")?.unwrap_or(true),
+    })
 }
 
 /// Reads a body, turning a too-large one into a clear 413.
@@ -133,21 +201,25 @@ pub async fn list(State(ctx): State<Arc<Ctx>>) -> Result<Json<Value>> {
 
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     raw: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let options = change_options(&q)?;
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let spec = parse_spec(&headers, &bytes)?;
-    let record = apps::create(&ctx, spec).await?;
-    Ok((StatusCode::CREATED, Json(view(&ctx, record, false))).into_response())
+    let changed = apps::create(&ctx, spec, &options).await?;
+    Ok((StatusCode::CREATED, Json(changed_view(&ctx, changed))).into_response())
 }
 
 pub async fn put(
     State(ctx): State<Arc<Ctx>>,
     Path(path): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     raw: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let options = change_options(&q)?;
     // The body first: a bad spec gets every problem listed, its id included.
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let spec = parse_spec(&headers, &bytes)?;
@@ -158,13 +230,13 @@ pub async fn put(
         ))
         .field("id"));
     }
-    let (record, created) = apps::put(&ctx, spec).await?;
-    let status = if created {
+    let changed = apps::put(&ctx, spec, &options).await?;
+    let status = if changed.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&ctx, record, false))).into_response())
+    Ok((status, Json(changed_view(&ctx, changed))).into_response())
 }
 
 pub async fn delete(State(ctx): State<Arc<Ctx>>, Path(path): Path<String>) -> Result<Response> {
@@ -210,8 +282,10 @@ pub async fn get_path(State(ctx): State<Arc<Ctx>>, Path(path): Path<String>) -> 
 pub async fn post_action(
     State(ctx): State<Arc<Ctx>>,
     Path(path): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     raw: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let options = change_options(&q)?;
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let (id, action) = path.rsplit_once('/').ok_or_else(|| {
         ApiError::not_found(format!(
@@ -219,19 +293,19 @@ pub async fn post_action(
         ))
     })?;
     let id = parse_id(id)?;
-    let record = match action {
+    let changed = match action {
         "scale" => {
             let n = scale_count(&bytes)?;
-            apps::modify(&ctx, &id, Change::Scaled, |s| s.instances = n).await?
+            apps::modify(&ctx, &id, Change::Scaled, &options, |s| s.instances = n).await?
         }
-        "restart" => apps::modify(&ctx, &id, Change::Restarted, |_| {}).await?,
+        "restart" => apps::modify(&ctx, &id, Change::Restarted, &options, |_| {}).await?,
         other => {
             return Err(ApiError::not_found(format!(
                 "unknown action {other:?}; use scale or restart"
             )));
         }
     };
-    Ok(Json(view(&ctx, record, false)).into_response())
+    Ok(Json(changed_view(&ctx, changed)).into_response())
 }
 
 fn scale_count(bytes: &[u8]) -> Result<u32> {

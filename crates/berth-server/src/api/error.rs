@@ -18,6 +18,9 @@ pub struct ApiError {
     /// Every problem, for spec validation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The deployment a `deployment_running` conflict is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             errors: Vec::new(),
+            deployment: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl From<SpecErrors> for ApiError {
             message: e.to_string(),
             field: e.0.first().map(|f| f.field.clone()),
             errors: e.0,
+            deployment: None,
         }
     }
 }
@@ -68,6 +73,23 @@ impl From<StoreError> for ApiError {
         let mut err = ApiError::new(status, code, e.to_string());
         err.field = field.map(str::to_string);
         err
+    }
+}
+
+impl From<crate::deploy::ChangeError> for ApiError {
+    fn from(e: crate::deploy::ChangeError) -> Self {
+        use crate::deploy::ChangeError as C;
+        match e {
+            C::Store(e) => e.into(),
+            C::Busy { ref id, .. } => {
+                let mut err =
+                    ApiError::new(StatusCode::CONFLICT, "deployment_running", e.to_string());
+                err.deployment = Some(id.to_string());
+                err
+            }
+            C::NotFound(_) => ApiError::not_found(e.to_string()),
+            C::Refused(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        }
     }
 }
 

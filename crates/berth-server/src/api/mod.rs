@@ -2,6 +2,7 @@
 //! last segment (`scale`, `restart`, `versions` are reserved in app ids for this reason).
 
 mod apps;
+mod deployments;
 mod error;
 mod logs;
 mod views;
@@ -66,6 +67,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
                 .put(apps::put)
                 .delete(apps::delete)
                 .post(apps::post_action),
+        )
+        .route("/v1/deployments", get(deployments::list))
+        .route(
+            "/v1/deployments/{*path}",
+            get(deployments::get)
+                .delete(deployments::delete)
+                .post(deployments::post_action),
         )
         .route("/v1/instances", get(views::instances))
         .route("/v1/nodes", get(views::nodes))

@@ -41,6 +41,8 @@ struct Live {
     state: InstanceState,
     /// Newer sorts later; pending starts are the youngest.
     age_key: (bool, i64),
+    /// The agent's last word, for the reason of a replacement.
+    message: String,
 }
 
 pub fn plan(
@@ -53,7 +55,8 @@ pub fn plan(
     let mut commands = Vec::new();
     expire(state, now, cfg, events);
 
-    let mut by_app: HashMap<&str, Vec<Live>> = HashMap::new();
+    // Owned keys: the pass changes `state` (failures) while it walks this map.
+    let mut by_app: HashMap<String, Vec<Live>> = HashMap::new();
     for node in state
         .nodes
         .values()
@@ -61,30 +64,32 @@ pub fn plan(
     {
         for inst in node.instances.values() {
             if inst.state.is_active() && !state.stop_requested.contains_key(&inst.id) {
-                by_app.entry(inst.app.as_str()).or_default().push(Live {
+                by_app.entry(inst.app.clone()).or_default().push(Live {
                     id: inst.id.clone(),
                     node: node.id.clone(),
                     version: inst.version,
                     state: inst.state,
                     age_key: (false, inst.started_at_ms),
+                    message: inst.message.clone(),
                 });
             }
         }
     }
     for p in state.pending.values() {
-        by_app.entry(p.app.as_str()).or_default().push(Live {
+        by_app.entry(p.app.clone()).or_default().push(Live {
             id: p.id.clone(),
             node: p.node.clone(),
             version: p.version,
             state: InstanceState::Pending,
             age_key: (true, 0),
+            message: String::new(),
         });
     }
 
     let mut stops: Vec<(InstanceId, NodeId, String, String)> = Vec::new();
     let known: HashSet<&str> = desired.iter().map(|a| a.spec.id.as_str()).collect();
     for (app, live) in &by_app {
-        if !known.contains(app) {
+        if !known.contains(app.as_str()) {
             for l in live {
                 stops.push((
                     l.id.clone(),
@@ -107,8 +112,34 @@ pub fn plan(
         let empty = Vec::new();
         let live = by_app.get(id).unwrap_or(&empty);
         let cfgv = app.config_version.0;
-        let (mut current, mut old): (Vec<&Live>, Vec<&Live>) =
+        let (current, mut old): (Vec<&Live>, Vec<&Live>) =
             live.iter().partition(|l| l.version == cfgv);
+        // An instance the agent found unhealthy (its checks failed
+        // max_consecutive_failures times) is replaced: it counts as a failure, so the
+        // replacement waits out the app's backoff.
+        let (unhealthy, mut current): (Vec<&Live>, Vec<&Live>) = current
+            .into_iter()
+            .partition(|l| l.state == InstanceState::Unhealthy);
+        for l in unhealthy {
+            let at = crate::clock::unix_ms();
+            state.note_failure(
+                id,
+                now,
+                Some(crate::state::LastFailure {
+                    instance: l.id.to_string(),
+                    at_ms: at,
+                    exit_code: None,
+                    message: format!("unhealthy: {}", l.message),
+                    stderr_tail: String::new(),
+                }),
+            );
+            stops.push((
+                l.id.clone(),
+                l.node.clone(),
+                id.to_string(),
+                format!("unhealthy, replacing it: {}", l.message),
+            ));
+        }
         let wanted = app.spec.instances as usize;
         // With health checks a new instance counts once healthy; old ones count while
         // they run, whatever checks their version had.
@@ -315,7 +346,7 @@ fn expire(state: &mut RealState, now: Instant, cfg: &PlanConfig, events: &EventB
                 cfg.launch_timeout.as_secs()
             ),
         );
-        state.note_failure(&p.app, now);
+        state.note_failure(&p.app, now, None);
     }
     state
         .stop_requested
@@ -323,7 +354,11 @@ fn expire(state: &mut RealState, now: Instant, cfg: &PlanConfig, events: &EventB
 }
 
 /// How long until the app may launch again, if it must wait.
-fn backoff_wait(state: &RealState, app: &AppVersion, now: Instant) -> Option<std::time::Duration> {
+pub(crate) fn backoff_wait(
+    state: &RealState,
+    app: &AppVersion,
+    now: Instant,
+) -> Option<std::time::Duration> {
     let health = state.apps.get(app.spec.id.as_str())?;
     let last = health.last_failure?;
     let ready_at = last + app.spec.backoff().delay(health.failures);

@@ -95,7 +95,8 @@ impl TestServer {
         let (code, body) = self
             .send(
                 reqwest::Method::PUT,
-                &format!("/v1/apps/{id}"),
+                // Tests change apps back to back; the 409 of a busy app has its own test.
+                &format!("/v1/apps/{id}?force=true"),
                 "application/json",
                 spec.to_string(),
             )

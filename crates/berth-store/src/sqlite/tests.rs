@@ -87,3 +87,75 @@ fn corrupt_row_is_reported_and_kept() {
         .unwrap();
     assert_eq!(still, 1);
 }
+
+fn a_deployment() -> berth_core::Deployment {
+    use berth_core::deployment::{DeploymentKind, Target};
+    let t = |v| Target {
+        version: VersionId(v),
+        config_version: VersionId(v),
+        instances: 3,
+    };
+    berth_core::Deployment::new(
+        AppId::parse("a").unwrap(),
+        DeploymentKind::Update,
+        Some(t(1_000)),
+        t(2_000),
+        true,
+        60_000,
+        5,
+    )
+}
+
+#[test]
+fn a_running_deployment_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    let d = a_deployment();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.put_deployment(&d).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get_deployment(&d.id).unwrap(), Some(d));
+}
+
+#[test]
+fn a_store_from_before_deployments_is_migrated_and_keeps_its_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.db");
+    let v = AppVersion::first(AppSpec::minimal("a", "x"), VersionId(7_000));
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_app(&v).unwrap();
+    }
+    // Make it look like a database written by a berth that knew only the first step.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP TABLE deployments; DROP TABLE leases; DELETE FROM schema_migrations WHERE version >= 2;",
+        )
+        .unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.list_apps().unwrap(), vec![v]);
+    assert!(s.list_deployments().unwrap().is_empty());
+    s.put_deployment(&a_deployment()).unwrap();
+}
+
+#[test]
+fn a_corrupt_deployment_is_reported_and_kept() {
+    let s = SqliteStore::in_memory().unwrap();
+    let d = a_deployment();
+    s.put_deployment(&d).unwrap();
+    s.conn()
+        .execute("UPDATE deployments SET body = '{\"nope\": 1}'", [])
+        .unwrap();
+    let err = s.get_deployment(&d.id).unwrap_err();
+    assert!(matches!(err, StoreError::CorruptDeployment { .. }), "{err}");
+    assert!(err.to_string().contains(d.id.as_str()), "{err}");
+    assert!(s.list_deployments().is_err());
+    let still: i64 = s
+        .conn()
+        .query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(still, 1);
+}

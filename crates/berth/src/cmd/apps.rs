@@ -22,14 +22,36 @@ pub enum AppsCommand {
         /// Return once the spec is accepted, without waiting for instances.
         #[arg(long)]
         detach: bool,
-        /// Give up waiting after this long.
+        /// Deadline of the deployment: not done by then, it fails and rolls back.
         #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::parse_duration)]
         timeout: Duration,
+        /// Supersede a deployment of the app that is still running.
+        #[arg(long)]
+        force: bool,
+        /// On failure, leave the app where it stands instead of rolling back.
+        #[arg(long)]
+        no_rollback: bool,
     },
     /// Set the number of instances.
-    Scale { app: String, instances: u32 },
-    /// Replace every instance with a fresh one.
-    Restart { app: String },
+    Scale {
+        app: String,
+        instances: u32,
+        /// Supersede a deployment of the app that is still running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rolling restart: replace every instance with a fresh one of the same version,
+    /// new ones first, and wait until done (unless --detach).
+    Restart {
+        app: String,
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::parse_duration)]
+        timeout: Duration,
+        /// Supersede a deployment of the app that is still running.
+        #[arg(long)]
+        force: bool,
+    },
     /// Delete the app; its instances are stopped.
     Rm { app: String },
 }
@@ -41,20 +63,20 @@ pub struct InstancesArgs {
     app: Option<String>,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
 }
 
 impl Client {
-    fn new(global: &GlobalArgs) -> Self {
+    pub(crate) fn new(global: &GlobalArgs) -> Self {
         Client {
             http: reqwest::Client::new(),
             base: global.server_url.trim_end_matches('/').to_string(),
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -80,7 +102,7 @@ impl Client {
         bail!("{}", describe_error(status.as_u16(), &value))
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 }
@@ -99,12 +121,12 @@ fn describe_error(status: u16, v: &Value) -> String {
     out
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Left-aligned columns sized to their content.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -125,7 +147,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -182,14 +204,30 @@ pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             file,
             detach,
             timeout,
+            force,
+            no_rollback,
         } => {
-            deploy(&client, &file, detach, timeout, json_out).await?;
+            let mut query = format!("?timeout={}ms", timeout.as_millis());
+            if force {
+                query.push_str("&force=true");
+            }
+            if no_rollback {
+                query.push_str("&rollback=false");
+            }
+            deploy(&client, &file, detach, timeout, &query, json_out).await?;
         }
-        AppsCommand::Scale { app, instances } => {
+        AppsCommand::Scale {
+            app,
+            instances,
+            force,
+        } => {
             let v = client
                 .call(
                     reqwest::Method::POST,
-                    &format!("/v1/apps/{app}/scale"),
+                    &format!(
+                        "/v1/apps/{app}/scale{}",
+                        if force { "?force=true" } else { "" }
+                    ),
                     Some((
                         "application/json",
                         json!({ "instances": instances }).to_string(),
@@ -200,27 +238,45 @@ pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 &v,
                 json_out,
                 &format!(
-                    "{app} scaled to {instances} instance(s), version {}",
-                    s(&v["version"])
+                    "{app} scaled to {instances} instance(s), version {} (deployment {})",
+                    s(&v["version"]),
+                    s(&v["deployment"]["id"])
                 ),
             );
         }
-        AppsCommand::Restart { app } => {
+        AppsCommand::Restart {
+            app,
+            detach,
+            timeout,
+            force,
+        } => {
+            let mut query = format!("?timeout={}ms", timeout.as_millis());
+            if force {
+                query.push_str("&force=true");
+            }
             let v = client
                 .call(
                     reqwest::Method::POST,
-                    &format!("/v1/apps/{app}/restart"),
+                    &format!("/v1/apps/{app}/restart{query}"),
                     Some(("application/json", "{}".into())),
                 )
                 .await?;
-            report(
-                &v,
-                json_out,
-                &format!(
-                    "{app} restarting: every instance is replaced (version {})",
-                    s(&v["version"])
-                ),
-            );
+            let id = s(&v["deployment"]["id"]);
+            if detach {
+                report(
+                    &v,
+                    json_out,
+                    &format!(
+                        "{app} restarting: every instance is replaced, new ones first (version {}, deployment {id})",
+                        s(&v["version"])
+                    ),
+                );
+            } else {
+                if !json_out {
+                    println!("{app} rolling restart (deployment {id})");
+                }
+                super::deployments::follow(&client, &id, timeout, json_out).await?;
+            }
         }
         AppsCommand::Rm { app } => {
             let v = client
@@ -269,6 +325,46 @@ fn show(v: &Value, versions: &Value) {
     if st["failures"].as_u64().unwrap_or(0) > 0 {
         println!("failures:  {} in a row", s(&st["failures"]));
     }
+    if let Some(ms) = st["backoff_ms"].as_u64() {
+        println!(
+            "backoff:   next launch in {:.1} s (launches slow down after each failure)",
+            ms as f64 / 1000.0
+        );
+    }
+    if let Some(f) = st.get("last_failure").filter(|f| f.is_object()) {
+        let code = f["exit_code"]
+            .as_i64()
+            .map(|c| format!(", exit code {c}"))
+            .unwrap_or_default();
+        println!(
+            "last exit: {} {}{code}",
+            s(&f["instance"]),
+            s(&f["message"])
+        );
+        let tail = f["stderr_tail"].as_str().unwrap_or("").trim_end();
+        if !tail.is_empty() {
+            println!("stderr (last lines):");
+            for line in tail.lines() {
+                println!("  | {line}");
+            }
+        }
+    }
+    if let Some(d) = v.get("deployment").filter(|d| d.is_object()) {
+        println!(
+            "deploying: {} {} ({}, {}/{} ready, {} to stop){}",
+            s(&d["id"]),
+            s(&d["state"]),
+            s(&d["kind"]),
+            s(&d["progress"]["ready"]),
+            s(&d["progress"]["wanted"]),
+            s(&d["progress"]["leaving"]),
+            d["steps"]
+                .as_array()
+                .and_then(|st| st.last())
+                .map(|l| format!(": {}", s(&l["message"])))
+                .unwrap_or_default()
+        );
+    }
     println!("\ninstances:");
     let rows = v["instances"]
         .as_array()
@@ -297,6 +393,13 @@ fn show(v: &Value, versions: &Value) {
         })
         .collect();
     table(&["VERSION", "CHANGE", "INSTANCES"], rows);
+    let health = v["health_events"].as_array().cloned().unwrap_or_default();
+    if !health.is_empty() {
+        println!("\nhealth changes:");
+        for e in health {
+            println!("  {}", s(&e["message"]));
+        }
+    }
     println!("\nlast events:");
     for e in v["events"].as_array().cloned().unwrap_or_default() {
         println!("  [{}] {}", s(&e["type"]), s(&e["message"]));
@@ -326,6 +429,7 @@ async fn deploy(
     file: &PathBuf,
     detach: bool,
     timeout: Duration,
+    query: &str,
     json_out: bool,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file)
@@ -352,14 +456,18 @@ async fn deploy(
             client
                 .call(
                     reqwest::Method::PUT,
-                    &format!("/v1/apps/{id}"),
+                    &format!("/v1/apps/{id}{query}"),
                     Some((ct, text)),
                 )
                 .await
         }
         _ => {
             client
-                .call(reqwest::Method::POST, "/v1/apps", Some((ct, text)))
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/apps{query}"),
+                    Some((ct, text)),
+                )
                 .await
         }
     }
@@ -373,6 +481,18 @@ async fn deploy(
             &format!("{app} accepted at version {}", s(&accepted["version"])),
         );
         return Ok(());
+    }
+    // A change is followed through its deployment; an unchanged spec through the app's
+    // status (it may still be converging from an earlier change).
+    let deployment = accepted["deployment"]["id"].as_str().map(str::to_string);
+    if let Some(id) = deployment {
+        if !json_out {
+            println!(
+                "{app} accepted at version {}; deployment {id}",
+                s(&accepted["version"])
+            );
+        }
+        return super::deployments::follow(client, &id, timeout, json_out).await;
     }
     if !json_out {
         println!(

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apps;
 pub mod completions;
+pub mod deployments;
 pub mod dev;
 pub mod hello_app;
 pub mod logs;

@@ -77,6 +77,13 @@ impl Deployments {
         }
     }
 
+    /// Replaces what is tracked with what the store holds: a server that becomes leader
+    /// takes over the rolls its predecessor had in progress.
+    pub fn reload(&self, stored: Vec<Deployment>) {
+        self.lock().clear();
+        self.load(stored);
+    }
+
     pub fn active_for(&self, app: &AppId) -> Option<Deployment> {
         self.lock().get(app).map(|t| t.d.clone())
     }

@@ -9,9 +9,10 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use berth_core::{AppId, AppSpec, Deployment, DeploymentId, VersionId};
+use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 use postgres::{Client, GenericClient, NoTls, Row};
 
+use crate::record::{VersionRow, decode_deployment};
 use crate::{AppVersion, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
@@ -227,31 +228,15 @@ const COLUMNS: &str = "app_id, version, config_version, change, created_at_ms, s
 const V_COLUMNS: &str = "v.app_id, v.version, v.config_version, v.change, v.created_at_ms, v.spec";
 
 fn read_row(row: &Row) -> Result<AppVersion, StoreError> {
-    let app: String = row.get(0);
-    let version: i64 = row.get(1);
-    let config_version: i64 = row.get(2);
-    let change: String = row.get(3);
-    let created_at_ms: i64 = row.get(4);
-    let spec: String = row.get(5);
-    let corrupt = |reason: String| StoreError::Corrupt {
-        app: app.clone(),
-        version,
-        reason,
-    };
-    let spec: AppSpec = serde_json::from_str(&spec).map_err(|e| corrupt(e.to_string()))?;
-    if spec.id.as_str() != app {
-        return Err(corrupt(format!(
-            "the spec's id {} differs from the row's",
-            spec.id
-        )));
+    VersionRow {
+        app: row.get(0),
+        version: row.get(1),
+        config_version: row.get(2),
+        change: row.get(3),
+        created_at_ms: row.get(4),
+        spec: row.get(5),
     }
-    Ok(AppVersion {
-        spec,
-        version: VersionId(version as u64),
-        config_version: VersionId(config_version as u64),
-        change: change.parse().map_err(corrupt)?,
-        created_at_ms: created_at_ms as u64,
-    })
+    .decode()
 }
 
 fn insert_version(tx: &mut impl GenericClient, v: &AppVersion) -> Result<(), StoreError> {
@@ -539,18 +524,7 @@ impl Store for PostgresStore {
 }
 
 fn read_deployment(row: &Row) -> Result<Deployment, StoreError> {
-    let id: String = row.get(0);
-    let body: String = row.get(1);
-    serde_json::from_str::<Deployment>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            if d.id.as_str() == id {
-                Ok(d)
-            } else {
-                Err(format!("the body's id {} differs from the row's", d.id))
-            }
-        })
-        .map_err(|reason| StoreError::CorruptDeployment { id, reason })
+    decode_deployment(row.get(0), row.get::<_, &str>(1))
 }
 
 #[cfg(test)]

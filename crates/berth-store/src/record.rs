@@ -116,3 +116,55 @@ pub struct Lease {
     /// Whether the caller holds it now.
     pub mine: bool,
 }
+
+/// The columns of one stored version, as every engine keeps them.
+pub(crate) struct VersionRow {
+    pub app: String,
+    pub version: i64,
+    pub config_version: i64,
+    pub change: String,
+    pub created_at_ms: i64,
+    pub spec: String,
+}
+
+impl VersionRow {
+    /// The version, or why the row cannot be one (it is then reported, never dropped).
+    pub(crate) fn decode(self) -> Result<AppVersion, crate::StoreError> {
+        let corrupt = |reason: String| crate::StoreError::Corrupt {
+            app: self.app.clone(),
+            version: self.version,
+            reason,
+        };
+        let spec: AppSpec = serde_json::from_str(&self.spec).map_err(|e| corrupt(e.to_string()))?;
+        if spec.id.as_str() != self.app {
+            return Err(corrupt(format!(
+                "the spec's id {} differs from the row's",
+                spec.id
+            )));
+        }
+        Ok(AppVersion {
+            spec,
+            version: VersionId(self.version as u64),
+            config_version: VersionId(self.config_version as u64),
+            change: self.change.parse().map_err(corrupt)?,
+            created_at_ms: self.created_at_ms as u64,
+        })
+    }
+}
+
+/// A stored deployment from its id column and JSON body.
+pub(crate) fn decode_deployment(
+    id: String,
+    body: &str,
+) -> Result<berth_core::Deployment, crate::StoreError> {
+    serde_json::from_str::<berth_core::Deployment>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            if d.id.as_str() == id {
+                Ok(d)
+            } else {
+                Err(format!("the body's id {} differs from the row's", d.id))
+            }
+        })
+        .map_err(|reason| crate::StoreError::CorruptDeployment { id, reason })
+}

@@ -90,15 +90,16 @@ mem = 32
 
     // One instance: its lines only, unprefixed; the last N lines; stderr on request.
     let one = &instances[0];
-    let out = berth(api, &["logs", "logs/chatty", "--instance", one, "-n", "3"]).await;
-    assert!(out.ok, "{}", out.stderr);
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", out.stdout);
-    assert!(
-        lines.iter().all(|l| l.starts_with("tick ")),
-        "{}",
-        out.stdout
-    );
+    wait_until(
+        "the last 3 lines of one instance, all ticks",
+        Duration::from_secs(20),
+        || async {
+            let out = berth(api, &["logs", "logs/chatty", "--instance", one, "-n", "3"]).await;
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            out.ok && lines.len() == 3 && lines.iter().all(|l| l.starts_with("tick "))
+        },
+    )
+    .await;
     let err = berth(
         api,
         &[

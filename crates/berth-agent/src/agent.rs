@@ -174,6 +174,7 @@ pub async fn start_with_token(
         link: link_rx.clone(),
         registry: Arc::new(registry),
         store,
+        stop: tasks.token().clone(),
     };
     let app = status::router(state);
     let stop = tasks.token().clone();
@@ -203,6 +204,7 @@ pub async fn start_with_token(
         },
         version: env!("CARGO_PKG_VERSION").to_string(),
         address: config.advertise.to_string(),
+        status_url: status_url(status_addr, config.advertise),
     };
     let link_config = LinkConfig {
         servers: config.servers.iter().map(|s| server_uri(s)).collect(),
@@ -275,4 +277,15 @@ fn node_id(config: &AgentConfig) -> Result<String, Error> {
         }
         Err(err) => Err(data_err(err)),
     }
+}
+
+/// Where others reach the status listener: its own address, or the advertised one when it
+/// listens on every interface.
+fn status_url(bound: SocketAddr, advertise: std::net::IpAddr) -> String {
+    let host = if bound.ip().is_unspecified() {
+        advertise
+    } else {
+        bound.ip()
+    };
+    format!("http://{}", SocketAddr::new(host, bound.port()))
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod driver;
 pub mod health;
 pub mod link;
+mod logfollow;
 pub mod metrics;
 mod monitor;
 pub mod ports;

@@ -49,6 +49,7 @@ pub struct NodeInfo {
     pub total: Resources,
     pub version: String,
     pub address: String,
+    pub status_url: String,
 }
 
 /// The link's state, for `/health` and tests.
@@ -182,6 +183,7 @@ async fn session(
         version: node.version.clone(),
         address: node.address.clone(),
         instances: supervisor.statuses(),
+        status_url: node.status_url.clone(),
     };
     let _ = tx
         .send(pb::AgentMessage {

@@ -25,6 +25,8 @@ pub struct StatusState {
     pub link: watch::Receiver<LinkStatus>,
     pub registry: Arc<Registry>,
     pub store: RecordStore,
+    /// Ends streaming responses (log followers) when the agent stops.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Largest body one log push may carry.
@@ -127,12 +129,15 @@ async fn instances(State(state): State<StatusState>) -> Response {
 struct LogQuery {
     stream: Option<String>,
     lines: Option<usize>,
+    follow: Option<bool>,
 }
 
 /// Most lines one read returns; older lines stay in the files.
 const MAX_LOG_LINES: usize = 10_000;
 
-/// The last `lines` lines (default 100) of an instance's `stdout` (default) or `stderr`.
+/// The last `lines` lines (default 100) of an instance's `stdout` (default) or `stderr`;
+/// with `follow=true`, then every byte the program writes, until the instance is gone or
+/// the reader hangs up.
 async fn read_logs(
     State(state): State<StatusState>,
     Path(id): Path<String>,
@@ -146,7 +151,7 @@ async fn read_logs(
         Err(err) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("{err}: use ?stream=stdout|stderr&lines=N"),
+                format!("{err}: use ?stream=stdout|stderr&lines=N&follow=true|false"),
             );
         }
     };
@@ -184,6 +189,23 @@ async fn read_logs(
             StatusCode::BAD_REQUEST,
             format!("lines={lines} is out of range: ask for 1 to {MAX_LOG_LINES}"),
         );
+    }
+    if query.follow.unwrap_or(false) {
+        let body = crate::logfollow::follow(
+            path,
+            lines,
+            id,
+            state.supervisor.clone(),
+            state.stop.clone(),
+        );
+        return (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response();
     }
     let text = tokio::task::spawn_blocking(move || {
         let mut text = crate::driver::log_tail(&path, lines, 4 * 1024 * 1024);

@@ -23,7 +23,6 @@ const QUEUE: usize = 1024;
 
 pub struct AgentService {
     pub ctx: Arc<Ctx>,
-    pub cancel: CancellationToken,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -58,6 +57,10 @@ impl AgentLink for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // Only the leader takes agents; the others send them on to the next server.
+        let Some(term) = self.ctx.leadership().term() else {
+            return Err(Status::unavailable(self.ctx.leadership().refusal()));
+        };
         let mut inbound = request.into_inner();
         let hello_timeout = self.ctx.config.hello_timeout;
         let first = tokio::time::timeout(hello_timeout, inbound.next())
@@ -100,7 +103,8 @@ impl AgentLink for AgentService {
         self.ctx.wake.notify_one();
 
         let ctx = self.ctx.clone();
-        let cancel = self.cancel.clone();
+        // The session ends with the leader's term, or with the server.
+        let cancel = term;
         tokio::spawn(async move {
             read_loop(&ctx, &node, session, inbound, cancel).await;
             let mut state = ctx.lock_state();

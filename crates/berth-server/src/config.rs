@@ -14,6 +14,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `agent_listen` | 127.0.0.1:7071 | gRPC stream agents connect to |
 /// | `registry` | none | registry gRPC address (shown in /v1/info) |
 /// | `data_dir` | ./berth-data/server | SQLite store and lock |
+/// | `postgres_url` (or `postgres_url_file`) | none | keep desired state in PostgreSQL instead of SQLite: `postgres://USER:PASS@HOST:PORT/DB` or `host=... user=... dbname=...` |
 /// | `heartbeat_interval` | 2s | interval agents are told to beat at |
 /// | `node_ttl` | 10s | silence after which a node is lost and its instances replaced |
 /// | `startup_grace` | 6s | wait after start before acting, so agents can report |
@@ -25,12 +26,17 @@ use berth_util::config::{ConfigError, Layers};
 /// | `deployment_timeout` | 5m | a deployment not done by then fails (and rolls back) |
 /// | `max_body_bytes` | 1048576 | largest accepted request body |
 /// | `shutdown_grace` | 5s | time open HTTP connections get on shutdown |
+/// | `leader_lease` | 6s | leader lease time to live in the store (renewed every third); a dead leader is replaced after at most this |
+/// | `advertise_url` | `http://<listen>` | this server's API URL as other servers redirect to it when it leads |
+/// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub agent_listen: SocketAddr,
     pub registry: Option<String>,
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of the SQLite file in `data_dir`.
+    pub postgres_url: Option<berth_util::config::Secret>,
     pub heartbeat_interval: Duration,
     pub node_ttl: Duration,
     pub startup_grace: Duration,
@@ -42,6 +48,11 @@ pub struct ServerConfig {
     pub deployment_timeout: Duration,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    pub leader_lease: Duration,
+    /// Defaults to the bound API address.
+    pub advertise_url: Option<String>,
+    /// Defaults to the bound agent stream address.
+    pub advertise_agent: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -55,6 +66,9 @@ impl ServerConfig {
             agent_listen: layers.get_or("agent_listen", d.agent_listen)?,
             registry: layers.get("registry")?,
             data_dir: layers.get_or("data_dir", d.data_dir)?,
+            postgres_url: layers
+                .secret("postgres_url")?
+                .map(berth_util::config::Secret::new),
             heartbeat_interval: layers.get_or("heartbeat_interval", d.heartbeat_interval)?,
             node_ttl: layers.get_or("node_ttl", d.node_ttl)?,
             startup_grace: layers.get_or("startup_grace", d.startup_grace)?,
@@ -66,6 +80,9 @@ impl ServerConfig {
             deployment_timeout: layers.get_or("deployment_timeout", d.deployment_timeout)?,
             max_body_bytes: layers.get_or("max_body_bytes", d.max_body_bytes)?,
             shutdown_grace: layers.get_or("shutdown_grace", d.shutdown_grace)?,
+            leader_lease: layers.get_or("leader_lease", d.leader_lease)?,
+            advertise_url: layers.get("advertise_url")?,
+            advertise_agent: layers.get("advertise_agent")?,
         };
         layers.finish()?;
         Ok(config)
@@ -77,6 +94,7 @@ impl ServerConfig {
             agent_listen: DEFAULT_AGENT_LISTEN.parse().expect("valid default"),
             registry: None,
             data_dir: data_dir.to_path_buf(),
+            postgres_url: None,
             heartbeat_interval: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),
             startup_grace: Duration::from_secs(6),
@@ -88,6 +106,9 @@ impl ServerConfig {
             deployment_timeout: Duration::from_secs(300),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            leader_lease: Duration::from_secs(6),
+            advertise_url: None,
+            advertise_agent: None,
         }
     }
 
@@ -105,6 +126,7 @@ impl ServerConfig {
             stop_drain: Duration::from_millis(10),
             stop_grace: Duration::from_millis(100),
             shutdown_grace: Duration::from_millis(500),
+            leader_lease: Duration::from_secs(1),
             ..Self::defaults(data_dir)
         }
     }

@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_store::Store;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::deploy::Deployments;
 use crate::events::EventBus;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::plan::PlanConfig;
 use crate::state::RealState;
@@ -25,12 +25,13 @@ pub struct Ctx {
     pub metrics: Metrics,
     pub registry: Arc<prometheus_client::registry::Registry>,
     pub server_id: String,
-    pub started: Instant,
     pub started_ms: u64,
     /// Serialises writes to the store so version ids stay increasing.
     pub write_lock: tokio::sync::Mutex<Option<berth_core::VersionId>>,
     /// Fires on shutdown; long-lived responses (SSE) end with it.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Whether this server leads, and if not who does (see `leader`).
+    pub leadership: Mutex<Leadership>,
 }
 
 impl Ctx {
@@ -38,6 +39,19 @@ impl Ctx {
         // Every mutation is a few map operations that cannot leave the state half-done
         // in a way that matters: reuse it after a panic elsewhere.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the leadership state; returns the previous one.
+    pub fn set_leadership(&self, next: Leadership) -> Leadership {
+        let mut guard = self.leadership.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, next)
     }
 
     pub fn plan_config(&self) -> PlanConfig {

@@ -14,6 +14,7 @@ mod config;
 mod context;
 mod deploy;
 mod events;
+mod leader;
 mod metrics;
 mod reconcile;
 pub mod sim;
@@ -23,11 +24,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use berth_proto::agent::v1::agent_link_server::AgentLinkServer;
-use berth_store::{SqliteStore, Store, StoreError};
+use berth_store::{PostgresStore, SqliteStore, Store, StoreError};
 use berth_util::datadir::{DataDir, DataDirError};
 use berth_util::net::{BindError, bind_tcp};
 use berth_util::shutdown::Shutdown;
-use tokio::time::Instant;
 
 pub use agents::check_hello;
 pub use config::ServerConfig;
@@ -65,11 +65,13 @@ impl ServerHandle {
 pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let db = data_dir.join("server.db");
-    let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&db))
-            .await
-            .map_err(|e| StoreError::Engine(format!("store open task failed: {e}")))??,
-    );
+    let postgres = config.postgres_url.clone();
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || match postgres {
+        Some(url) => PostgresStore::open(url.expose()).map(|s| Arc::new(s) as Arc<dyn Store>),
+        None => SqliteStore::open(&db).map(|s| Arc::new(s) as Arc<dyn Store>),
+    })
+    .await
+    .map_err(|e| StoreError::Engine(format!("store open task failed: {e}")))??;
     start_with_store(config, store, data_dir, shutdown).await
 }
 
@@ -104,10 +106,12 @@ async fn start_with_store(
         metrics,
         registry: Arc::new(registry),
         server_id: format!("server-{}-{}", std::process::id(), clock::unix_ms()),
-        started: Instant::now(),
         started_ms: clock::unix_ms(),
         write_lock: tokio::sync::Mutex::new(None),
         cancel: shutdown.token(),
+        leadership: Mutex::new(leader::Leadership::Unknown {
+            reason: "the first election has not finished".into(),
+        }),
         config,
     });
 
@@ -118,10 +122,7 @@ async fn start_with_store(
         ctx.config.shutdown_grace,
     );
 
-    let service = AgentLinkServer::new(agents::AgentService {
-        ctx: ctx.clone(),
-        cancel: shutdown.token(),
-    });
+    let service = AgentLinkServer::new(agents::AgentService { ctx: ctx.clone() });
     let cancel = shutdown.token();
     shutdown.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
@@ -134,7 +135,24 @@ async fn start_with_store(
         }
     });
 
-    shutdown.spawn(reconcile::run(ctx.clone(), shutdown.token()));
+    let me = leader::LeaderInfo {
+        server_id: ctx.server_id.clone(),
+        api_url: ctx
+            .config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http}")),
+        agent_addr: ctx
+            .config
+            .advertise_agent
+            .clone()
+            .unwrap_or_else(|| agent.to_string()),
+    };
+    // The first round runs before start returns, so a lone server leads from its first
+    // request on.
+    let mut elector = leader::Elector::new(ctx.clone(), me);
+    let next = elector.round().await;
+    shutdown.spawn(elector.run(next, shutdown.token()));
     tracing::info!(%http, %agent, "server started");
     Ok(ServerHandle {
         http,

@@ -64,6 +64,7 @@ pub fn run(spec: &SimSpec) -> SimReport {
                 id: id.clone(),
                 hostname: id.to_string(),
                 address: "127.0.0.1".into(),
+                status_url: String::new(),
                 labels: BTreeMap::from([("rack".to_string(), format!("r{}", i % 20))]),
                 drivers: vec!["sim".into()],
                 agent_version: "sim".into(),

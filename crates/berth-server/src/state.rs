@@ -112,6 +112,8 @@ pub struct Node {
     pub id: NodeId,
     pub hostname: String,
     pub address: String,
+    /// The agent's status listener, where instance logs are read; empty if it has none.
+    pub status_url: String,
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<String>,
     pub agent_version: String,
@@ -221,6 +223,7 @@ impl RealState {
                 hello.hostname.clone()
             },
             address: hello.address.clone(),
+            status_url: hello.status_url.clone(),
             labels: hello.labels.clone().into_iter().collect(),
             drivers: if hello.drivers.is_empty() {
                 vec!["process".into()]

@@ -21,6 +21,10 @@ pub enum StoreError {
     )]
     Open { path: PathBuf, reason: String },
     #[error(
+        "cannot open the PostgreSQL store at {target}: {reason}; check postgres_url, that PostgreSQL runs and that this user may create tables there (nothing was changed)"
+    )]
+    OpenPostgres { target: String, reason: String },
+    #[error(
         "the store at {path} has schema version {found}, newer than this berth understands ({known}); run a newer berth"
     )]
     TooNew {

@@ -1,19 +1,21 @@
 //! Berth's desired-state store: apps, every version of them, and deployments.
 //!
-//! Owns: the [`Store`] trait, its records, the SQLite implementation ([`SqliteStore`],
-//! the default) and a conformance suite ([`testsuite`]) every implementation must pass.
-//! The trait speaks only in domain types and assumes nothing about the engine, so a
-//! PostgreSQL implementation can follow. Real state (nodes, instances) never lands here:
-//! it lives in the server's memory and is rebuilt from agents.
-//! Must never depend on networking or on roles' crates.
+//! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
+//! file in the data folder; [`PostgresStore`], for servers that share one database) and a
+//! conformance suite ([`testsuite`]) every engine passes. The trait speaks only in domain
+//! types and assumes nothing about the engine. Real state (nodes, instances) never lands
+//! here: it lives in the server's memory and is rebuilt from agents.
+//! Must never depend on roles' crates.
 
 mod error;
+mod postgres;
 mod record;
 mod sqlite;
 pub mod testsuite;
 
 pub use error::StoreError;
-pub use record::{AppVersion, Change};
+pub use postgres::PostgresStore;
+pub use record::{AppVersion, Change, Lease};
 pub use sqlite::SqliteStore;
 
 use berth_core::{AppId, Deployment, DeploymentId, VersionId};
@@ -56,4 +58,20 @@ pub trait Store: Send + Sync + 'static {
     /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
     /// Active ones are never removed. Returns how many went.
     fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
+
+    /// Takes the lease `name` for `ttl`, or renews it, when it is free, expired or already
+    /// `holder`'s; otherwise leaves it. Either way returns who holds it afterwards. Expiry
+    /// is judged by the store's clock, so servers whose clocks differ still agree. Servers
+    /// sharing one store elect their leader with this.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        info: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up at once if `holder` has it (a clean shutdown), so another server
+    /// need not wait for it to expire.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

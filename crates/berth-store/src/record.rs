@@ -103,3 +103,16 @@ impl AppVersion {
         }
     }
 }
+
+/// Who holds a named lease (the server leader's, for one) after an acquire attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Id of the holder; empty when nobody ever held it.
+    pub holder: String,
+    /// What the holder published with it (for the leader: how to reach it), as given.
+    pub info: String,
+    /// Time left before it expires, by the store's clock.
+    pub expires_in: std::time::Duration,
+    /// Whether the caller holds it now.
+    pub mine: bool,
+}

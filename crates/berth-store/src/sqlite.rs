@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_core::{AppId, AppSpec, Deployment, DeploymentId, VersionId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{AppVersion, Store, StoreError};
+use crate::{AppVersion, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -24,6 +24,14 @@ CREATE TABLE app_versions (
     created_at_ms INTEGER NOT NULL,
     spec TEXT NOT NULL,
     PRIMARY KEY (app_id, version)
+);
+"#,
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    info TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
 );
 "#,
     r#"
@@ -306,6 +314,64 @@ impl Store for SqliteStore {
         )?;
         Ok(n)
     }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = unix_ms();
+        let current: Option<(String, String, i64)> = tx
+            .query_row(
+                "SELECT holder, info, expires_at_ms FROM leases WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((other, other_info, expires_at)) = &current
+            && other != holder
+            && *expires_at > now
+        {
+            return Ok(Lease {
+                holder: other.clone(),
+                info: other_info.clone(),
+                expires_in: Duration::from_millis((expires_at - now) as u64),
+                mine: false,
+            });
+        }
+        let expires_at = now + ttl.as_millis() as i64;
+        tx.execute(
+            "INSERT INTO leases (name, holder, info, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET holder = ?2, info = ?3, expires_at_ms = ?4",
+            params![name, holder, info, expires_at],
+        )?;
+        tx.commit()?;
+        Ok(Lease {
+            holder: holder.to_string(),
+            info: info.to_string(),
+            expires_in: ttl,
+            mine: true,
+        })
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+            params![name, holder],
+        )?;
+        Ok(())
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn read_deployment(row: &Row<'_>) -> rusqlite::Result<Result<Deployment, StoreError>> {

@@ -111,6 +111,7 @@ impl FakeAgent {
                 version: "fake".into(),
                 address: "127.0.0.1".into(),
                 instances: spec.running,
+                status_url: String::new(),
             })),
         })
         .await

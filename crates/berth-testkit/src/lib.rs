@@ -8,10 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod fake_agent;
+pub mod postgres;
 mod process;
+mod reaper;
 mod wait;
 
 pub use process::BerthProcess;
+pub use reaper::InstanceReaper;
 pub use wait::{wait_for, wait_until};
 
 use std::path::PathBuf;
@@ -42,4 +45,33 @@ pub fn temp_dir() -> tempfile::TempDir {
         .prefix("berth-test-")
         .tempdir()
         .expect("create a temp folder")
+}
+
+/// Every listener `berth dev` opens, as the role variables that move it.
+const DEV_LISTENERS: [&str; 7] = [
+    "BERTH_SERVER_LISTEN",
+    "BERTH_SERVER_AGENT_LISTEN",
+    "BERTH_REGISTRY_LISTEN",
+    "BERTH_REGISTRY_GRPC_LISTEN",
+    "BERTH_ROUTER_LISTEN",
+    "BERTH_ROUTER_STATUS_LISTEN",
+    "BERTH_AGENT_LISTEN",
+];
+
+/// `berth dev --data-dir DIR` with every listener on an ephemeral loopback port (read
+/// them from the ready line: `api`, `router`, `registry`, ...), quiet logs, and a short
+/// start-up grace so the server acts as soon as the embedded agent said hello. Add
+/// `--no-demo` or more variables before spawning with [`BerthProcess::spawn`].
+pub fn dev_command(bin: &str, data_dir: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("BERTH_LOG", "warn")
+        .env("BERTH_SERVER_STARTUP_GRACE", "1s");
+    for var in DEV_LISTENERS {
+        command.env(var, "127.0.0.1:0");
+    }
+    command
 }

@@ -425,6 +425,34 @@ fn scalar_to_string(path: &Path, key: &str, value: &toml::Value) -> Result<Strin
     })
 }
 
+/// A secret setting (password, token, URL with credentials): `Debug` and `Display` never
+/// show it, so a config struct can be logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,5 +614,12 @@ mod tests {
             err.to_string(),
             "missing required setting `server`: pass --server ADDR"
         );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = super::Secret::new("postgres://berth:hunter2@db/berth");
+        assert!(!format!("{secret:?} {secret}").contains("hunter2"));
+        assert_eq!(secret.expose(), "postgres://berth:hunter2@db/berth");
     }
 }

@@ -48,6 +48,8 @@ enum Command {
     Nodes,
     /// List instances known to the server.
     Instances(cmd::apps::InstancesArgs),
+    /// Show an app's instance logs (stdout or stderr), optionally following them.
+    Logs(cmd::logs::Args),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
 
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Deployments(args) => cmd::deployments::run(args, &cli.global).await,
             Command::Nodes => cmd::apps::nodes(&cli.global).await,
             Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
+            Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
         }
     });
     match result {

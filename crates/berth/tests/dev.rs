@@ -5,30 +5,13 @@
 
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, temp_dir, wait_for, wait_until};
-use tokio::process::Command;
+use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_for, wait_until};
 
 #[tokio::test]
 async fn dev_serves_the_demo_app_through_the_router_and_stops_cleanly() {
     let data = temp_dir();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
-    command
-        .args(["dev", "--data-dir"])
-        .arg(data.path())
-        .env("BERTH_LOG", "warn");
-    for var in [
-        "BERTH_SERVER_LISTEN",
-        "BERTH_SERVER_AGENT_LISTEN",
-        "BERTH_REGISTRY_LISTEN",
-        "BERTH_REGISTRY_GRPC_LISTEN",
-        "BERTH_ROUTER_LISTEN",
-        "BERTH_ROUTER_STATUS_LISTEN",
-        "BERTH_AGENT_LISTEN",
-    ] {
-        command.env(var, "127.0.0.1:0");
-    }
-    // Act as soon as the embedded agent said hello instead of waiting for stragglers.
-    command.env("BERTH_SERVER_STARTUP_GRACE", "1s");
+    let _reaper = InstanceReaper::new([data.path().join("agent")]);
+    let command = dev_command(env!("CARGO_BIN_EXE_berth"), data.path());
     let dev = BerthProcess::spawn(command).await;
     let api = dev.addr("api");
     let router = dev.addr("router");

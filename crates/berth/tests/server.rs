@@ -101,7 +101,7 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output");
     assert_eq!(v["apps"][0]["spec"]["id"], "shop/web");
 
-    let out = cli(&s, &["apps", "scale", "shop/web", "3"]).await;
+    let out = cli(&s, &["apps", "scale", "--wait", "shop/web", "3"]).await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("3 running", WAIT, || async { total() == 3 }).await;
 

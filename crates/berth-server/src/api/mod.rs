@@ -4,16 +4,58 @@
 mod apps;
 mod deployments;
 mod error;
+mod logs;
 mod views;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::get;
 
 use crate::context::Ctx;
+use crate::leader::Leadership;
 pub use error::ApiError;
+
+/// Only the leader answers the API: a standby redirects (307 keeps the method and body) to
+/// the leader, and while nobody is known to lead the answer is 503. `/health`,
+/// `/metrics` and `/v1/leader` are every server's own.
+async fn leader_gate(
+    State(ctx): State<Arc<Ctx>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    if !path.starts_with("/v1/") || path == "/v1/leader" {
+        return next.run(request).await;
+    }
+    match ctx.leadership() {
+        Leadership::Leader { .. } => next.run(request).await,
+        Leadership::Standby { leader } if !leader.api_url.is_empty() => {
+            let target = format!(
+                "{}{}",
+                leader.api_url.trim_end_matches('/'),
+                request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or(path)
+            );
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )
+                .into_response()
+        }
+        other => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            other.refusal(),
+        )
+        .into_response(),
+    }
+}
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let limit = ctx.config.max_body_bytes;
@@ -35,13 +77,19 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/instances", get(views::instances))
         .route("/v1/nodes", get(views::nodes))
+        .route("/v1/logs", get(logs::logs))
         .route("/v1/info", get(views::info))
         .route("/v1/events", get(views::events))
         .route("/v1/events/recent", get(views::recent_events))
         .route("/v1/debug/state", get(views::debug_state))
         .route("/health", get(views::health))
         .route("/metrics", get(views::metrics))
+        .route("/v1/leader", get(views::leader))
         .fallback(views::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            leader_gate,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ctx)
 }

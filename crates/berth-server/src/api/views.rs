@@ -19,6 +19,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use super::ApiError;
 use crate::context::Ctx;
 use crate::events::Event;
+use crate::leader::Leadership;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -55,6 +56,7 @@ pub async fn nodes(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
                 "id": n.id,
                 "hostname": n.hostname,
                 "address": n.address,
+                "status_url": n.status_url,
                 "status": n.status,
                 "labels": n.labels,
                 "drivers": n.drivers,
@@ -74,7 +76,11 @@ pub async fn nodes(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
 
 pub async fn info(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
     let c = &ctx.config;
-    let reconciling = ctx.started.elapsed() >= c.startup_grace;
+    // The reconciler of a new leader first waits for agents to report.
+    let reconciling = match ctx.leadership() {
+        Leadership::Leader { since, .. } => since.elapsed() >= c.startup_grace,
+        _ => false,
+    };
     Json(json!({
         "role": "server",
         "server_id": ctx.server_id,
@@ -86,6 +92,31 @@ pub async fn info(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
         "heartbeat_interval_ms": c.heartbeat_interval.as_millis() as u64,
         "node_ttl_ms": c.node_ttl.as_millis() as u64,
     }))
+}
+
+/// `GET /v1/leader`: whether this server leads, and otherwise who does. Answered by every
+/// server (never redirected), for operators and load balancers.
+pub async fn leader(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
+    let view = match ctx.leadership() {
+        Leadership::Leader { since, .. } => json!({
+            "role": "leader",
+            "server_id": ctx.server_id,
+            "leader": { "server_id": ctx.server_id },
+            "leading_for_ms": since.elapsed().as_millis() as u64,
+        }),
+        Leadership::Standby { leader } => json!({
+            "role": "standby",
+            "server_id": ctx.server_id,
+            "leader": leader,
+        }),
+        Leadership::Unknown { reason } => json!({
+            "role": "unknown",
+            "server_id": ctx.server_id,
+            "leader": null,
+            "reason": reason,
+        }),
+    };
+    Json(view)
 }
 
 /// `GET /v1/events?types=a,b&app=X&replay=N`: Server-Sent Events, one JSON event each.

@@ -69,12 +69,20 @@ impl Deployments {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adopts the active deployments found in the store at start.
+    /// Adopts the active deployments found in the store (newest first), for apps that
+    /// have none in memory.
     pub fn load(&self, stored: Vec<Deployment>) {
         let mut active = self.lock();
         for d in stored.into_iter().filter(|d| d.state.is_active()) {
-            active.insert(d.app.clone(), Tracked::loaded(d));
+            active
+                .entry(d.app.clone())
+                .or_insert_with(|| Tracked::loaded(d));
         }
+    }
+
+    /// Forgets every deployment: this server no longer leads, another one follows them.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     pub fn active_for(&self, app: &AppId) -> Option<Deployment> {
@@ -214,6 +222,19 @@ pub async fn app_deleted(ctx: &Ctx, app: &AppId) {
             &t.d,
             "the app was deleted".into(),
         );
+    }
+}
+
+/// At the start of a term as leader: adopt what the store says is running (another
+/// server may have started it).
+pub async fn reload(ctx: &Ctx) {
+    match blocking(ctx, |s| s.list_deployments()).await {
+        Ok(stored) => ctx.deployments.load(stored),
+        Err(e) => ctx.events.emit(
+            "store_error",
+            NewEvent::default(),
+            format!("cannot read deployments; following only those known in memory: {e}"),
+        ),
     }
 }
 

@@ -32,12 +32,12 @@ pub enum AppsCommand {
         #[arg(long)]
         no_rollback: bool,
     },
-    /// Set the number of instances and wait until they run (unless --detach).
+    /// Set the number of instances; with --wait, follow the deployment until done.
     Scale {
         app: String,
         instances: u32,
         #[arg(long)]
-        detach: bool,
+        wait: bool,
         #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::parse_duration)]
         timeout: Duration,
         /// Supersede a deployment of the app that is still running.
@@ -223,7 +223,7 @@ pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         AppsCommand::Scale {
             app,
             instances,
-            detach,
+            wait,
             timeout,
             force,
         } => {
@@ -242,7 +242,7 @@ pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 )
                 .await?;
             let id = s(&v["deployment"]["id"]);
-            if detach {
+            if !wait {
                 report(
                     &v,
                     json_out,

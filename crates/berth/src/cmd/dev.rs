@@ -46,6 +46,13 @@ fn role_layers(role: &str, flags: Flags) -> anyhow::Result<Layers<'static>> {
     super::layers(role, None, flags)
 }
 
+/// A setting `berth dev` picks for a one-machine playground, unless the user set the
+/// role's variable (flags outrank variables, so dev must not pass it as a flag then).
+fn dev_default(role: &str, key: &str, value: impl ToString) -> Option<String> {
+    let var = format!("BERTH_{}_{}", role.to_uppercase(), key.to_uppercase());
+    std::env::var_os(var).is_none().then(|| value.to_string())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let data = args.data_dir.unwrap_or_else(default_data_dir);
     let shutdown = super::signal_shutdown()?;
@@ -61,13 +68,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let registry_grpc = registry.grpc_addr();
     let registry_http = registry.http_addr();
 
+    // Requests go to a file, so the terminal shows what the platform does.
+    let access_log = dev_default(
+        "router",
+        "access_log_file",
+        data.join("router/access.log").display(),
+    )
+    .filter(|_| std::env::var_os("BERTH_ROUTER_ACCESS_LOG").is_none());
     let router = {
         std::fs::create_dir_all(data.join("router"))
             .with_context(|| format!("creating {}", data.join("router").display()))?;
-        let flags = Flags::default().set("registry", Some(registry_grpc)).set(
-            "route_cache",
-            Some(data.join("router/routes.json").display()),
-        );
+        let flags = Flags::default()
+            .set("registry", Some(registry_grpc))
+            .set(
+                "route_cache",
+                Some(data.join("router/routes.json").display()),
+            )
+            .set("access_log_file", access_log.clone());
         let config = berth_router::RouterConfig::from_layers(&mut role_layers("router", flags)?)?;
         berth_router::start(config, &shutdown)
             .await
@@ -77,7 +94,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = {
         let flags = Flags::default()
             .set("data_dir", Some(data.join("server").display()))
-            .set("registry", Some(registry_grpc));
+            .set("registry", Some(registry_grpc))
+            // The one agent is in this process and says hello at once; waiting the
+            // multi-node default for others that will never come only delays the demo.
+            .set(
+                "startup_grace",
+                dev_default("server", "startup_grace", "2s"),
+            );
         let config = berth_server::ServerConfig::from_layers(&mut role_layers("server", flags)?)?;
         berth_server::start(config, &shutdown)
             .await
@@ -116,6 +139,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  registry  http://{registry_http}/nacos/v1/ns/service/list   (Nacos and Consul APIs)"
     );
     eprintln!("  router    http://{proxy}/");
+    if let Some(file) = &access_log {
+        eprintln!("  requests  {file}   (router access log)");
+    }
 
     if !args.no_demo {
         let shutdown = shutdown.clone();

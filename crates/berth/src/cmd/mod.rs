@@ -7,6 +7,7 @@ pub mod completions;
 pub mod deployments;
 pub mod dev;
 pub mod hello_app;
+pub mod logs;
 pub mod registry;
 pub mod router;
 pub mod server;

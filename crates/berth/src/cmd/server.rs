@@ -47,6 +47,24 @@ pub struct Args {
     /// Time between SIGTERM and SIGKILL, sent with stops [default: 10s].
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
+    /// File holding a PostgreSQL URL (`postgres://USER:PASS@HOST:PORT/DB`): keep desired
+    /// state there instead of SQLite in --data-dir (several servers can share it). Or set
+    /// BERTH_SERVER_POSTGRES_URL [default: none, SQLite].
+    #[arg(long, value_name = "FILE")]
+    postgres_url_file: Option<PathBuf>,
+    /// Time to live of the leader lease in the store, renewed every third of it; with
+    /// several servers on one PostgreSQL database, a dead leader is replaced within it
+    /// [default: 6s].
+    #[arg(long, value_name = "DURATION")]
+    leader_lease: Option<String>,
+    /// This server's API URL, where the others redirect clients while it leads
+    /// [default: http://<bound --listen address>].
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
+    /// This server's agent stream address, as the others name it to agents
+    /// [default: the bound --agent-listen address].
+    #[arg(long, value_name = "ADDR")]
+    advertise_agent: Option<String>,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -58,6 +76,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("agent_listen", args.agent_listen)
         .set("registry", args.registry)
         .set("data_dir", args.data_dir.map(|p| p.display().to_string()))
+        .set(
+            "postgres_url_file",
+            args.postgres_url_file.map(|p| p.display().to_string()),
+        )
         .set("heartbeat_interval", args.heartbeat_interval)
         .set("node_ttl", args.node_ttl)
         .set("startup_grace", args.startup_grace)
@@ -67,6 +89,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("stop_drain", args.stop_drain)
         .set("stop_grace", args.stop_grace)
         .set("max_body_bytes", args.max_body_bytes)
+        .set("leader_lease", args.leader_lease)
+        .set("advertise_url", args.advertise_url)
+        .set("advertise_agent", args.advertise_agent)
         .set(
             "shutdown_grace",
             Some(format!("{}ms", args.role.shutdown_grace.as_millis())),

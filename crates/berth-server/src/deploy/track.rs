@@ -144,15 +144,17 @@ impl Tracked {
             } else if inst.state.is_terminal() {
                 if seen.alive && !seen.gone && (seen.leaving || !is_target) {
                     seen.gone = true;
+                    // The agent's message usually says "stopped: ..." already.
+                    let how = if inst.message.is_empty() {
+                        "stopped".to_string()
+                    } else if inst.message.starts_with("stopped") {
+                        inst.message.clone()
+                    } else {
+                        format!("stopped: {}", inst.message)
+                    };
                     said.push(format!(
-                        "instance {} (version {}) stopped{}",
-                        inst.id,
-                        inst.version,
-                        if inst.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", inst.message)
-                        }
+                        "instance {} (version {}) {how}",
+                        inst.id, inst.version
                     ));
                 } else if is_target
                     && !requested

@@ -268,3 +268,6 @@ impl Tracked {
         (verdict, said)
     }
 }
+
+#[cfg(test)]
+mod tests;

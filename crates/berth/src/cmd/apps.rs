@@ -492,7 +492,14 @@ async fn deploy(
         report(
             &accepted,
             json_out,
-            &format!("{app} accepted at version {}", s(&accepted["version"])),
+            &format!(
+                "{app} accepted at version {}{}",
+                s(&accepted["version"]),
+                accepted["deployment"]["id"]
+                    .as_str()
+                    .map(|id| format!("; deployment {id} (berth deployments watch {id})"))
+                    .unwrap_or_default()
+            ),
         );
         return Ok(());
     }

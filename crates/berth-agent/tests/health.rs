@@ -69,14 +69,37 @@ fn check(protocol: &str, path: &str) -> pb::HealthCheck {
 }
 
 const HTTP_APP: &str = "exec python3 -m http.server $PORT --bind 127.0.0.1";
-const HTTPS_APP: &str = r#"openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 1 -subj /CN=localhost 2>/dev/null && exec python3 -c '
+/// A TLS server on $PORT with the self-signed certificate made by [`self_signed`] in `dir`.
+fn https_app(dir: &std::path::Path) -> String {
+    format!(
+        r#"exec python3 -c '
 import http.server, os, ssl
 server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain("cert.pem", "key.pem")
+ctx.load_cert_chain("{dir}/cert.pem", "{dir}/key.pem")
 server.socket = ctx.wrap_socket(server.socket, server_side=True)
 server.serve_forever()
-'"#;
+'"#,
+        dir = dir.display()
+    )
+}
+
+/// Made once before the instances start, so key generation does not eat into the
+/// checks' grace period on a busy machine.
+fn self_signed(dir: &std::path::Path) {
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+}
 
 #[tokio::test]
 async fn http_check_passes_on_200_and_fails_on_404() {
@@ -104,10 +127,13 @@ async fn https_check_needs_ignore_tls_errors_for_a_self_signed_certificate() {
     let (sup, _token) = supervisor(dir.path());
     let mut events = sup.subscribe();
     let mut events2 = sup.subscribe();
+    let certs = tempfile::tempdir().unwrap();
+    self_signed(certs.path());
+    let app = https_app(certs.path());
     let mut lenient = check("https", "/");
     lenient.ignore_tls_errors = true;
-    sup.start_instance(&start("lenient", HTTPS_APP, lenient));
-    sup.start_instance(&start("strict", HTTPS_APP, check("https", "/")));
+    sup.start_instance(&start("lenient", &app, lenient));
+    sup.start_instance(&start("strict", &app, check("https", "/")));
     wait_for_state(&mut events, "lenient", pb::InstanceState::Healthy).await;
     let strict = wait_for_state(&mut events2, "strict", pb::InstanceState::Unhealthy).await;
     assert!(

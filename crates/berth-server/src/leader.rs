@@ -196,7 +196,27 @@ fn become_leader(ctx: &Arc<Ctx>) {
         NewEvent::default(),
         format!("server {} leads", ctx.server_id),
     );
-    tokio::spawn(crate::reconcile::run(ctx.clone(), term));
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // Another server may have led since this one loaded deployments: pick up the
+        // rolls in progress before acting.
+        loop {
+            let store = ctx.store.clone();
+            match tokio::task::spawn_blocking(move || store.list_deployments()).await {
+                Ok(Ok(stored)) => {
+                    ctx.deployments.reload(stored);
+                    break;
+                }
+                Ok(Err(e)) => tracing::warn!("cannot load deployments, retrying: {e}"),
+                Err(e) => tracing::warn!("deployment load task failed, retrying: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = term.cancelled() => return,
+            }
+        }
+        crate::reconcile::run(ctx, term).await;
+    });
 }
 
 /// Leaves the leader role (if held) for `next`.

@@ -13,9 +13,6 @@ use crate::context::Ctx;
 use crate::events::NewEvent;
 
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    // Deployments another server started (or this one, before it stood down) are
-    // followed again, and a change during the grace below is refused while one runs.
-    crate::deploy::reload(&ctx).await;
     // Acting before agents have reported would start duplicates of instances that are
     // running fine on nodes not yet reconnected.
     let grace = ctx.config.startup_grace;

@@ -46,19 +46,6 @@ pub trait Store: Send + Sync + 'static {
     fn get_version(&self, id: &AppId, version: VersionId)
     -> Result<Option<AppVersion>, StoreError>;
 
-    /// Stores a deployment, replacing the one with the same id. Deployments are kept
-    /// so that a restarted server goes on tracking a roll it had started.
-    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError>;
-
-    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError>;
-
-    /// Every stored deployment, newest first.
-    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
-
-    /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
-    /// Active ones are never removed. Returns how many went.
-    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
-
     /// Takes the lease `name` for `ttl`, or renews it, when it is free, expired or already
     /// `holder`'s; otherwise leaves it. Either way returns who holds it afterwards. Expiry
     /// is judged by the store's clock, so servers whose clocks differ still agree. Servers
@@ -74,4 +61,17 @@ pub trait Store: Send + Sync + 'static {
     /// Gives the lease up at once if `holder` has it (a clean shutdown), so another server
     /// need not wait for it to expire.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Stores a deployment, replacing the one with the same id. Deployments are kept
+    /// so that a restarted server goes on tracking a roll it had started.
+    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError>;
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError>;
+
+    /// Every stored deployment, newest first.
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+
+    /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
+    /// Active ones are never removed. Returns how many went.
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
 }

@@ -32,14 +32,6 @@ CREATE TABLE app_versions (
 );
 "#,
     r#"
-CREATE TABLE leases (
-    name TEXT PRIMARY KEY NOT NULL,
-    holder TEXT NOT NULL,
-    info TEXT NOT NULL,
-    expires_at_ms BIGINT NOT NULL
-);
-"#,
-    r#"
 CREATE TABLE deployments (
     id TEXT PRIMARY KEY NOT NULL,
     app_id TEXT NOT NULL,
@@ -48,6 +40,14 @@ CREATE TABLE deployments (
     body TEXT NOT NULL
 );
 CREATE INDEX deployments_by_app ON deployments (app_id, created_at_ms);
+"#,
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    info TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -461,16 +461,26 @@ impl Store for PostgresStore {
         })
     }
 
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.with(|client| {
+            client
+                .execute(
+                    "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .map_err(engine)?;
+            Ok(())
+        })
+    }
+
     fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
         let body = serde_json::to_string(d).map_err(|e| StoreError::Engine(e.to_string()))?;
         self.with(|client| {
             client
                 .execute(
-                    "INSERT INTO deployments (id, app_id, state, created_at_ms, body)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (id) DO UPDATE SET app_id = EXCLUDED.app_id,
-                        state = EXCLUDED.state, created_at_ms = EXCLUDED.created_at_ms,
-                        body = EXCLUDED.body",
+                    "INSERT INTO deployments (id, app_id, state, created_at_ms, body) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET app_id = EXCLUDED.app_id, state = EXCLUDED.state,
+                        created_at_ms = EXCLUDED.created_at_ms, body = EXCLUDED.body",
                     &[
                         &d.id.as_str(),
                         &d.app.as_str(),
@@ -516,8 +526,7 @@ impl Store for PostgresStore {
         self.with(|client| {
             let n = client
                 .execute(
-                    "DELETE FROM deployments WHERE app_id = $1
-                       AND state NOT IN ('running', 'rolling_back')
+                    "DELETE FROM deployments WHERE app_id = $1 AND state NOT IN ('running', 'rolling_back')
                        AND id NOT IN (SELECT id FROM deployments WHERE app_id = $1
                            AND state NOT IN ('running', 'rolling_back')
                            ORDER BY created_at_ms DESC, id DESC LIMIT $2)",
@@ -525,18 +534,6 @@ impl Store for PostgresStore {
                 )
                 .map_err(engine)?;
             Ok(n as usize)
-        })
-    }
-
-    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.with(|client| {
-            client
-                .execute(
-                    "DELETE FROM leases WHERE name = $1 AND holder = $2",
-                    &[&name, &holder],
-                )
-                .map_err(engine)?;
-            Ok(())
         })
     }
 }

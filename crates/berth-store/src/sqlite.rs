@@ -27,14 +27,6 @@ CREATE TABLE app_versions (
 );
 "#,
     r#"
-CREATE TABLE leases (
-    name TEXT PRIMARY KEY NOT NULL,
-    holder TEXT NOT NULL,
-    info TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL
-);
-"#,
-    r#"
 CREATE TABLE deployments (
     id TEXT PRIMARY KEY NOT NULL,
     app_id TEXT NOT NULL,
@@ -43,6 +35,14 @@ CREATE TABLE deployments (
     body TEXT NOT NULL
 );
 CREATE INDEX deployments_by_app ON deployments (app_id, created_at_ms);
+"#,
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    info TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -281,40 +281,6 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
-        self.put_deployment_row(d)
-    }
-
-    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT id, body FROM deployments WHERE id = ?1",
-                params![id.as_str()],
-                read_deployment,
-            )
-            .optional()?
-            .transpose()
-    }
-
-    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, body FROM deployments ORDER BY created_at_ms DESC, id DESC")?;
-        let rows = stmt.query_map([], read_deployment)?;
-        rows.map(|r| r?).collect()
-    }
-
-    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM deployments WHERE app_id = ?1 AND state NOT IN ('running', 'rolling_back')
-               AND id NOT IN (SELECT id FROM deployments WHERE app_id = ?1
-                   AND state NOT IN ('running', 'rolling_back')
-                   ORDER BY created_at_ms DESC, id DESC LIMIT ?2)",
-            params![app.as_str(), keep as i64],
-        )?;
-        Ok(n)
-    }
-
     fn acquire_lease(
         &self,
         name: &str,
@@ -364,6 +330,40 @@ impl Store for SqliteStore {
             params![name, holder],
         )?;
         Ok(())
+    }
+
+    fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
+        self.put_deployment_row(d)
+    }
+
+    fn get_deployment(&self, id: &DeploymentId) -> Result<Option<Deployment>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, body FROM deployments WHERE id = ?1",
+                params![id.as_str()],
+                read_deployment,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    fn list_deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, body FROM deployments ORDER BY created_at_ms DESC, id DESC")?;
+        let rows = stmt.query_map([], read_deployment)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM deployments WHERE app_id = ?1 AND state NOT IN ('running', 'rolling_back')
+               AND id NOT IN (SELECT id FROM deployments WHERE app_id = ?1
+                   AND state NOT IN ('running', 'rolling_back')
+                   ORDER BY created_at_ms DESC, id DESC LIMIT ?2)",
+            params![app.as_str(), keep as i64],
+        )?;
+        Ok(n)
     }
 }
 

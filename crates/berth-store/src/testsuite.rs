@@ -1,9 +1,9 @@
 //! The behaviour every [`Store`] implementation must have. An engine's tests call
 //! [`run_all`] with a constructor of empty stores.
 
-use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, VersionId};
-
 use std::time::Duration;
+
+use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, VersionId};
 
 use crate::{AppVersion, Change, Store, StoreError};
 
@@ -16,10 +16,10 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     stale_update_is_refused(fresh().as_ref());
     update_of_missing_app_is_refused(fresh().as_ref());
     delete_removes_app_and_history(fresh().as_ref());
+    leases_have_one_holder_at_a_time(fresh().as_ref());
     deployments_round_trip_and_update_in_place(fresh().as_ref());
     deployments_list_newest_first(fresh().as_ref());
     pruning_keeps_active_and_newest_finished(fresh().as_ref());
-    leases_have_one_holder_at_a_time(fresh().as_ref());
 }
 
 fn spec(id: &str, instances: u32) -> AppSpec {
@@ -120,6 +120,52 @@ fn delete_removes_app_and_history(store: &dyn Store) {
     assert_eq!(store.list_versions(&id("a")).unwrap(), vec![again]);
 }
 
+fn leases_have_one_holder_at_a_time(store: &dyn Store) {
+    let minute = Duration::from_secs(60);
+    let a = store
+        .acquire_lease("leader", "a", "reach a", minute)
+        .unwrap();
+    assert!(a.mine && a.holder == "a" && a.info == "reach a", "{a:?}");
+    assert!(a.expires_in > Duration::from_secs(50), "{a:?}");
+    // Held and valid: another candidate only learns who leads.
+    let b = store
+        .acquire_lease("leader", "b", "reach b", minute)
+        .unwrap();
+    assert!(!b.mine, "{b:?}");
+    assert_eq!((b.holder.as_str(), b.info.as_str()), ("a", "reach a"));
+    assert!(b.expires_in > Duration::ZERO);
+    // The holder renews; other lease names are independent.
+    assert!(
+        store
+            .acquire_lease("leader", "a", "reach a", minute)
+            .unwrap()
+            .mine
+    );
+    assert!(store.acquire_lease("other", "b", "", minute).unwrap().mine);
+    // Releasing by a non-holder does nothing; by the holder frees it at once.
+    store.release_lease("leader", "b").unwrap();
+    assert!(
+        !store
+            .acquire_lease("leader", "b", "reach b", minute)
+            .unwrap()
+            .mine
+    );
+    store.release_lease("leader", "a").unwrap();
+    let b = store
+        .acquire_lease("leader", "b", "reach b", minute)
+        .unwrap();
+    assert!(b.mine && b.info == "reach b", "{b:?}");
+    // An expired lease goes to the next candidate.
+    assert!(
+        store
+            .acquire_lease("short", "a", "", Duration::ZERO)
+            .unwrap()
+            .mine
+    );
+    let c = store.acquire_lease("short", "c", "", minute).unwrap();
+    assert!(c.mine, "an expired lease is free: {c:?}");
+}
+
 fn deployment(app: &str, version: u64, created_at_ms: u64) -> Deployment {
     use berth_core::deployment::{DeploymentKind, Target};
     Deployment::new(
@@ -204,50 +250,4 @@ fn pruning_keeps_active_and_newest_finished(store: &dyn Store) {
     want.sort();
     assert_eq!(left, want);
     assert_eq!(store.prune_deployments(&id("a"), 2).unwrap(), 0);
-}
-
-fn leases_have_one_holder_at_a_time(store: &dyn Store) {
-    let minute = Duration::from_secs(60);
-    let a = store
-        .acquire_lease("leader", "a", "reach a", minute)
-        .unwrap();
-    assert!(a.mine && a.holder == "a" && a.info == "reach a", "{a:?}");
-    assert!(a.expires_in > Duration::from_secs(50), "{a:?}");
-    // Held and valid: another candidate only learns who leads.
-    let b = store
-        .acquire_lease("leader", "b", "reach b", minute)
-        .unwrap();
-    assert!(!b.mine, "{b:?}");
-    assert_eq!((b.holder.as_str(), b.info.as_str()), ("a", "reach a"));
-    assert!(b.expires_in > Duration::ZERO);
-    // The holder renews; other lease names are independent.
-    assert!(
-        store
-            .acquire_lease("leader", "a", "reach a", minute)
-            .unwrap()
-            .mine
-    );
-    assert!(store.acquire_lease("other", "b", "", minute).unwrap().mine);
-    // Releasing by a non-holder does nothing; by the holder frees it at once.
-    store.release_lease("leader", "b").unwrap();
-    assert!(
-        !store
-            .acquire_lease("leader", "b", "reach b", minute)
-            .unwrap()
-            .mine
-    );
-    store.release_lease("leader", "a").unwrap();
-    let b = store
-        .acquire_lease("leader", "b", "reach b", minute)
-        .unwrap();
-    assert!(b.mine && b.info == "reach b", "{b:?}");
-    // An expired lease goes to the next candidate.
-    assert!(
-        store
-            .acquire_lease("short", "a", "", Duration::ZERO)
-            .unwrap()
-            .mine
-    );
-    let c = store.acquire_lease("short", "c", "", minute).unwrap();
-    assert!(c.mine, "an expired lease is free: {c:?}");
 }

@@ -176,8 +176,9 @@ mod tests {
     #[tokio::test]
     async fn reads_addresses_from_the_ready_line_and_terminates() {
         let process = BerthProcess::spawn(shell(
-            "echo starting; echo 'berth fake ready http=127.0.0.1:8080 grpc=[::1]:9'; \
-             trap 'echo bye; exit 0' TERM; while :; do sleep 0.05; done",
+            "trap 'echo bye; exit 0' TERM; echo starting; \
+             echo 'berth fake ready http=127.0.0.1:8080 grpc=[::1]:9'; \
+             while :; do sleep 0.05; done",
         ))
         .await;
         assert_eq!(process.role(), "fake");

@@ -5,6 +5,7 @@ mod apps;
 mod deployments;
 mod error;
 mod logs;
+mod ui;
 mod views;
 
 use std::sync::Arc;
@@ -27,7 +28,10 @@ async fn leader_gate(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path();
-    if !path.starts_with("/v1/") || path == "/v1/leader" {
+    // The UI goes to the leader too: its calls are same-origin, so a standby's redirect
+    // to another origin would fail there.
+    let leader_only = path.starts_with("/v1/") || path == "/" || path.starts_with("/ui");
+    if !leader_only || path == "/v1/leader" {
         return next.run(request).await;
     }
     match ctx.leadership() {
@@ -85,6 +89,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/health", get(views::health))
         .route("/metrics", get(views::metrics))
         .route("/v1/leader", get(views::leader))
+        .merge(ui::routes())
         .fallback(views::not_found)
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),

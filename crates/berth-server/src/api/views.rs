@@ -119,7 +119,9 @@ pub async fn leader(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
     Json(view)
 }
 
-/// `GET /v1/events?types=a,b&app=X&replay=N`: Server-Sent Events, one JSON event each.
+/// `GET /v1/events?types=a,b&app=X&replay=N[&named=false]`: Server-Sent Events, one JSON
+/// event each, its `event:` field the type; with `named=false` the field is left out, so
+/// a browser's `EventSource.onmessage` sees every type (the web UI listens that way).
 pub async fn events(
     State(ctx): State<Arc<Ctx>>,
     Query(q): Params,
@@ -143,11 +145,12 @@ pub async fn events(
     let rx = ctx.events.subscribe();
     let replay = ctx.events.recent(replay_n, &keep);
     let last_replayed = replay.last().map(|e| e.id).unwrap_or(0);
-    let to_sse = |e: &Event| {
-        SseEvent::default()
+    let named = q.get("named").is_none_or(|n| n != "false");
+    let to_sse = move |e: &Event| {
+        let event = SseEvent::default()
             .id(e.id.to_string())
-            .event(e.kind)
-            .data(serde_json::to_string(e).unwrap_or_default())
+            .data(serde_json::to_string(e).unwrap_or_default());
+        if named { event.event(e.kind) } else { event }
     };
     let head = tokio_stream::iter(replay.iter().map(to_sse).map(Ok).collect::<Vec<_>>());
     let live = BroadcastStream::new(rx).filter_map(move |r| match r {

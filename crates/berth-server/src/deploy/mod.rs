@@ -85,6 +85,13 @@ impl Deployments {
         self.lock().clear();
     }
 
+    /// Replaces what is tracked with what the store holds: a server that becomes leader
+    /// takes over the rolls its predecessor had in progress.
+    pub fn reload(&self, stored: Vec<Deployment>) {
+        self.lock().clear();
+        self.load(stored);
+    }
+
     pub fn active_for(&self, app: &AppId) -> Option<Deployment> {
         self.lock().get(app).map(|t| t.d.clone())
     }
@@ -222,19 +229,6 @@ pub async fn app_deleted(ctx: &Ctx, app: &AppId) {
             &t.d,
             "the app was deleted".into(),
         );
-    }
-}
-
-/// At the start of a term as leader: adopt what the store says is running (another
-/// server may have started it).
-pub async fn reload(ctx: &Ctx) {
-    match blocking(ctx, |s| s.list_deployments()).await {
-        Ok(stored) => ctx.deployments.load(stored),
-        Err(e) => ctx.events.emit(
-            "store_error",
-            NewEvent::default(),
-            format!("cannot read deployments; following only those known in memory: {e}"),
-        ),
     }
 }
 

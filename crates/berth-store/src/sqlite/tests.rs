@@ -128,10 +128,12 @@ fn a_store_from_before_deployments_is_migrated_and_keeps_its_apps() {
         let s = SqliteStore::open(&path).unwrap();
         s.create_app(&v).unwrap();
     }
-    // Make it look like a database written by a berth that knew apps and leases only.
+    // Make it look like a database written by a berth that knew only the first step.
     Connection::open(&path)
         .unwrap()
-        .execute_batch("DROP TABLE deployments; DELETE FROM schema_migrations WHERE version = 3;")
+        .execute_batch(
+            "DROP TABLE deployments; DROP TABLE leases; DELETE FROM schema_migrations WHERE version >= 2;",
+        )
         .unwrap();
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.list_apps().unwrap(), vec![v]);

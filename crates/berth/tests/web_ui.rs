@@ -1,0 +1,296 @@
+//! The web UI in a real browser (headless Chromium through ChromeDriver) against
+//! `berth dev`: create an app from a spec, watch it run, scale it, see live changes made
+//! elsewhere, get every bad field named, delete it.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_until};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// ChromeDriver on a free loopback port. Dropping it kills its whole process group, the
+/// browsers it started included, also when the test fails half-way.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+async fn chromedriver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver runs (scripts/test installs Debian's chromium-driver)");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("{url}/status");
+    wait_until("chromedriver answers", WAIT, || async {
+        reqwest::get(&status).await.is_ok()
+    })
+    .await;
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    // ChromeDriver speaks plain HTTP on loopback.
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Evaluates `expr` in the page.
+async fn eval(page: &Client, expr: &str) -> Value {
+    page.execute(&format!("return {expr};"), vec![])
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_page(page: &Client, what: &str, expr: &str) {
+    wait_until(what, WAIT, || async {
+        eval(page, expr).await == json!(true)
+    })
+    .await;
+}
+
+async fn running_text(page: &Client) -> String {
+    eval(
+        page,
+        "document.getElementById('running')?.textContent ?? ''",
+    )
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// Waits until the app has no deployment in progress (a change meanwhile gets 409).
+async fn deployment_done(app_url: &str) {
+    wait_until("the deployment done", WAIT, || async {
+        let app: Value = reqwest::get(app_url).await.unwrap().json().await.unwrap();
+        app["deployment"].is_null() || app["deployment"]["state"] == "succeeded"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn create_scale_watch_validate_and_delete_from_the_browser() {
+    let data = temp_dir();
+    let _reaper = InstanceReaper::new([data.path().join("agent")]);
+    let mut command = dev_command(BIN, data.path());
+    command.arg("--no-demo");
+    let dev = BerthProcess::spawn(command).await;
+    let api: SocketAddr = dev.addr("api");
+    let driver = chromedriver().await;
+    let profile = temp_dir();
+    let page = browser(&driver, profile.path()).await;
+
+    page.goto(&format!("http://{api}/")).await.unwrap();
+    wait_page(
+        &page,
+        "the empty app list",
+        "document.body.innerText.includes('No apps yet')",
+    )
+    .await;
+
+    // Create from the spec editor.
+    page.find(Locator::Id("nav-new"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_page(
+        &page,
+        "the spec editor",
+        "!!document.getElementById('spec-text')",
+    )
+    .await;
+    let spec = json!({
+        "id": "ui/hello",
+        "args": [BIN, "hello-app"],
+        "instances": 1,
+        "cpus": 0.1,
+        "mem": 32,
+        "ports": 1,
+        "health_checks": [{"protocol": "http", "path": "/healthz", "interval_seconds": 1, "timeout_seconds": 1}],
+    });
+    page.execute(
+        "document.getElementById('spec-text').value = arguments[0];",
+        vec![json!(serde_json::to_string_pretty(&spec).unwrap())],
+    )
+    .await
+    .unwrap();
+    page.find(Locator::Id("save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until("the app page shows 1/1 running", WAIT, || async {
+        running_text(&page).await == "1/1"
+    })
+    .await;
+
+    // Scale with the toolbar, once the first deployment is over (a change meanwhile would
+    // get 409, shown in the page).
+    let app_url = format!("http://{api}/v1/apps/ui/hello");
+    deployment_done(&app_url).await;
+    // The page redraws as events arrive, until the field has the focus: find it again if
+    // a redraw replaced it before the first keystroke.
+    wait_until("typed 2 into the scale field", WAIT, || async {
+        let Ok(input) = page.find(Locator::Id("scale-to")).await else {
+            return false;
+        };
+        input.clear().await.is_ok()
+            && input.send_keys("2").await.is_ok()
+            && input.prop("value").await.ok().flatten().as_deref() == Some("2")
+    })
+    .await;
+    page.find(Locator::Id("scale"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let scaled_in_page = tokio::time::timeout(WAIT, async {
+        while running_text(&page).await != "2/2" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if scaled_in_page.is_err() {
+        let body = eval(&page, "document.body.innerText").await;
+        let app: Value = reqwest::get(&app_url).await.unwrap().json().await.unwrap();
+        panic!(
+            "2/2 never shown after scaling in the page.\npage:\n{}\napp: {app}",
+            body.as_str().unwrap_or_default()
+        );
+    }
+    wait_page(
+        &page,
+        "two instance rows",
+        "document.querySelectorAll('tr[data-instance]').length === 2",
+    )
+    .await;
+
+    // A change made elsewhere (the API, as the CLI does) shows without a reload.
+    page.goto(&format!("http://{api}/ui/#/apps")).await.unwrap();
+    wait_page(
+        &page,
+        "the app in the list",
+        "!!document.querySelector('tr[data-app=\"ui/hello\"]')",
+    )
+    .await;
+    deployment_done(&app_url).await;
+    let scaled = reqwest::Client::new()
+        .post(format!("http://{api}/v1/apps/ui/hello/scale"))
+        .json(&json!({"instances": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert!(scaled.status().is_success());
+    wait_page(
+        &page,
+        "the list follows the event stream to 3/3",
+        "document.querySelector('tr[data-app=\"ui/hello\"] td.num')?.textContent === '3/3'",
+    )
+    .await;
+
+    // A bad spec: every problem is named, nothing changes.
+    page.goto(&format!("http://{api}/ui/#/edit/ui/hello"))
+        .await
+        .unwrap();
+    wait_page(
+        &page,
+        "the editor with the current spec",
+        "(document.getElementById('spec-text')?.value ?? '').includes('hello-app')",
+    )
+    .await;
+    let mut bad = spec.clone();
+    bad["cpus"] = json!(-1);
+    bad["instancez"] = json!(2);
+    page.execute(
+        "document.getElementById('spec-text').value = arguments[0];",
+        vec![json!(bad.to_string())],
+    )
+    .await
+    .unwrap();
+    page.find(Locator::Id("save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_page(&page, "the error names the bad field", "!document.getElementById('error').hidden && document.getElementById('error').textContent.includes('instancez')").await;
+    let version: Value = reqwest::get(format!("http://{api}/v1/apps/ui/hello"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        version["spec"]["instances"], 3,
+        "the bad spec changed nothing"
+    );
+
+    // Delete, confirming the browser's dialog.
+    deployment_done(&app_url).await;
+    page.goto(&format!("http://{api}/ui/#/apps/ui/hello"))
+        .await
+        .unwrap();
+    wait_page(&page, "the app page", "!!document.getElementById('delete')").await;
+    page.find(Locator::Id("delete"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.accept_alert().await.unwrap();
+    wait_page(
+        &page,
+        "back at an empty list",
+        "location.hash === '#/apps' && document.body.innerText.includes('No apps yet')",
+    )
+    .await;
+    page.close().await.unwrap();
+}

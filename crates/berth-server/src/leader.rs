@@ -225,6 +225,7 @@ fn step_down(ctx: &Arc<Ctx>, next: Leadership) {
     if let Some(term) = previous.term() {
         term.cancel();
         *ctx.lock_state() = RealState::default();
+        ctx.deployments.clear();
         ctx.events.emit(
             "leadership_lost",
             NewEvent::default(),

@@ -489,3 +489,36 @@ impl RealState {
         self.nodes.values().flat_map(|n| n.instances.values())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::health_change;
+    use berth_core::instance::InstanceState::*;
+
+    #[test]
+    fn health_changes_are_transitions_into_or_between_health_verdicts() {
+        assert_eq!(
+            health_change(Some(Running), Healthy).as_deref(),
+            Some("running -> healthy")
+        );
+        assert_eq!(
+            health_change(None, Healthy).as_deref(),
+            Some("new -> healthy")
+        );
+        assert_eq!(
+            health_change(Some(Healthy), Unhealthy).as_deref(),
+            Some("healthy -> unhealthy")
+        );
+        assert_eq!(
+            health_change(Some(Unhealthy), Healthy).as_deref(),
+            Some("unhealthy -> healthy")
+        );
+        assert_eq!(health_change(Some(Healthy), Healthy), None);
+        assert_eq!(
+            health_change(Some(Healthy), Stopping),
+            None,
+            "a stop is not a verdict"
+        );
+        assert_eq!(health_change(Some(Starting), Running), None);
+    }
+}

@@ -93,6 +93,12 @@ async fn event_types(s: &TestServer) -> Vec<String> {
 async fn a_roll_reports_each_step_and_succeeds() {
     let s = TestServer::start().await;
     let (a, v1) = healthy_v1(&s).await;
+    let sse = reqwest::get(s.url(
+        "/v1/events?app=web&types=deployment_started,deployment_step,deployment_succeeded,instance_health_changed",
+    ))
+    .await
+    .unwrap();
+    let mut sse = sse.bytes_stream();
     let (code, body) = put(&s, &spec("v2"), "").await;
     assert_eq!(code, 200, "{body}");
     let v2 = body["config_version"].as_u64().unwrap();
@@ -124,6 +130,26 @@ async fn a_roll_reports_each_step_and_succeeds() {
     ] {
         assert!(types.iter().any(|x| x == t), "{t} missing from {types:?}");
     }
+    // The same story on the SSE stream, in order.
+    let mut text = String::new();
+    while !text.contains("event: deployment_succeeded") {
+        use futures::StreamExt;
+        let chunk = tokio::time::timeout(WAIT, sse.next())
+            .await
+            .expect("SSE events")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"deployment_started"), "{text}");
+    assert!(kinds.contains(&"deployment_step"), "{text}");
+    assert!(kinds.contains(&"instance_health_changed"), "{text}");
+    assert!(text.contains(&format!("{id}: web succeeded")), "{text}");
+
     let (_, list) = s.get("/v1/deployments?app=web").await;
     assert_eq!(list["deployments"].as_array().unwrap().len(), 2);
     assert_eq!(list["deployments"][0]["id"], id.as_str(), "newest first");
@@ -357,8 +383,14 @@ async fn a_restarted_server_goes_on_with_the_roll_it_had_started() {
     let (_, body) = put(&s, &spec("v2"), "").await;
     let v2 = body["config_version"].as_u64().unwrap();
     let id = body["deployment"]["id"].as_str().unwrap().to_string();
-    wait_until("both v2 instances started", WAIT, || async {
+    wait_until("both v2 instances started and said so", WAIT, || async {
+        let d = deployment(&s, &id).await;
         versions_running(&a).iter().filter(|v| **v == v2).count() == 2
+            && steps(&d)
+                .iter()
+                .filter(|s| s.contains("starting new instance"))
+                .count()
+                == 2
     })
     .await;
     let running = a.running();

@@ -101,7 +101,7 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output");
     assert_eq!(v["apps"][0]["spec"]["id"], "shop/web");
 
-    let out = cli(&s, &["apps", "scale", "shop/web", "3"]).await;
+    let out = cli(&s, &["apps", "scale", "--wait", "shop/web", "3"]).await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("3 running", WAIT, || async { total() == 3 }).await;
 
@@ -443,4 +443,66 @@ async fn reqwest_get(url: &str) -> serde_json::Value {
         Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
         Err(_) => serde_json::Value::Null,
     }
+}
+
+/// A crash loop on the real agent: `deploy` fails with the exit code and stderr, and
+/// `apps show` tells why the app will not start: failures, backoff, last exit, stderr.
+#[tokio::test]
+async fn a_crash_loop_shows_its_exit_code_stderr_and_backoff() {
+    let data = tempfile::tempdir().unwrap();
+    let s = server(&data.path().join("server")).await;
+    let grpc = s.addr("grpc").to_string();
+    let agent_dir = data.path().join("agent");
+    let _agent = BerthProcess::start(
+        BIN,
+        &[
+            "agent",
+            "--server",
+            &grpc,
+            "--registry",
+            "127.0.0.1:9848",
+            "--registry-http",
+            "off",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "crash-node",
+        ],
+    )
+    .await;
+    let spec = write(
+        data.path(),
+        "crash.toml",
+        "id = \"crashy\"\ncmd = \"echo 'config file /etc/crashy.conf missing' >&2; exit 3\"\nmem = 16\nbackoff_seconds = 0.2\nbackoff_factor = 5.0\n",
+    );
+    let out = cli(&s, &["apps", "deploy", "--timeout", "60s", &spec]).await;
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("keep failing"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
+    assert!(out.stderr.contains("crashy.conf missing"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("failed: exited with code 3"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli(&s, &["apps", "show", "crashy"]).await;
+    assert!(out.ok, "{}", out.stderr);
+    for part in [
+        "failures:  3 in a row",
+        "backoff:   next launch in",
+        "exit code 3",
+        "stderr (last lines):",
+        "| config file /etc/crashy.conf missing",
+    ] {
+        assert!(
+            out.stdout.contains(part),
+            "{part} missing in:\n{}",
+            out.stdout
+        );
+    }
+    let out = cli(&s, &["apps", "rm", "crashy"]).await;
+    assert!(out.ok, "{}", out.stderr);
 }

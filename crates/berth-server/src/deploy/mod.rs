@@ -69,12 +69,20 @@ impl Deployments {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adopts the active deployments found in the store at start.
+    /// Adopts the active deployments found in the store (newest first), for apps that
+    /// have none in memory.
     pub fn load(&self, stored: Vec<Deployment>) {
         let mut active = self.lock();
         for d in stored.into_iter().filter(|d| d.state.is_active()) {
-            active.insert(d.app.clone(), Tracked::loaded(d));
+            active
+                .entry(d.app.clone())
+                .or_insert_with(|| Tracked::loaded(d));
         }
+    }
+
+    /// Forgets every deployment: this server no longer leads, another one follows them.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     /// Replaces what is tracked with what the store holds: a server that becomes leader

@@ -15,6 +15,11 @@ use crate::state::{NodeStatus, RealState};
 /// without waiting for its deadline: a crash-looping version will not get better.
 pub const CRASH_LOOP_FAILURES: u32 = 3;
 
+/// Without health checks, an instance counts as ready once it has stayed up this long:
+/// "running" alone would pass a program that exits at once, and the deployment would
+/// succeed before the crash loop shows.
+pub const MIN_UP_WITHOUT_CHECKS_MS: u64 = 1_000;
+
 /// A deployment being followed, with what was already said about each instance.
 pub struct Tracked {
     pub d: Deployment,
@@ -28,6 +33,8 @@ pub struct Tracked {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
+    /// When it was first seen up (running or healthy) without interruption.
+    up_since: Option<u64>,
     alive: bool,
     ready: bool,
     leaving: bool,
@@ -116,8 +123,17 @@ impl Tracked {
                     ));
                 }
                 p.active += 1;
-                let ready = inst.state == InstanceState::Healthy
-                    || (!checked && inst.state == InstanceState::Running);
+                if inst.state.is_up() {
+                    seen.up_since.get_or_insert(now_ms);
+                } else {
+                    seen.up_since = None;
+                }
+                let ready = if checked {
+                    inst.state == InstanceState::Healthy
+                } else {
+                    seen.up_since
+                        .is_some_and(|t| now_ms >= t + MIN_UP_WITHOUT_CHECKS_MS)
+                };
                 if ready {
                     p.ready += 1;
                     if !seen.ready {
@@ -128,15 +144,17 @@ impl Tracked {
             } else if inst.state.is_terminal() {
                 if seen.alive && !seen.gone && (seen.leaving || !is_target) {
                     seen.gone = true;
+                    // The agent's message usually says "stopped: ..." already.
+                    let how = if inst.message.is_empty() {
+                        "stopped".to_string()
+                    } else if inst.message.starts_with("stopped") {
+                        inst.message.clone()
+                    } else {
+                        format!("stopped: {}", inst.message)
+                    };
                     said.push(format!(
-                        "instance {} (version {}) stopped{}",
-                        inst.id,
-                        inst.version,
-                        if inst.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", inst.message)
-                        }
+                        "instance {} (version {}) {how}",
+                        inst.id, inst.version
                     ));
                 } else if is_target
                     && !requested
@@ -250,3 +268,6 @@ impl Tracked {
         (verdict, said)
     }
 }
+
+#[cfg(test)]
+mod tests;

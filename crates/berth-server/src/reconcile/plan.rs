@@ -181,6 +181,12 @@ pub fn plan(
                 ));
             }
         }
+        if step.start == 0 {
+            // Nothing to place: an earlier "cannot be placed" no longer applies.
+            if let Some(health) = state.apps.get_mut(id) {
+                health.why = None;
+            }
+        }
         if step.start > 0 {
             let need = step.start as u32;
             if let Some(wait) = backoff_wait(state, app, now) {

@@ -32,10 +32,14 @@ pub enum AppsCommand {
         #[arg(long)]
         no_rollback: bool,
     },
-    /// Set the number of instances.
+    /// Set the number of instances; with --wait, follow the deployment until done.
     Scale {
         app: String,
         instances: u32,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = super::parse_duration)]
+        timeout: Duration,
         /// Supersede a deployment of the app that is still running.
         #[arg(long)]
         force: bool,
@@ -219,30 +223,40 @@ pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         AppsCommand::Scale {
             app,
             instances,
+            wait,
+            timeout,
             force,
         } => {
+            let mut query = format!("?timeout={}ms", timeout.as_millis());
+            if force {
+                query.push_str("&force=true");
+            }
             let v = client
                 .call(
                     reqwest::Method::POST,
-                    &format!(
-                        "/v1/apps/{app}/scale{}",
-                        if force { "?force=true" } else { "" }
-                    ),
+                    &format!("/v1/apps/{app}/scale{query}"),
                     Some((
                         "application/json",
                         json!({ "instances": instances }).to_string(),
                     )),
                 )
                 .await?;
-            report(
-                &v,
-                json_out,
-                &format!(
-                    "{app} scaled to {instances} instance(s), version {} (deployment {})",
-                    s(&v["version"]),
-                    s(&v["deployment"]["id"])
-                ),
-            );
+            let id = s(&v["deployment"]["id"]);
+            if !wait {
+                report(
+                    &v,
+                    json_out,
+                    &format!(
+                        "{app} scaling to {instances} instance(s), version {} (deployment {id})",
+                        s(&v["version"]),
+                    ),
+                );
+            } else {
+                if !json_out {
+                    println!("{app} scaling to {instances} instance(s) (deployment {id})");
+                }
+                super::deployments::follow(&client, &id, timeout, json_out).await?;
+            }
         }
         AppsCommand::Restart {
             app,
@@ -478,7 +492,14 @@ async fn deploy(
         report(
             &accepted,
             json_out,
-            &format!("{app} accepted at version {}", s(&accepted["version"])),
+            &format!(
+                "{app} accepted at version {}{}",
+                s(&accepted["version"]),
+                accepted["deployment"]["id"]
+                    .as_str()
+                    .map(|id| format!("; deployment {id} (berth deployments watch {id})"))
+                    .unwrap_or_default()
+            ),
         );
         return Ok(());
     }

@@ -218,6 +218,11 @@ pub async fn follow(
         printed = steps.len();
         last_step = steps.last().cloned();
         let app = s(&d["app"]);
+        let ended = !matches!(d["state"].as_str(), Some("running" | "rolling_back"));
+        if ended && json_out && d["state"] != "succeeded" {
+            // Scripts get the whole record; the exit status still says it failed.
+            print_json(&d);
+        }
         match d["state"].as_str() {
             Some("succeeded") => {
                 if json_out {

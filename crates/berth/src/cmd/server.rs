@@ -47,6 +47,10 @@ pub struct Args {
     /// Time between SIGTERM and SIGKILL, sent with stops [default: 10s].
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
+    /// Deadline of a deployment whose change does not set one (`timeout=`); past it the
+    /// deployment fails and rolls back [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    deployment_timeout: Option<String>,
     /// File holding a PostgreSQL URL (`postgres://USER:PASS@HOST:PORT/DB`): keep desired
     /// state there instead of SQLite in --data-dir (several servers can share it). Or set
     /// BERTH_SERVER_POSTGRES_URL [default: none, SQLite].
@@ -88,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("hello_timeout", args.hello_timeout)
         .set("stop_drain", args.stop_drain)
         .set("stop_grace", args.stop_grace)
+        .set("deployment_timeout", args.deployment_timeout)
         .set("max_body_bytes", args.max_body_bytes)
         .set("leader_lease", args.leader_lease)
         .set("advertise_url", args.advertise_url)

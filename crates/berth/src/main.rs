@@ -52,6 +52,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
+    /// Show the router's route table: every route with its endpoints and their state.
+    Routes(cmd::routes::Args),
 
     // Tools.
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,
             Command::Services(args) => cmd::services::run(args, cli.global.output).await,
+            Command::Routes(args) => cmd::routes::run(args, cli.global.output).await,
             Command::Router(args) => cmd::router::run(*args).await,
             Command::Server(args) => cmd::server::run(*args).await,
             Command::Apps(c) => cmd::apps::run(c, &cli.global).await,

@@ -106,8 +106,19 @@ pub fn service_entries(svc: &pb::Service) -> Vec<RouteEntry> {
             (true, Some(w)) => inst.ip.parse::<IpAddr>().ok().and_then(|ip| {
                 let port = u16::try_from(inst.port).ok().filter(|p| *p != 0)?;
                 let mut e = EndpointSpec::new(SocketAddr::new(ip, port)).with_weight(w);
-                e.instance_id = (!inst.id.is_empty()).then(|| inst.id.clone());
-                e.app = Some(svc.name.clone());
+                // Berth's own instances say which app and instance they are; other
+                // clients' instances are named by the registry.
+                e.instance_id = inst
+                    .metadata
+                    .get("berth.instance")
+                    .cloned()
+                    .or_else(|| (!inst.id.is_empty()).then(|| inst.id.clone()));
+                e.app = Some(
+                    inst.metadata
+                        .get("berth.app")
+                        .cloned()
+                        .unwrap_or_else(|| svc.name.clone()),
+                );
                 e.http2 = inst
                     .metadata
                     .get(META_PROTOCOL)

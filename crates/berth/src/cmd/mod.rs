@@ -10,6 +10,7 @@ pub mod hello_app;
 pub mod logs;
 pub mod registry;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod services;
 

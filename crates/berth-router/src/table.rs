@@ -179,6 +179,9 @@ type HostRoutes = Arc<Vec<Arc<Pool>>>;
 /// unioned by address (the last one wins).
 type Merged<'a> = HashMap<&'a RouteKey, (LbAlgorithm, Vec<&'a EndpointSpec>)>;
 
+/// One merged route: key, balancing algorithm, endpoints.
+type MergedRoute<'a> = (&'a RouteKey, LbAlgorithm, Vec<&'a EndpointSpec>);
+
 fn merge<'a>(
     entries: impl IntoIterator<Item = &'a RouteEntry>,
     wanted: impl Fn(&RouteKey) -> bool,
@@ -278,8 +281,7 @@ impl RouteTable {
         generation: u64,
     ) -> Self {
         let merged = merge(entries, |k| keys.contains(k));
-        let mut by_host: HashMap<&str, Vec<(&RouteKey, LbAlgorithm, Vec<&EndpointSpec>)>> =
-            HashMap::new();
+        let mut by_host: HashMap<&str, Vec<MergedRoute<'_>>> = HashMap::new();
         for k in keys {
             by_host.entry(k.host.as_str()).or_default();
         }

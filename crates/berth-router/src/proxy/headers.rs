@@ -121,7 +121,7 @@ pub fn add_forwarded(
 fn request_start() -> HeaderValue {
     thread_local! {
         static LAST: RefCell<(u64, HeaderValue)> =
-            RefCell::new((0, HeaderValue::from_static("0")));
+            const { RefCell::new((0, HeaderValue::from_static("0"))) };
     }
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

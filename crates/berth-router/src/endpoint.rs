@@ -103,6 +103,8 @@ pub struct Endpoint {
     pub stats: Arc<EndpointStats>,
     /// Cached `spec.sticky_id()`, compared on every sticky request.
     pub sticky_id: String,
+    /// Cached address text for the access log.
+    pub addr_text: String,
 }
 
 impl Endpoint {
@@ -127,10 +129,12 @@ impl StatsRegistry {
             .or_default()
             .clone();
         let sticky_id = spec.sticky_id();
+        let addr_text = spec.addr.to_string();
         Arc::new(Endpoint {
             spec,
             stats,
             sticky_id,
+            addr_text,
         })
     }
 
@@ -140,6 +144,14 @@ impl StatsRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|addr, stats| live.contains(addr) || Arc::strong_count(stats) > 1);
+    }
+
+    /// Forgets counters no table and no request holds any more.
+    pub fn forget_unused(&self) {
+        self.by_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, stats| Arc::strong_count(stats) > 1);
     }
 
     pub fn len(&self) -> usize {

@@ -53,10 +53,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let info = ConnInfo { remote, scheme };
+        let info = Arc::new(ConnInfo::new(remote, scheme));
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
         });
         let builder = builder.clone();
         match &tls {

@@ -132,10 +132,87 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// An immutable table: host -> routes ordered by longest path prefix first.
+/// The pool of one merged route: `previous`'s when nothing about the route changed (its
+/// round-robin position is kept), else a new one.
+fn pool_for(
+    previous: Option<&RouteTable>,
+    key: &RouteKey,
+    lb: LbAlgorithm,
+    mut eps: Vec<&EndpointSpec>,
+    stats: &StatsRegistry,
+) -> Arc<Pool> {
+    eps.sort_by_key(|e| e.addr);
+    let unchanged = previous
+        .and_then(|t| t.hosts.get(key.host.as_str()))
+        .and_then(|pools| pools.iter().find(|p| p.key == *key))
+        .filter(|p| {
+            p.lb == lb
+                && p.endpoints.len() == eps.len()
+                && p.endpoints.iter().zip(&eps).all(|(a, b)| a.spec == **b)
+        });
+    if let Some(pool) = unchanged {
+        return pool.clone();
+    }
+    let eps: Vec<Arc<Endpoint>> = eps
+        .into_iter()
+        .map(|spec| stats.endpoint(spec.clone()))
+        .collect();
+    Arc::new(Pool::new(key.clone(), lb, eps))
+}
+
+/// The shared name of a host, reusing `previous`'s allocation when it has the host.
+fn host_name(previous: Option<&RouteTable>, host: &str) -> Arc<str> {
+    previous
+        .and_then(|t| t.hosts.get_key_value(host))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| Arc::from(host))
+}
+
+fn sort_pools(pools: &mut [Arc<Pool>]) {
+    pools.sort_by_key(|p| std::cmp::Reverse(p.key.path.as_str().len()));
+}
+
+/// The routes of one host, longest path prefix first.
+type HostRoutes = Arc<Vec<Arc<Pool>>>;
+
+/// Entries sharing a key, merged: the last non-default balancing algorithm, and endpoints
+/// unioned by address (the last one wins).
+type Merged<'a> = HashMap<&'a RouteKey, (LbAlgorithm, Vec<&'a EndpointSpec>)>;
+
+/// One merged route: key, balancing algorithm, endpoints.
+type MergedRoute<'a> = (&'a RouteKey, LbAlgorithm, Vec<&'a EndpointSpec>);
+
+fn merge<'a>(
+    entries: impl IntoIterator<Item = &'a RouteEntry>,
+    wanted: impl Fn(&RouteKey) -> bool,
+) -> Merged<'a> {
+    // Borrowed keys, hash maps and short vectors: this runs on every swap, so each key
+    // and endpoint is cloned at most once, and only for routes that changed.
+    let mut merged: Merged<'a> = HashMap::new();
+    for entry in entries {
+        if !wanted(&entry.key) {
+            continue;
+        }
+        let slot = merged.entry(&entry.key).or_default();
+        if entry.lb != LbAlgorithm::default() {
+            slot.0 = entry.lb;
+        }
+        for ep in &entry.endpoints {
+            match slot.1.iter_mut().find(|e| e.addr == ep.addr) {
+                Some(existing) => *existing = ep,
+                None => slot.1.push(ep),
+            }
+        }
+    }
+    merged
+}
+
+/// An immutable table: host -> routes ordered by longest path prefix first. Host routes
+/// are shared between generations, so a new generation that changes a few routes copies
+/// reference counts, not routes.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    hosts: HashMap<String, Vec<Arc<Pool>>>,
+    hosts: HashMap<Arc<str>, HostRoutes>,
     generation: u64,
     routes: usize,
     endpoints: usize,
@@ -161,60 +238,87 @@ impl RouteTable {
         generation: u64,
         previous: Option<&RouteTable>,
     ) -> Self {
-        // Borrowed keys, hash maps and short vectors: this runs on every swap, over every
-        // route, so each key and endpoint is cloned exactly once.
-        let mut merged: HashMap<&RouteKey, (LbAlgorithm, Vec<&EndpointSpec>)> = HashMap::new();
-        for entry in entries {
-            let slot = merged.entry(&entry.key).or_default();
-            if entry.lb != LbAlgorithm::default() {
-                slot.0 = entry.lb;
-            }
-            for ep in &entry.endpoints {
-                match slot.1.iter_mut().find(|e| e.addr == ep.addr) {
-                    Some(existing) => *existing = ep,
-                    None => slot.1.push(ep),
+        let merged = merge(entries, |_| true);
+        let mut hosts: HashMap<Arc<str>, Vec<Arc<Pool>>> = HashMap::new();
+        let mut endpoints = 0;
+        let routes = merged.len();
+        for (key, (lb, eps)) in merged {
+            endpoints += eps.len();
+            let pool = pool_for(previous, key, lb, eps, stats);
+            match hosts.get_mut(key.host.as_str()) {
+                Some(list) => list.push(pool),
+                None => {
+                    let name = host_name(previous, key.host.as_str());
+                    hosts.insert(name, vec![pool]);
                 }
             }
         }
-        let mut hosts: HashMap<String, Vec<Arc<Pool>>> = HashMap::new();
-        let mut live = HashSet::new();
-        let mut endpoints = 0;
-        let routes = merged.len();
-        for (key, (lb, mut eps)) in merged {
-            endpoints += eps.len();
-            eps.sort_by_key(|e| e.addr);
-            let unchanged = previous
-                .and_then(|t| t.hosts.get(key.host.as_str()))
-                .and_then(|pools| pools.iter().find(|p| p.key == *key))
-                .filter(|p| {
-                    p.lb == lb
-                        && p.endpoints.len() == eps.len()
-                        && p.endpoints.iter().zip(&eps).all(|(a, b)| a.spec == **b)
-                });
-            if let Some(pool) = unchanged {
-                live.extend(eps.iter().map(|e| e.addr));
-                hosts
-                    .entry(key.host.as_str().to_string())
-                    .or_default()
-                    .push(pool.clone());
-                continue;
-            }
-            let eps: Vec<Arc<Endpoint>> = eps
-                .into_iter()
-                .map(|spec| {
-                    live.insert(spec.addr);
-                    stats.endpoint(spec.clone())
-                })
-                .collect();
-            hosts
-                .entry(key.host.as_str().to_string())
+        let hosts = hosts
+            .into_iter()
+            .map(|(h, mut pools)| {
+                sort_pools(&mut pools);
+                (h, Arc::new(pools))
+            })
+            .collect();
+        stats.forget_unused();
+        RouteTable {
+            hosts,
+            generation,
+            routes,
+            endpoints,
+        }
+    }
+
+    /// A new generation where only the routes in `keys` are recomputed from `entries`
+    /// (every entry of every source; those with other keys are skipped). Work is
+    /// proportional to the changed routes plus one pass over the entries and one copy of
+    /// the host index, not to rebuilding every route.
+    pub fn patch<'a>(
+        &self,
+        keys: &HashSet<RouteKey>,
+        entries: impl IntoIterator<Item = &'a RouteEntry>,
+        stats: &StatsRegistry,
+        generation: u64,
+    ) -> Self {
+        let merged = merge(entries, |k| keys.contains(k));
+        let mut by_host: HashMap<&str, Vec<MergedRoute<'_>>> = HashMap::new();
+        for k in keys {
+            by_host.entry(k.host.as_str()).or_default();
+        }
+        for (key, (lb, eps)) in merged {
+            by_host
+                .entry(key.host.as_str())
                 .or_default()
-                .push(Arc::new(Pool::new(key.clone(), lb, eps)));
+                .push((key, lb, eps));
         }
-        for pools in hosts.values_mut() {
-            pools.sort_by_key(|p| std::cmp::Reverse(p.key.path.as_str().len()));
+        let mut hosts = self.hosts.clone();
+        let mut routes = self.routes;
+        let mut endpoints = self.endpoints;
+        for (host, fresh) in by_host {
+            let mut pools: Vec<Arc<Pool>> = Vec::new();
+            if let Some(old) = self.hosts.get(host) {
+                for p in old.iter() {
+                    if keys.contains(&p.key) {
+                        routes -= 1;
+                        endpoints -= p.endpoints.len();
+                    } else {
+                        pools.push(p.clone());
+                    }
+                }
+            }
+            for (key, lb, eps) in fresh {
+                routes += 1;
+                endpoints += eps.len();
+                pools.push(pool_for(Some(self), key, lb, eps, stats));
+            }
+            if pools.is_empty() {
+                hosts.remove(host);
+            } else {
+                sort_pools(&mut pools);
+                hosts.insert(host_name(Some(self), host), Arc::new(pools));
+            }
         }
-        stats.retain(&live);
+        stats.forget_unused();
         RouteTable {
             hosts,
             generation,
@@ -226,11 +330,12 @@ impl RouteTable {
     /// Finds the route for a request: exact host first, then wildcards one label at a
     /// time; within a host the longest matching path prefix.
     pub fn lookup(&self, host: &Host, path: &str) -> Option<&Arc<Pool>> {
-        host.lookup_candidates().find_map(|candidate| {
-            self.hosts
-                .get(&candidate)?
-                .iter()
-                .find(|p| p.key.path.matches(path))
+        let in_host = |h: &str| self.hosts.get(h)?.iter().find(|p| p.key.path.matches(path));
+        // The exact host without building candidate strings; wildcards only on a miss.
+        in_host(host.as_str()).or_else(|| {
+            host.lookup_candidates()
+                .skip(1)
+                .find_map(|candidate| in_host(&candidate))
         })
     }
 
@@ -251,7 +356,7 @@ impl RouteTable {
         let mut out: Vec<RouteView> = self
             .hosts
             .values()
-            .flatten()
+            .flat_map(|pools| pools.iter())
             .map(|p| RouteView {
                 route: p.key.to_string(),
                 lb: p.lb,
@@ -464,6 +569,48 @@ mod tests {
         assert_eq!(e1.stats.requests(), 1);
         drop(guard);
         assert_eq!(e1.stats.in_flight(), 0);
+    }
+
+    #[test]
+    fn patch_recomputes_changed_routes_like_a_full_build() {
+        let stats = StatsRegistry::default();
+        let a = entry("a.example", &[1]);
+        let bx = entry("b.example/x", &[2]);
+        let b = entry("b.example", &[3]);
+        let t1 = RouteTable::build(&[a.clone(), bx.clone(), b.clone()], &stats, 1);
+        // b.example/x gains an endpoint, a.example goes away, c.example is new.
+        let bx2 = entry("b.example/x", &[2, 4]);
+        let c = entry("c.example", &[5]);
+        let keys: HashSet<RouteKey> = [a.key.clone(), bx.key.clone(), c.key.clone()].into();
+        let now = [bx2, b, c];
+        let t2 = t1.patch(&keys, &now, &stats, 2);
+        let full = RouteTable::build(&now, &stats, 3);
+        assert_eq!(t2.generation(), 2);
+        assert_eq!(t2.route_count(), full.route_count());
+        assert_eq!(t2.endpoint_count(), full.endpoint_count());
+        let shape = |t: &RouteTable| -> Vec<(String, Vec<SocketAddr>)> {
+            t.view()
+                .into_iter()
+                .map(|r| (r.route, r.endpoints.iter().map(|e| e.addr).collect()))
+                .collect()
+        };
+        assert_eq!(shape(&t2), shape(&full));
+        assert!(t2.lookup(&host("a.example"), "/").is_none());
+        assert_eq!(
+            t2.lookup(&host("b.example"), "/x/y")
+                .unwrap()
+                .endpoints
+                .len(),
+            2
+        );
+        // The untouched route keeps its pool (and its balancing position).
+        assert!(Arc::ptr_eq(
+            t1.lookup(&host("b.example"), "/").unwrap(),
+            t2.lookup(&host("b.example"), "/").unwrap()
+        ));
+        // The old generation is unchanged for readers still holding it.
+        assert_eq!(t1.route_count(), 3);
+        assert!(t1.lookup(&host("a.example"), "/").is_some());
     }
 
     #[test]

@@ -6,16 +6,21 @@
 //! is woken per request. If the writer falls behind past `MAX_BUFFER`, lines are dropped
 //! and counted rather than growing memory.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::endpoint::Endpoint;
+use crate::route::Host;
 
 const MAX_BUFFER: usize = 8 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -44,7 +49,8 @@ pub struct AccessRecord<'a> {
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
-    pub backend: Option<SocketAddr>,
+    /// The backend's address as text.
+    pub backend: Option<&'a str>,
     pub request_id: &'a str,
     pub router_error: Option<&'static str>,
     pub complete: bool,
@@ -52,29 +58,108 @@ pub struct AccessRecord<'a> {
 
 impl AccessRecord<'_> {
     fn write_line(&self, out: &mut Vec<u8>) {
-        let _ = write!(
-            out,
-            "{} {} {}{} status={} bytes={} duration_ms={:.3} backend=",
-            humantime::format_rfc3339_millis(SystemTime::now()),
-            self.method,
-            self.host,
-            self.path,
-            self.status,
-            self.bytes,
-            self.duration.as_secs_f64() * 1000.0,
-        );
-        let _ = match self.backend {
-            Some(b) => write!(out, "{b}"),
-            None => write!(out, "-"),
-        };
-        let _ = write!(out, " request_id={}", self.request_id);
+        write_timestamp(out);
+        out.push(b' ');
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" status=");
+        push_int(out, u64::from(self.status));
+        out.extend_from_slice(b" bytes=");
+        push_int(out, self.bytes);
+        // Milliseconds with three decimals, from integer microseconds (no float
+        // formatting on the request path).
+        let micros = (self.duration.as_nanos() + 500) / 1000;
+        out.extend_from_slice(b" duration_ms=");
+        push_int(out, (micros / 1000) as u64);
+        out.push(b'.');
+        let frac = (micros % 1000) as u16;
+        out.extend_from_slice(&[
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        out.extend_from_slice(b" backend=");
+        out.extend_from_slice(self.backend.unwrap_or("-").as_bytes());
+        out.extend_from_slice(b" request_id=");
+        out.extend_from_slice(self.request_id.as_bytes());
         if let Some(e) = self.router_error {
-            let _ = write!(out, " router_error={e}");
+            out.extend_from_slice(b" router_error=");
+            out.extend_from_slice(e.as_bytes());
         }
         if !self.complete {
             out.extend_from_slice(b" incomplete");
         }
         out.push(b'\n');
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, n: u64) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(n).as_bytes());
+}
+
+/// Writes the RFC 3339 UTC time with milliseconds (`2026-01-02T03:04:05.678Z`). The
+/// date-and-seconds part is formatted once per second per thread and reused.
+fn write_timestamp(out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
+    }
+    let now = SystemTime::now();
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            // `YYYY-MM-DDTHH:MM:SS.mmmZ`: keep up to and including the dot.
+            let full = humantime::format_rfc3339_millis(now).to_string();
+            if full.len() != 24 {
+                // Outside years 0000-9999: no caching, write it whole.
+                out.extend_from_slice(full.as_bytes());
+                return;
+            }
+            cached.1.copy_from_slice(&full.as_bytes()[..20]);
+            cached.0 = secs;
+        }
+        out.extend_from_slice(&cached.1);
+        let ms = since.subsec_millis() as u16;
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
+    });
+}
+
+/// What a proxied response logs when its body ends: owned, cheaply cloned parts of the
+/// request (no string copies on the request path).
+pub struct AccessLine {
+    pub sink: AccessSink,
+    pub method: Method,
+    pub host: Host,
+    pub path: PathAndQuery,
+    pub status: u16,
+    pub backend: Arc<Endpoint>,
+    pub request_id: HeaderValue,
+    pub start: Instant,
+}
+
+impl AccessLine {
+    pub fn log(&self, bytes: u64, complete: bool) {
+        self.sink.record(&AccessRecord {
+            method: self.method.as_str(),
+            host: self.host.as_str(),
+            path: self.path.as_str(),
+            status: self.status,
+            bytes,
+            duration: self.start.elapsed(),
+            backend: Some(&self.backend.addr_text),
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            router_error: None,
+            complete,
+        });
     }
 }
 
@@ -182,7 +267,7 @@ mod tests {
                 status,
                 bytes: 12,
                 duration: Duration::from_millis(3),
-                backend: Some("127.0.0.1:9".parse().unwrap()),
+                backend: Some("127.0.0.1:9"),
                 request_id: "rid",
                 router_error: (status == 502).then_some("endpoint_failure"),
                 complete: true,
@@ -198,6 +283,15 @@ mod tests {
             "{text}"
         );
         assert!(lines[1].contains("router_error=endpoint_failure"), "{text}");
+        assert!(
+            lines[0].contains("duration_ms=3.000 backend=127.0.0.1:9"),
+            "{text}"
+        );
+        // RFC 3339 UTC with milliseconds.
+        let ts = lines[0].split(' ').next().unwrap();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+        humantime::parse_rfc3339(ts).unwrap();
     }
 
     #[test]

@@ -15,6 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::access::AccessLine;
+use super::pool::Checkin;
 use crate::endpoint::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +36,18 @@ pub struct RequestBody {
 pub struct RetryableBody {
     slot: Option<Slot>,
     hint: SizeHint,
+}
+
+impl RequestBody {
+    /// A body with nothing in it.
+    pub fn empty() -> Self {
+        RequestBody {
+            slot: None,
+            taken: None,
+            hint: SizeHint::with_exact(0),
+            end: true,
+        }
+    }
 }
 
 impl RetryableBody {
@@ -114,10 +128,6 @@ impl Body for RequestBody {
     }
 }
 
-/// Called once when a response body finishes or is dropped: bytes sent, and whether it
-/// completed.
-pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send + Sync>;
-
 /// What the router sends back to the client.
 pub struct ResponseBody {
     kind: Kind,
@@ -126,7 +136,10 @@ pub struct ResponseBody {
     idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
     bytes: u64,
     done: bool,
-    on_end: Option<OnEnd>,
+    /// Logged once when the body finishes or is dropped.
+    access: Option<AccessLine>,
+    /// The backend connection, returned to its pool when the body ends cleanly.
+    checkin: Option<Checkin>,
     _slot: Option<InFlight>,
 }
 
@@ -144,10 +157,16 @@ impl ResponseBody {
         Self::new(Kind::Full(None))
     }
 
-    pub fn backend(body: Incoming, idle_timeout: Option<Duration>, slot: InFlight) -> Self {
+    pub fn backend(
+        body: Incoming,
+        idle_timeout: Option<Duration>,
+        slot: InFlight,
+        checkin: Option<Checkin>,
+    ) -> Self {
         let mut b = Self::new(Kind::Backend(body));
         b.idle = idle_timeout.map(|d| (d, None));
         b._slot = Some(slot);
+        b.checkin = checkin;
         b
     }
 
@@ -157,21 +176,26 @@ impl ResponseBody {
             idle: None,
             bytes: 0,
             done: false,
-            on_end: None,
+            access: None,
+            checkin: None,
             _slot: None,
         }
     }
 
-    pub fn on_end(mut self, f: OnEnd) -> Self {
-        self.on_end = Some(f);
+    /// Logs `line` with the bytes sent once the body ends.
+    pub fn with_access(mut self, line: AccessLine) -> Self {
+        self.access = Some(line);
         self
     }
 
     fn finish(&mut self, complete: bool) {
         self.done = true;
         self._slot = None;
-        if let Some(f) = self.on_end.take() {
-            f(self.bytes, complete);
+        if let Some(c) = self.checkin.take() {
+            c.release(complete);
+        }
+        if let Some(line) = self.access.take() {
+            line.log(self.bytes, complete);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Header rewriting between client and backend: hop-by-hop stripping (both ways),
 //! `X-Forwarded-*`, request ids and `X-Request-Start`.
 
-use std::net::IpAddr;
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +19,11 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 /// names. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so a WebSocket
 /// handshake can pass through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (standard names compare
+    // as integers) instead of a hashed removal per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -56,6 +61,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// True when an HTTP/1.1 request asks to switch protocols (WebSocket and friends).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -67,32 +84,56 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Adds the forwarding headers a backend needs to see the original request.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, scheme: &str, host: &str) {
+/// Adds the forwarding headers a backend needs to see the original request. `client_ip`
+/// is the peer address as text (built once per connection), `host` the request authority.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    scheme: &'static str,
+    host: &HeaderValue,
+) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_string(),
+        Some(prev) if !prev.trim().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO)
-        && let Ok(v) = HeaderValue::from_str(scheme)
-    {
-        headers.insert(&X_FORWARDED_PROTO, v);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(&X_FORWARDED_HOST, v);
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
     }
     if !headers.contains_key(&X_REQUEST_START) {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        headers.insert(&X_REQUEST_START, HeaderValue::from(ms as u64));
+        headers.insert(&X_REQUEST_START, request_start());
     }
+}
+
+/// `X-Request-Start`: Unix milliseconds. Many requests share a millisecond under load, so
+/// each thread keeps the last value and clones it (a reference count, no formatting).
+fn request_start() -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((0, HeaderValue::from_static("0"))) };
+    }
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    LAST.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if last.0 != ms {
+            *last = (ms, HeaderValue::from(ms));
+        }
+        last.1.clone()
+    })
 }
 
 /// Keeps a sane incoming `X-Request-Id`, otherwise generates one (UUID v4 text form).
@@ -203,10 +244,25 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", "a.example");
+        add_forwarded(
+            &mut h,
+            &HeaderValue::from_static("127.0.0.1"),
+            "http",
+            &HeaderValue::from_static("a.example"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");
+        let mut fresh = HeaderMap::new();
+        add_forwarded(
+            &mut fresh,
+            &HeaderValue::from_static("::1"),
+            "https",
+            &HeaderValue::from_static("b.example:8080"),
+        );
+        assert_eq!(fresh["x-forwarded-for"], "::1");
+        assert_eq!(fresh["x-forwarded-proto"], "https");
+        assert_eq!(fresh["x-forwarded-host"], "b.example:8080");
         assert!(
             h["x-request-start"]
                 .to_str()

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod body;
 pub mod headers;
+pub mod pool;
 pub mod reject;
 mod upgrade;
 
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,9 +26,10 @@ use crate::metrics::RouterMetrics;
 use crate::route::Host;
 use crate::store::RouteStore;
 use crate::table::Pool;
-use access::{AccessRecord, AccessSink};
+use access::{AccessLine, AccessRecord, AccessSink};
 use body::{RequestBody, ResponseBody, RetryableBody};
 use headers::X_REQUEST_ID;
+use pool::{Checkin, Http1Pool};
 pub use reject::Reject;
 
 /// Cookie gorouter uses to pin a session to one instance; kept for compatibility.
@@ -64,15 +67,30 @@ impl Default for ProxyConfig {
 }
 
 /// Per-connection facts the engine needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub scheme: &'static str,
+    /// The client address as `X-Forwarded-For` text, built once per connection.
+    client_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, scheme: &'static str) -> Self {
+        let client_ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            remote,
+            scheme,
+            client_ip,
+        }
+    }
 }
 
 pub struct Proxy {
     store: Arc<RouteStore>,
-    client: Client<HttpConnector, RequestBody>,
+    /// HTTP/1.1 endpoints (the common case): a direct keep-alive pool.
+    http1: Http1Pool,
     /// For endpoints that speak HTTP/2 without TLS (prior knowledge).
     client_h2: Client<HttpConnector, RequestBody>,
     cfg: ProxyConfig,
@@ -87,17 +105,15 @@ impl Proxy {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
-        let builder = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(cfg.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_max_idle_per_host(1024)
-                .set_host(false)
-                .http2_only(h2)
-                .build(http.clone())
-        };
-        let (client, client_h2) = (builder(false), builder(true));
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(1024)
+            .set_host(false)
+            .http2_only(true)
+            .build(http);
+        let http1 = Http1Pool::new(cfg.connect_timeout, cfg.idle_timeout, 1024);
         let access = if cfg.access_log {
             AccessSink::Log
         } else {
@@ -105,7 +121,7 @@ impl Proxy {
         };
         Proxy {
             store,
-            client,
+            http1,
             client_h2,
             access,
             cfg,
@@ -118,7 +134,7 @@ impl Proxy {
         self
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         self.metrics.requests.inc();
         let resp = self.route(req, conn, start).await;
@@ -130,29 +146,31 @@ impl Proxy {
     async fn route(
         &self,
         mut req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         start: Instant,
     ) -> Response<ResponseBody> {
         let authority = request_authority(&req);
         let request_id = headers::ensure_request_id(req.headers_mut());
-        let method = req.method().clone();
         let path_and_query = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".to_string());
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut rejecting = Rejecting {
-            method: method.as_str(),
+            method: req.method().as_str(),
             host: "",
-            path: &path_and_query,
+            path: path_and_query.as_str(),
             request_id: &request_id,
             start,
         };
-        let Some(host) = authority.as_deref().and_then(Host::from_request_authority) else {
+        let host = authority
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .and_then(Host::from_request_authority);
+        let (Some(host), Some(authority)) = (host, authority) else {
             return self.reject(Reject::EmptyHost, rejecting);
         };
         rejecting.host = host.as_str();
-        let authority = authority.unwrap_or_default();
         let pool: Arc<Pool> = match self.store.load().lookup(&host, req.uri().path()) {
             Some(p) => p.clone(),
             None => return self.reject(Reject::UnknownRoute, rejecting),
@@ -160,6 +178,7 @@ impl Proxy {
         if pool.endpoints.is_empty() {
             return self.reject(Reject::NoEndpoints, rejecting);
         }
+        let method = req.method().clone();
 
         let is_upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
@@ -167,19 +186,19 @@ impl Proxy {
         let sticky = headers::cookie(req.headers(), STICKY_COOKIE).map(str::to_string);
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, is_upgrade);
-        headers::add_forwarded(
-            &mut parts.headers,
-            conn.remote.ip(),
-            conn.scheme,
-            &authority,
-        );
-        if let Ok(v) = HeaderValue::from_str(&authority) {
-            parts.headers.insert(header::HOST, v);
-        }
+        headers::add_forwarded(&mut parts.headers, &conn.client_ip, conn.scheme, &authority);
+        parts.headers.insert(header::HOST, authority);
         let body = RetryableBody::new(body);
+        let rejecting = Rejecting {
+            method: method.as_str(),
+            host: host.as_str(),
+            path: path_and_query.as_str(),
+            request_id: &request_id,
+            start,
+        };
 
         let max_attempts = (self.cfg.max_attempts.max(1) as usize).min(pool.endpoints.len());
-        let mut tried: Vec<SocketAddr> = Vec::with_capacity(max_attempts);
+        let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
         let mut attempts = 0;
         while attempts < max_attempts {
             let Some(ep) = pool.pick(&tried, sticky.as_deref()) else {
@@ -193,39 +212,50 @@ impl Proxy {
             if attempts > 1 {
                 self.metrics.retries.inc();
             }
-            let uri: Uri = match format!("http://{}{}", ep.addr(), path_and_query).parse() {
-                Ok(u) => u,
-                Err(_) => return self.reject(Reject::EndpointFailure, rejecting),
-            };
             let mut breq = Request::new(body.attempt());
-            *breq.method_mut() = parts.method.clone();
-            *breq.uri_mut() = uri;
-            *breq.headers_mut() = parts.headers.clone();
-            // Upgrades need HTTP/1.1 whatever the endpoint prefers.
-            let client = if ep.spec.http2 && !is_upgrade {
-                *breq.version_mut() = Version::HTTP_2;
-                &self.client_h2
+            *breq.method_mut() = method.clone();
+            // The last possible attempt takes the headers; earlier ones copy them.
+            *breq.headers_mut() = if attempts == max_attempts {
+                std::mem::take(&mut parts.headers)
             } else {
-                *breq.version_mut() = Version::HTTP_11;
-                &self.client
+                parts.headers.clone()
             };
-
-            let sent =
-                tokio::time::timeout(self.cfg.response_header_timeout, client.request(breq)).await;
+            // Upgrades need HTTP/1.1 whatever the endpoint prefers.
+            let h2 = ep.spec.http2 && !is_upgrade;
+            let sent = if h2 {
+                let uri: Uri = match format!("http://{}{}", ep.addr(), path_and_query).parse() {
+                    Ok(u) => u,
+                    Err(_) => return self.reject(Reject::EndpointFailure, rejecting),
+                };
+                *breq.uri_mut() = uri;
+                *breq.version_mut() = Version::HTTP_2;
+                let fut = self.client_h2.request(breq);
+                tokio::time::timeout(self.cfg.response_header_timeout, fut)
+                    .await
+                    .map(|r| r.map(|resp| (resp, None)).map_err(BackendError::H2))
+            } else {
+                *breq.uri_mut() = Uri::from(path_and_query.clone());
+                *breq.version_mut() = Version::HTTP_11;
+                let fut = self.http1.send(ep.addr(), breq);
+                tokio::time::timeout(self.cfg.response_header_timeout, fut)
+                    .await
+                    .map(|r| r.map(|(resp, c)| (resp, Some(c))).map_err(BackendError::H1))
+            };
             match sent {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, checkin))) => {
                     ep.stats.mark_ok();
                     return self.respond(
                         resp,
-                        &ep,
+                        checkin,
+                        ep,
                         slot,
                         client_upgrade,
                         Responding {
                             sticky: sticky.as_deref(),
-                            request_id: &request_id,
-                            host: host.as_str(),
-                            method: parts.method.as_str(),
-                            path: &path_and_query,
+                            request_id,
+                            host,
+                            method,
+                            path: path_and_query,
                             start,
                         },
                     );
@@ -263,7 +293,8 @@ impl Proxy {
     fn respond(
         &self,
         resp: Response<Incoming>,
-        ep: &Arc<Endpoint>,
+        checkin: Option<Checkin>,
+        ep: Arc<Endpoint>,
         slot: crate::endpoint::InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         r: Responding<'_>,
@@ -290,23 +321,26 @@ impl Proxy {
         }
         let status = parts.status.as_u16();
         let mut body = if let (Some(client), Some(backend)) = (client_upgrade, backend_upgrade) {
+            // The connection now belongs to the tunnel; it never goes back to the pool.
+            drop(checkin);
             upgrade::tunnel(client, backend, slot, self.cfg.idle_timeout);
             ResponseBody::empty()
         } else {
-            ResponseBody::backend(body, Some(self.cfg.idle_timeout), slot)
+            // A 101 the client did not ask for cannot be reused either.
+            let checkin = checkin.filter(|_| !switching);
+            ResponseBody::backend(body, Some(self.cfg.idle_timeout), slot, checkin)
         };
         if self.access.enabled() {
-            let line = AccessLine {
+            body = body.with_access(AccessLine {
                 sink: self.access.clone(),
-                method: r.method.to_string(),
-                host: r.host.to_string(),
-                path: r.path.to_string(),
+                method: r.method,
+                host: r.host,
+                path: r.path,
                 status,
-                backend: ep.addr(),
-                request_id: r.request_id.to_str().unwrap_or("-").to_string(),
+                backend: ep,
+                request_id: r.request_id,
                 start: r.start,
-            };
-            body = body.on_end(Box::new(move |bytes, complete| line.log(bytes, complete)));
+            });
         }
         Response::from_parts(parts, body)
     }
@@ -329,12 +363,30 @@ impl Proxy {
     }
 }
 
+/// A failed backend exchange, from either client.
+#[derive(Debug, thiserror::Error)]
+enum BackendError {
+    #[error(transparent)]
+    H1(pool::SendError),
+    #[error(transparent)]
+    H2(hyper_util::client::legacy::Error),
+}
+
+impl BackendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            BackendError::H1(e) => e.is_connect(),
+            BackendError::H2(e) => e.is_connect(),
+        }
+    }
+}
+
 struct Responding<'a> {
     sticky: Option<&'a str>,
-    request_id: &'a HeaderValue,
-    host: &'a str,
-    method: &'a str,
-    path: &'a str,
+    request_id: HeaderValue,
+    host: Host,
+    method: Method,
+    path: PathAndQuery,
     start: Instant,
 }
 
@@ -347,44 +399,22 @@ struct Rejecting<'a> {
     start: Instant,
 }
 
-struct AccessLine {
-    sink: AccessSink,
-    method: String,
-    host: String,
-    path: String,
-    status: u16,
-    backend: SocketAddr,
-    request_id: String,
-    start: Instant,
-}
-
-impl AccessLine {
-    fn log(&self, bytes: u64, complete: bool) {
-        self.sink.record(&AccessRecord {
-            method: &self.method,
-            host: &self.host,
-            path: &self.path,
-            status: self.status,
-            bytes,
-            duration: self.start.elapsed(),
-            backend: Some(self.backend),
-            request_id: &self.request_id,
-            router_error: None,
-            complete,
-        });
-    }
-}
-
-/// `:authority` for HTTP/2 and absolute-form requests, else the `Host` header.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
+/// `:authority` for HTTP/2 and absolute-form requests, else the `Host` header (a cheap
+/// clone of the received value).
+fn request_authority<B>(req: &Request<B>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    let v = req.headers().get(header::HOST)?;
+    let text = v.to_str().ok()?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        None
+    } else if trimmed.len() == text.len() {
+        Some(v.clone())
+    } else {
+        HeaderValue::from_str(trimmed).ok()
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -7,7 +7,7 @@
 //! broken stream the last table stays in service and the client reconnects with backoff,
 //! resuming from the last revision it applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,10 +144,22 @@ pub fn service_entries(svc: &pb::Service) -> Vec<RouteEntry> {
     by_key.into_values().collect()
 }
 
-/// The registry's routes, kept per service so a change re-derives only that service.
+/// The registry's routes, kept per service so a change re-derives only that service, and
+/// the services changed since the store last saw them.
 #[derive(Debug, Default)]
 pub struct RegistryRoutes {
     per_service: HashMap<String, Vec<RouteEntry>>,
+    pending: Pending,
+}
+
+#[derive(Debug, Default)]
+enum Pending {
+    #[default]
+    Nothing,
+    /// These services changed (or were deleted).
+    Services(HashSet<String>),
+    /// A snapshot replaced everything.
+    All,
 }
 
 impl RegistryRoutes {
@@ -160,16 +172,24 @@ impl RegistryRoutes {
                     self.per_service
                         .insert(service_key(&s), service_entries(&s));
                 }
+                self.pending = Pending::All;
                 true
             }
             Some(pb::watch_event::Kind::Change(change)) => match change.service {
-                Some(s) if change.deleted => {
-                    self.per_service.remove(&service_key(&s));
-                    true
-                }
                 Some(s) => {
-                    self.per_service
-                        .insert(service_key(&s), service_entries(&s));
+                    let key = service_key(&s);
+                    if change.deleted {
+                        self.per_service.remove(&key);
+                    } else {
+                        self.per_service.insert(key.clone(), service_entries(&s));
+                    }
+                    match &mut self.pending {
+                        Pending::All => {}
+                        Pending::Services(set) => {
+                            set.insert(key);
+                        }
+                        p @ Pending::Nothing => *p = Pending::Services(HashSet::from([key])),
+                    }
                     true
                 }
                 None => false,
@@ -181,6 +201,27 @@ impl RegistryRoutes {
     /// Every route of every service (the table merges keys shared by several services).
     pub fn entries(&self) -> Vec<RouteEntry> {
         self.per_service.values().flatten().cloned().collect()
+    }
+
+    /// Hands the changes since the last flush to the store: only the changed services'
+    /// routes, or everything after a snapshot. Returns false when there was nothing.
+    pub fn flush(&mut self, store: &RouteStore) -> bool {
+        match std::mem::take(&mut self.pending) {
+            Pending::Nothing => false,
+            Pending::All => {
+                let items = self.per_service.iter().map(|(k, v)| (k.clone(), v.clone()));
+                store.set_items(SOURCE_REGISTRY, true, items);
+                true
+            }
+            Pending::Services(set) => {
+                let items = set.into_iter().map(|k| {
+                    let entries = self.per_service.get(&k).cloned().unwrap_or_default();
+                    (k, entries)
+                });
+                store.set_items(SOURCE_REGISTRY, false, items);
+                true
+            }
+        }
     }
 }
 
@@ -272,9 +313,7 @@ async fn watch_once(
                     }
                 }
                 Ok(None) => {
-                    if changed {
-                        store.set_source(SOURCE_REGISTRY, services.entries());
-                    }
+                    services.flush(store);
                     return if applied || changed {
                         Ok(true)
                     } else {
@@ -282,9 +321,7 @@ async fn watch_once(
                     };
                 }
                 Err(s) => {
-                    if changed {
-                        store.set_source(SOURCE_REGISTRY, services.entries());
-                    }
+                    services.flush(store);
                     return Err(format!("{}: {}", s.code(), s.message()));
                 }
             }
@@ -293,8 +330,7 @@ async fn watch_once(
                 None => break,
             }
         }
-        if changed {
-            store.set_source(SOURCE_REGISTRY, services.entries());
+        if services.flush(store) {
             applied = true;
         }
     }
@@ -419,6 +455,54 @@ mod tests {
         assert_eq!(svcs.entries()[0].endpoints.len(), 2);
         svcs.apply(change(true, vec![]));
         assert!(svcs.entries().is_empty());
+    }
+
+    #[test]
+    fn flush_hands_only_changed_services_to_the_store() {
+        let store = RouteStore::new();
+        let mut svcs = RegistryRoutes::default();
+        assert!(!svcs.flush(&store));
+        let ra = [(META_ROUTES, "a.example")];
+        let rb = [(META_ROUTES, "b.example")];
+        svcs.apply(pb::WatchEvent {
+            revision: 1,
+            kind: Some(pb::watch_event::Kind::Snapshot(pb::Snapshot {
+                services: vec![
+                    service("a", vec![instance(1, true, &ra)]),
+                    service("b", vec![instance(2, true, &rb)]),
+                ],
+            })),
+        });
+        assert!(svcs.flush(&store));
+        assert!(!svcs.flush(&store));
+        let host = |h: &str| crate::route::Host::from_request_authority(h).unwrap();
+        let before = store.load_full();
+        assert_eq!(before.route_count(), 2);
+        let change = |deleted, inst: Vec<pb::Instance>| pb::WatchEvent {
+            revision: 2,
+            kind: Some(pb::watch_event::Kind::Change(pb::ServiceChange {
+                service: Some(service("a", inst)),
+                deleted,
+            })),
+        };
+        svcs.apply(change(
+            false,
+            vec![instance(1, true, &ra), instance(3, true, &ra)],
+        ));
+        assert!(svcs.flush(&store));
+        let t = store.load_full();
+        assert_eq!(
+            t.lookup(&host("a.example"), "/").unwrap().endpoints.len(),
+            2
+        );
+        assert!(Arc::ptr_eq(
+            before.lookup(&host("b.example"), "/").unwrap(),
+            t.lookup(&host("b.example"), "/").unwrap()
+        ));
+        svcs.apply(change(true, vec![]));
+        assert!(svcs.flush(&store));
+        assert_eq!(store.load().route_count(), 1);
+        assert!(store.load().lookup(&host("a.example"), "/").is_none());
     }
 
     #[test]

@@ -103,9 +103,7 @@ impl ClusterConfig {
         let d = Self::default();
         let peers: Vec<PeerAddr> = layers.get_or("peers", Vec::new())?;
         let peers: Vec<String> = peers.into_iter().map(|p| p.0).collect();
-        let advertise = layers
-            .get::<PeerAddr>("cluster_advertise")?
-            .map(|a| a.0);
+        let advertise = layers.get::<PeerAddr>("cluster_advertise")?.map(|a| a.0);
         let c = Self {
             peers,
             secret: layers.secret("cluster_secret")?,

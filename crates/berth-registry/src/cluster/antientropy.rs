@@ -50,7 +50,7 @@ impl Cache {
 pub fn content_checksum(svc: &Service) -> u64 {
     let mut s = svc.clone();
     s.revision = 0;
-    fnv1a(&wire::to_json(&s), 0xcbf2_9ce4_8422_2325)
+    fnv1a(&wire::service_json(&s), 0xcbf2_9ce4_8422_2325)
 }
 
 /// Sends this member's checksums to its peers forever.

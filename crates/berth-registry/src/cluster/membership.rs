@@ -192,7 +192,11 @@ pub async fn run(c: Arc<Cluster>) {
     let mut tick = tokio::time::interval(c.options.heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Replies must come back well within one period, or rounds would pile up.
-    let timeout = c.options.rpc_timeout.min(c.options.heartbeat.max(std::time::Duration::from_millis(50)));
+    let timeout = c.options.rpc_timeout.min(
+        c.options
+            .heartbeat
+            .max(std::time::Duration::from_millis(50)),
+    );
     loop {
         tick.tick().await;
         let beat = own_beat(&c);

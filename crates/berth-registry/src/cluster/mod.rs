@@ -156,7 +156,11 @@ impl Cluster {
     }
 
     /// Spawns heartbeats, the start-up load, replication and anti-entropy.
-    pub fn run(self: &Arc<Self>, token: &CancellationToken, spawn: impl Fn(BoxFuture<'static, ()>)) {
+    pub fn run(
+        self: &Arc<Self>,
+        token: &CancellationToken,
+        spawn: impl Fn(BoxFuture<'static, ()>),
+    ) {
         let outbox = self
             .outbox_rx
             .lock()
@@ -199,7 +203,9 @@ impl Cluster {
         stamp: Stamp,
     ) -> bool {
         if self.is_loaded() && self.registry.owns(&key) {
-            self.stats.replicated_ignored.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .replicated_ignored
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
         {
@@ -209,7 +215,9 @@ impl Cluster {
                 && old.incarnation == stamp.incarnation
                 && old.revision > stamp.revision
             {
-                self.stats.replicated_ignored.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .replicated_ignored
+                    .fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             stamps.insert(key.clone(), stamp);
@@ -223,7 +231,9 @@ impl Cluster {
             .await
         {
             Ok(_) => {
-                self.stats.replicated_applied.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .replicated_applied
+                    .fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(e) => {

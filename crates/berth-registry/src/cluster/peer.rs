@@ -91,7 +91,11 @@ impl Peer {
         }
     }
 
-    pub async fn heartbeat(&self, beat: pb::Beat, timeout: Duration) -> Result<pb::Beat, ClusterError> {
+    pub async fn heartbeat(
+        &self,
+        beat: pb::Beat,
+        timeout: Duration,
+    ) -> Result<pb::Beat, ClusterError> {
         let mut c = self.client.clone();
         self.call(timeout, c.heartbeat(beat)).await
     }

@@ -98,7 +98,10 @@ pub async fn run(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Change>) {
 
 async fn send_loop(c: Arc<Cluster>, e: Arc<PeerEntry>) {
     let timeout = c.options.rpc_timeout * 4;
-    let backoff = c.options.heartbeat.max(std::time::Duration::from_millis(100));
+    let backoff = c
+        .options
+        .heartbeat
+        .max(std::time::Duration::from_millis(100));
     loop {
         if e.queue.lock().is_empty() {
             e.queue.notify.notified().await;
@@ -158,7 +161,11 @@ async fn send_loop(c: Arc<Cluster>, e: Arc<PeerEntry>) {
 }
 
 /// Sends the current state of `keys` to one peer now (anti-entropy repairs).
-pub async fn push_now(c: &Cluster, e: &PeerEntry, keys: Vec<ServiceKey>) -> Result<(), super::ClusterError> {
+pub async fn push_now(
+    c: &Cluster,
+    e: &PeerEntry,
+    keys: Vec<ServiceKey>,
+) -> Result<(), super::ClusterError> {
     for chunk in keys.chunks(BATCH) {
         let states = chunk
             .iter()

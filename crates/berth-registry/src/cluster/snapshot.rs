@@ -55,7 +55,10 @@ pub async fn load(c: Arc<Cluster>) {
                 .iter()
                 .any(|s| s.healthy && s.id.as_deref().is_some_and(|id| id < c.id()));
             if !loaded_peer && !lower_peer {
-                tracing::warn!(rounds, "no loaded peer answered; this member declares itself loaded");
+                tracing::warn!(
+                    rounds,
+                    "no loaded peer answered; this member declares itself loaded"
+                );
                 c.set_loaded();
                 return;
             }

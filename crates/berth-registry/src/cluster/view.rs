@@ -183,25 +183,125 @@ pub fn metrics(c: &Cluster, reg: &mut PromRegistry) {
         pending += p;
         lag = lag.max(oldest);
     }
-    gauge(reg, "cluster_loaded", "1 once this member loaded its start-up snapshot", u64::from(c.is_loaded()));
-    gauge(reg, "cluster_members", "Members in the ownership view", view.len() as u64);
-    gauge(reg, "cluster_owned_services", "Services this member owns", owned as u64);
-    gauge(reg, "cluster_replication_pending", "Service states waiting to be replicated (all peers)", pending as u64);
-    gauge(reg, "cluster_replication_lag_ms", "Age of the oldest state waiting to be replicated", lag);
+    gauge(
+        reg,
+        "cluster_loaded",
+        "1 once this member loaded its start-up snapshot",
+        u64::from(c.is_loaded()),
+    );
+    gauge(
+        reg,
+        "cluster_members",
+        "Members in the ownership view",
+        view.len() as u64,
+    );
+    gauge(
+        reg,
+        "cluster_owned_services",
+        "Services this member owns",
+        owned as u64,
+    );
+    gauge(
+        reg,
+        "cluster_replication_pending",
+        "Service states waiting to be replicated (all peers)",
+        pending as u64,
+    );
+    gauge(
+        reg,
+        "cluster_replication_lag_ms",
+        "Age of the oldest state waiting to be replicated",
+        lag,
+    );
     let st = &c.stats;
-    gauge(reg, "cluster_replication_last_batch_lag_ms", "Apply-to-ack time of the last replicated batch", st.lag_ms_last.load(Ordering::Relaxed));
-    counter(reg, "cluster_replication_lag_ms_sum", "Sum of apply-to-ack times of replicated batches", &st.lag_ms_sum);
-    counter(reg, "cluster_replication_batches", "Replicated batches acknowledged", &st.lag_count);
-    counter(reg, "cluster_replicated_sent", "Service states replicated to peers", &st.replicated_sent);
-    counter(reg, "cluster_replicate_failures", "Replication sends that failed (retried)", &st.replicate_failures);
-    counter(reg, "cluster_replicated_applied", "Replicated states applied here", &st.replicated_applied);
-    counter(reg, "cluster_replicated_ignored", "Replicated states ignored (owned here or older)", &st.replicated_ignored);
-    counter(reg, "cluster_forwarded_out", "Writes forwarded to their owner", &st.forwarded_out);
-    counter(reg, "cluster_forward_failures", "Forwards that failed (applied locally)", &st.forward_failures);
-    counter(reg, "cluster_forwarded_in", "Writes other members forwarded here", &st.forwarded_in);
-    counter(reg, "cluster_sync_rounds", "Anti-entropy rounds sent", &st.sync_rounds);
-    counter(reg, "cluster_sync_repaired", "Services repaired by anti-entropy", &st.sync_repaired);
-    counter(reg, "cluster_sync_dropped", "Services dropped because their owner no longer has them", &st.sync_dropped);
-    counter(reg, "cluster_sync_failures", "Anti-entropy exchanges that failed", &st.sync_failures);
-    counter(reg, "cluster_membership_changes", "Changes of the ownership view", &st.membership_changes);
+    gauge(
+        reg,
+        "cluster_replication_last_batch_lag_ms",
+        "Apply-to-ack time of the last replicated batch",
+        st.lag_ms_last.load(Ordering::Relaxed),
+    );
+    counter(
+        reg,
+        "cluster_replication_lag_ms_sum",
+        "Sum of apply-to-ack times of replicated batches",
+        &st.lag_ms_sum,
+    );
+    counter(
+        reg,
+        "cluster_replication_batches",
+        "Replicated batches acknowledged",
+        &st.lag_count,
+    );
+    counter(
+        reg,
+        "cluster_replicated_sent",
+        "Service states replicated to peers",
+        &st.replicated_sent,
+    );
+    counter(
+        reg,
+        "cluster_replicate_failures",
+        "Replication sends that failed (retried)",
+        &st.replicate_failures,
+    );
+    counter(
+        reg,
+        "cluster_replicated_applied",
+        "Replicated states applied here",
+        &st.replicated_applied,
+    );
+    counter(
+        reg,
+        "cluster_replicated_ignored",
+        "Replicated states ignored (owned here or older)",
+        &st.replicated_ignored,
+    );
+    counter(
+        reg,
+        "cluster_forwarded_out",
+        "Writes forwarded to their owner",
+        &st.forwarded_out,
+    );
+    counter(
+        reg,
+        "cluster_forward_failures",
+        "Forwards that failed (applied locally)",
+        &st.forward_failures,
+    );
+    counter(
+        reg,
+        "cluster_forwarded_in",
+        "Writes other members forwarded here",
+        &st.forwarded_in,
+    );
+    counter(
+        reg,
+        "cluster_sync_rounds",
+        "Anti-entropy rounds sent",
+        &st.sync_rounds,
+    );
+    counter(
+        reg,
+        "cluster_sync_repaired",
+        "Services repaired by anti-entropy",
+        &st.sync_repaired,
+    );
+    counter(
+        reg,
+        "cluster_sync_dropped",
+        "Services dropped because their owner no longer has them",
+        &st.sync_dropped,
+    );
+    counter(
+        reg,
+        "cluster_sync_failures",
+        "Anti-entropy exchanges that failed",
+        &st.sync_failures,
+    );
+    counter(
+        reg,
+        "cluster_membership_changes",
+        "Changes of the ownership view",
+        &st.membership_changes,
+    );
 }

@@ -59,10 +59,12 @@ async fn two_members_replicate_both_ways() {
         h.registry()
             .submit(Op::Register {
                 instance: Instance::new(&s, "10.0.0.1", n, DEFAULT_CLUSTER),
-                service: s,
+                service: s.clone(),
             })
             .await
             .unwrap();
+        // Read-your-writes on the member written through, owner or not.
+        assert_eq!(h.registry().get(&s).map(|s| s.instances.len()), Some(1));
     }
     wait("every service on both members", || {
         handles.iter().all(|h| h.registry().counts().1 == 20)

@@ -113,6 +113,8 @@ pub struct Cluster {
     /// Last stamp applied per key (see [`Stamp`]).
     stamps: Mutex<HashMap<ServiceKey, Stamp>>,
     pub(crate) checksums: antientropy::Cache,
+    /// This member itself, for futures that outlive a borrow of it.
+    me: std::sync::Weak<Cluster>,
 }
 
 impl Cluster {
@@ -121,7 +123,8 @@ impl Cluster {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let incarnation = rand::random::<u64>() | 1;
         let members = Members::new(&options);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             options,
             incarnation,
             registry,
@@ -263,10 +266,18 @@ impl ClusterLink for Cluster {
         let from = self.id().to_string();
         let timeout = self.options.rpc_timeout;
         let stats = self.stats.clone();
+        let me = self.me.clone();
         Box::pin(async move {
             match peer.forward(&from, &write, timeout).await {
-                Ok(reply) => {
+                Ok((reply, state)) => {
                     stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                    // The owner's resulting state, applied here before the client hears
+                    // back: it then reads its own write on this member.
+                    if let (Some(state), Some(me)) = (state, me.upgrade())
+                        && let Ok((key, svc, stamp)) = wire::decode_state(&state)
+                    {
+                        me.apply_replicated(key, svc, stamp).await;
+                    }
                     Some(reply)
                 }
                 Err(e) => {

@@ -105,18 +105,19 @@ impl Peer {
         from: &str,
         write: &Forwarded,
         timeout: Duration,
-    ) -> Result<ForwardedReply, ClusterError> {
+    ) -> Result<(ForwardedReply, Option<pb::ServiceState>), ClusterError> {
         let mut c = self.client.clone();
         let req = pb::ForwardRequest {
             from: from.to_string(),
             request: wire::to_json(write),
         };
         let reply = self.call(timeout, c.forward(req)).await?;
-        wire::from_json(&reply.reply).map_err(|message| ClusterError::BadPayload {
+        let result = wire::from_json(&reply.reply).map_err(|message| ClusterError::BadPayload {
             peer: self.dial.clone(),
             what: "forward reply",
             message,
-        })
+        })?;
+        Ok((result, reply.state))
     }
 
     pub async fn replicate(

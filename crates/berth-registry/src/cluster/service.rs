@@ -12,7 +12,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::peer::{MAX_MESSAGE, SECRET_HEADER};
-use super::{Cluster, antientropy, membership, snapshot, wire};
+use super::{Cluster, Stamp, antientropy, membership, snapshot, wire};
 use crate::core::{Forwarded, ForwardedReply};
 
 #[derive(Clone)]
@@ -68,8 +68,22 @@ impl ClusterRpc for PeerService {
             .forwarded_in
             .fetch_add(1, Ordering::Relaxed);
         let r = &self.cluster.registry;
+        let mut state = None;
         let reply = match write {
-            Forwarded::Op(op) => ForwardedReply::Op(r.submit_local(op).await.map(|_| ())),
+            Forwarded::Op(op) => ForwardedReply::Op(match r.submit_local(op).await {
+                Ok(applied) => {
+                    state = applied.change.map(|c| {
+                        let stamp = Stamp {
+                            origin: self.cluster.id().to_string(),
+                            incarnation: self.cluster.incarnation,
+                            revision: c.revision,
+                        };
+                        wire::encode_state(&c.key, c.service.as_deref(), &stamp)
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
             Forwarded::Beat {
                 service,
                 ip,
@@ -83,6 +97,7 @@ impl ClusterRpc for PeerService {
         };
         Ok(Response::new(pb::ForwardReply {
             reply: wire::to_json(&reply),
+            state,
         }))
     }
 

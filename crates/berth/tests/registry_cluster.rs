@@ -216,7 +216,7 @@ async fn owner_killed_restarted_empty_and_expiry_everywhere() {
     c.kill(victim).await;
     let survivors: Vec<usize> = c.alive();
     let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(u64::try_from(cluster_support::BEAT_TIMEOUT_MS).unwrap() + 2_000);
+        + Duration::from_millis(cluster_support::BEAT_TIMEOUT_MS + 2_000);
     while tokio::time::Instant::now() < deadline {
         for &i in &survivors {
             for (svc, set) in &want {
@@ -310,4 +310,50 @@ async fn partitioned_member_rejoins_and_no_live_instance_is_lost() {
     for b in beaters {
         b.stop().await;
     }
+}
+
+#[tokio::test]
+async fn bad_cluster_settings_are_named() {
+    let dir = berth_testkit::temp_dir();
+    let run = |extra: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let out = tokio::process::Command::new(cluster_support::BIN)
+                .args([
+                    "registry",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                ])
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(extra)
+                .output()
+                .await
+                .expect("run berth");
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).to_string()
+        }
+    };
+    let err = run(vec!["--peers".into(), "127.0.0.1:9848,nowhere".into()]).await;
+    assert!(err.contains("peers") && err.contains("nowhere"), "{err}");
+    // Peers without a cluster secret: refused, the message says which flag to give.
+    let err = run(vec!["--peers".into(), "127.0.0.1:9848".into()]).await;
+    assert!(err.contains("cluster-secret-file"), "{err}");
+    let short = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(short.path(), "short").unwrap();
+    let err = run(vec![
+        "--peers".into(),
+        "127.0.0.1:9848".into(),
+        "--cluster-secret-file".into(),
+        short.path().display().to_string(),
+    ])
+    .await;
+    assert!(err.contains("cluster secret is 5 bytes"), "{err}");
+    let err = run(vec!["--cluster-heartbeat".into(), "often".into()]).await;
+    assert!(
+        err.contains("cluster_heartbeat") && err.contains("often"),
+        "{err}"
+    );
 }

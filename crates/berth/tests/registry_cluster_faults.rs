@@ -56,7 +56,8 @@ async fn random_kills_restarts_and_partitions_lose_no_live_instance() {
         beaters.push(Beater::start(&c.http, via, &svc, "10.9.0.1", next_port).await);
         next_port += 1;
     }
-    c.wait_converged("start", &expected(&beaters), Duration::from_secs(10)).await;
+    c.wait_converged("start", &expected(&beaters), Duration::from_secs(10))
+        .await;
 
     for round in 0..ROUNDS {
         let victim = rng.below(3) as usize;
@@ -66,7 +67,10 @@ async fn random_kills_restarts_and_partitions_lose_no_live_instance() {
             0 | 1 => {
                 // Kill; clients of the dead member fail over to another member.
                 let wipe = fault == 1;
-                println!("round {round}: kill node{victim}, restart it {}", if wipe { "empty" } else { "with its data" });
+                println!(
+                    "round {round}: kill node{victim}, restart it {}",
+                    if wipe { "empty" } else { "with its data" }
+                );
                 c.kill(victim).await;
                 for b in &beaters {
                     if *b.via.lock().unwrap() == c.nodes[victim].http {
@@ -75,7 +79,16 @@ async fn random_kills_restarts_and_partitions_lose_no_live_instance() {
                 }
                 if rng.below(2) == 0 {
                     let via = c.nodes[others[0]].http;
-                    beaters.push(Beater::start(&c.http, via, &format!("rnd-{}", rng.below(4)), "10.9.0.2", next_port).await);
+                    beaters.push(
+                        Beater::start(
+                            &c.http,
+                            via,
+                            &format!("rnd-{}", rng.below(4)),
+                            "10.9.0.2",
+                            next_port,
+                        )
+                        .await,
+                    );
                     next_port += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
@@ -88,7 +101,16 @@ async fn random_kills_restarts_and_partitions_lose_no_live_instance() {
                 // A client registers on the cut-off side too.
                 if rng.below(2) == 0 {
                     let via = c.nodes[victim].http;
-                    beaters.push(Beater::start(&c.http, via, &format!("rnd-{}", rng.below(4)), "10.9.0.3", next_port).await);
+                    beaters.push(
+                        Beater::start(
+                            &c.http,
+                            via,
+                            &format!("rnd-{}", rng.below(4)),
+                            "10.9.0.3",
+                            next_port,
+                        )
+                        .await,
+                    );
                     next_port += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(hold)).await;
@@ -102,8 +124,12 @@ async fn random_kills_restarts_and_partitions_lose_no_live_instance() {
             b.stop().await;
         }
         c.wait_all_loaded(3).await;
-        c.wait_converged(&format!("round {round} (seed {seed})"), &expected(&beaters), Duration::from_secs(15))
-            .await;
+        c.wait_converged(
+            &format!("round {round} (seed {seed})"),
+            &expected(&beaters),
+            Duration::from_secs(15),
+        )
+        .await;
     }
     for b in beaters {
         b.stop().await;

@@ -142,7 +142,7 @@ pub async fn receive(c: &Cluster, list: pb::ChecksumList) -> Result<pb::WantedKe
         listed.insert(key);
     }
     let view = c.members.view();
-    if *view == list.members && view.iter().any(|m| *m == list.from) {
+    if *view == list.members && view.contains(&list.from) {
         let (_, services) = c.registry.snapshot();
         for s in services {
             if listed.contains(&s.key)

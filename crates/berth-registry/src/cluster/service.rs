@@ -20,32 +20,37 @@ pub struct PeerService {
     cluster: Arc<Cluster>,
 }
 
-/// The service with its secret check, ready for the gRPC server.
-pub fn server(
-    cluster: Arc<Cluster>,
-) -> tonic::service::interceptor::InterceptedService<
-    ClusterServer<PeerService>,
-    impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone,
-> {
-    let secret = cluster.options.secret.clone();
-    let check = move |req: Request<()>| {
+/// Refuses peer calls without the cluster secret.
+#[derive(Clone)]
+pub struct RequireSecret(Arc<str>);
+
+impl tonic::service::Interceptor for RequireSecret {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let given = req
             .metadata()
             .get(SECRET_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if crate::auth::same(given, &secret) {
+        if crate::auth::same(given, &self.0) {
             Ok(req)
         } else {
             Err(Status::unauthenticated(
                 "peer calls need the cluster secret (cluster_secret_file) in x-berth-cluster-secret",
             ))
         }
-    };
+    }
+}
+
+pub type Server =
+    tonic::service::interceptor::InterceptedService<ClusterServer<PeerService>, RequireSecret>;
+
+/// The service with its secret check, ready for the gRPC server.
+pub fn server(cluster: Arc<Cluster>) -> Server {
+    let secret = RequireSecret(Arc::from(cluster.options.secret.as_str()));
     let svc = ClusterServer::new(PeerService { cluster })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tonic::service::interceptor::InterceptedService::new(svc, check)
+    tonic::service::interceptor::InterceptedService::new(svc, secret)
 }
 
 type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::StateBatch, Status>> + Send>>;

@@ -131,9 +131,9 @@ impl Cluster {
         }
         let mut links = BTreeMap::new();
         for from in 0..n {
-            for to in 0..n {
+            for (to, target) in grpcs.iter().enumerate() {
                 if from != to {
-                    links.insert((from, to), Link::start(grpcs[to]).await);
+                    links.insert((from, to), Link::start(*target).await);
                 }
             }
         }

@@ -57,6 +57,8 @@ impl PeerEntry {
 pub struct Members {
     peers: Vec<Arc<PeerEntry>>,
     view: ArcSwap<Vec<String>>,
+    /// When the view last changed (ownership handovers are settling until a while after).
+    changed_at: Mutex<Instant>,
     missed_beats: u32,
 }
 
@@ -91,6 +93,7 @@ impl Members {
         Self {
             peers,
             view: ArcSwap::from_pointee(Vec::new()),
+            changed_at: Mutex::new(Instant::now()),
             missed_beats: options.missed_beats.max(1),
         }
     }
@@ -109,6 +112,14 @@ impl Members {
     /// member once loaded.
     pub fn view(&self) -> Arc<Vec<String>> {
         self.view.load_full()
+    }
+
+    /// Time since the view last changed.
+    pub fn since_change(&self) -> std::time::Duration {
+        self.changed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// The peer that announced `id`.
@@ -141,6 +152,7 @@ impl Members {
             tracing::info!(members = ?ids, "cluster view changed");
             stats.membership_changes.fetch_add(1, Ordering::Relaxed);
             self.view.store(Arc::new(ids));
+            *self.changed_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
     }
 

@@ -199,13 +199,17 @@ impl Cluster {
 
     /// Applies a state another member replicated, unless this member owns the key (its
     /// own state is the truth) or already holds a newer state of the same owner life.
+    /// Right after a view change the previous owner may not know yet that it lost the
+    /// key: its states are still taken for a short handover, so writes it applied in
+    /// that window are not dropped.
     pub(crate) async fn apply_replicated(
         &self,
         key: ServiceKey,
         state: Option<crate::model::Service>,
         stamp: Stamp,
     ) -> bool {
-        if self.is_loaded() && self.registry.owns(&key) {
+        let handover = self.options.heartbeat * 2 + self.options.rpc_timeout;
+        if self.is_loaded() && self.registry.owns(&key) && self.members.since_change() > handover {
             self.stats
                 .replicated_ignored
                 .fetch_add(1, Ordering::Relaxed);

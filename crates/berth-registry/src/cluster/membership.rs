@@ -60,6 +60,8 @@ pub struct Members {
     /// When the view last changed (ownership handovers are settling until a while after).
     changed_at: Mutex<Instant>,
     missed_beats: u32,
+    /// Wakes the heartbeat loop at once (this member just loaded).
+    pub(crate) beat_now: tokio::sync::Notify,
 }
 
 impl Members {
@@ -94,6 +96,7 @@ impl Members {
             peers,
             view: ArcSwap::from_pointee(Vec::new()),
             changed_at: Mutex::new(Instant::now()),
+            beat_now: tokio::sync::Notify::new(),
             missed_beats: options.missed_beats.max(1),
         }
     }
@@ -156,6 +159,23 @@ impl Members {
         }
     }
 
+    /// A peer's own heartbeat reached this member: take its load state and life at
+    /// once, so a member that just loaded joins every view within one call, not one
+    /// period. Health still comes from this member's own heartbeats only (an inbound
+    /// beat says nothing about whether this member can reach the peer).
+    pub fn observe(&self, beat: &pb::Beat) -> bool {
+        let mut changed = false;
+        for p in &self.peers {
+            let mut s = p.state();
+            if !s.is_self && s.id.as_deref() == Some(beat.id.as_str()) {
+                changed |= s.loaded != beat.loaded || s.incarnation != beat.incarnation;
+                s.loaded = beat.loaded;
+                s.incarnation = beat.incarnation;
+            }
+        }
+        changed
+    }
+
     /// Records one heartbeat outcome.
     fn record(&self, entry: &PeerEntry, self_id: &str, outcome: Option<pb::Beat>) {
         let mut s = entry.state();
@@ -210,7 +230,10 @@ pub async fn run(c: Arc<Cluster>) {
             .max(std::time::Duration::from_millis(50)),
     );
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = c.members.beat_now.notified() => {}
+        }
         let beat = own_beat(&c);
         let calls = c.members.others().map(|entry| {
             let beat = beat.clone();

@@ -150,6 +150,8 @@ impl Cluster {
         if !self.loaded.swap(true, Ordering::AcqRel) {
             tracing::info!(id = %self.id(), "cluster member loaded; serving snapshots and owning keys");
             self.members.recompute(self.id(), true, &self.stats);
+            // Tell the peers now rather than at the next period.
+            self.members.beat_now.notify_one();
         }
     }
 

@@ -57,8 +57,12 @@ type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::StateBatch, Status>> + S
 
 #[tonic::async_trait]
 impl ClusterRpc for PeerService {
-    async fn heartbeat(&self, _req: Request<pb::Beat>) -> Result<Response<pb::Beat>, Status> {
-        Ok(Response::new(membership::own_beat(&self.cluster)))
+    async fn heartbeat(&self, req: Request<pb::Beat>) -> Result<Response<pb::Beat>, Status> {
+        let c = &self.cluster;
+        if c.members.observe(req.get_ref()) {
+            c.members.recompute(c.id(), c.is_loaded(), &c.stats);
+        }
+        Ok(Response::new(membership::own_beat(c)))
     }
 
     async fn forward(

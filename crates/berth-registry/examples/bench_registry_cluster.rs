@@ -114,7 +114,8 @@ async fn load(addrs: Vec<SocketAddr>, instances: u64, concurrency: usize) {
 async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
     let mut client = pb::registry_client::RegistryClient::connect(format!("http://{watch}"))
         .await
-        .expect("connect the watch");
+        .expect("connect the watch")
+        .max_decoding_message_size(256 * 1024 * 1024);
     let mut stream = client
         .watch(pb::WatchRequest::default())
         .await

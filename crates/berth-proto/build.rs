@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "berth/agent/v1/agent.proto",
         "berth/registry/v1/registry.proto",
+        "berth/registry/v1/cluster.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -118,8 +118,10 @@ pub async fn run(registry: Registry, options: CheckOptions) {
     loop {
         tick.tick().await;
         let (_, services) = registry.snapshot();
+        // In a cluster only a service's owner checks it; its verdicts replicate.
         let targets: Vec<(ServiceKey, Instance)> = services
             .iter()
+            .filter(|s| registry.owns(&s.key))
             .flat_map(|s| {
                 s.instances
                     .values()

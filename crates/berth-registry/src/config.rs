@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_util::config::{ConfigError, Layers};
+use berth_util::config::{ConfigError, FromConfigValue, Layers};
 
 use crate::model::BeatTimings;
 
@@ -23,6 +23,19 @@ pub const MIN_SECRET: usize = 32;
 /// - `push_ack_timeout` (500ms), `push_attempts` (3), `push_subscriber_ttl` (30s): UDP push.
 /// - `auth_secret` / `auth_secret_file`: token clients must present; required (at least
 ///   32 bytes) when any listener is not on loopback.
+/// - `peers` (none): gRPC addresses of the cluster's members (this node may be listed);
+///   empty runs a single node with no cluster machinery at all.
+/// - `cluster_secret` / `cluster_secret_file`: shared by every member, 32+ bytes;
+///   required with `peers`.
+/// - `cluster_advertise` (the bound gRPC address): this member's id, the address the
+///   others list it by.
+/// - `cluster_heartbeat` (5s), `cluster_missed_beats` (3): a member silent for that
+///   many heartbeats leaves the healthy list and its keys move.
+/// - `cluster_sync_interval` (5s): anti-entropy period.
+/// - `cluster_replicate_delay` (200ms): batching window of replication.
+/// - `cluster_rpc_timeout` (2s): deadline of one peer call.
+/// - `cluster_startup_attempts` (3): snapshot rounds before a member with no loaded
+///   peer may declare itself loaded.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
@@ -38,6 +51,72 @@ pub struct RegistryConfig {
     pub auth_secret: Option<String>,
     /// How long in-flight HTTP requests may finish after shutdown.
     pub http_grace: Duration,
+    pub cluster: ClusterConfig,
+}
+
+/// The cluster keys (all unused when `peers` is empty).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub peers: Vec<String>,
+    pub secret: Option<String>,
+    pub advertise: Option<String>,
+    pub heartbeat: Duration,
+    pub missed_beats: u32,
+    pub sync_interval: Duration,
+    pub replicate_delay: Duration,
+    pub rpc_timeout: Duration,
+    pub startup_attempts: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            secret: None,
+            advertise: None,
+            heartbeat: Duration::from_secs(5),
+            missed_beats: 3,
+            sync_interval: Duration::from_secs(5),
+            replicate_delay: Duration::from_millis(200),
+            rpc_timeout: Duration::from_secs(2),
+            startup_attempts: 3,
+        }
+    }
+}
+
+/// A member's gRPC address, `host:port` with a non-zero port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr(pub String);
+
+impl FromConfigValue for PeerAddr {
+    fn expected() -> String {
+        "host:port with a non-zero port (a member's gRPC address)".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        let (host, port) = raw.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().ok()? > 0).then(|| Self(raw.to_string()))
+    }
+}
+
+impl ClusterConfig {
+    fn from_layers(layers: &mut Layers<'_>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let peers: Vec<PeerAddr> = layers.get_or("peers", Vec::new())?;
+        let peers: Vec<String> = peers.into_iter().map(|p| p.0).collect();
+        let advertise = layers.get::<PeerAddr>("cluster_advertise")?.map(|a| a.0);
+        let c = Self {
+            peers,
+            secret: layers.secret("cluster_secret")?,
+            advertise,
+            heartbeat: layers.get_or("cluster_heartbeat", d.heartbeat)?,
+            missed_beats: layers.get_or("cluster_missed_beats", d.missed_beats)?,
+            sync_interval: layers.get_or("cluster_sync_interval", d.sync_interval)?,
+            replicate_delay: layers.get_or("cluster_replicate_delay", d.replicate_delay)?,
+            rpc_timeout: layers.get_or("cluster_rpc_timeout", d.rpc_timeout)?,
+            startup_attempts: layers.get_or("cluster_startup_attempts", d.startup_attempts)?,
+        };
+        Ok(c)
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -73,6 +152,7 @@ impl RegistryConfig {
             push_subscriber_ttl: layers.get_or("push_subscriber_ttl", Duration::from_secs(30))?,
             auth_secret: layers.secret("auth_secret")?,
             http_grace: Duration::from_secs(5),
+            cluster: ClusterConfig::from_layers(layers)?,
         };
         layers.finish()?;
         Ok(config)
@@ -93,6 +173,7 @@ impl RegistryConfig {
             push_subscriber_ttl: Duration::from_secs(30),
             auth_secret: None,
             http_grace: Duration::from_secs(1),
+            cluster: ClusterConfig::default(),
         }
     }
 

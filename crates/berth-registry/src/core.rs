@@ -7,11 +7,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::liveness::{Deadlines, DeletePolicy, Liveness};
 use crate::model::{
@@ -45,7 +48,7 @@ impl Default for CoreOptions {
 }
 
 /// Result of a beat.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum BeatResult {
     /// The instance exists; its state after the beat.
     Alive(Instance),
@@ -83,6 +86,57 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     revision: watch::Sender<u64>,
     stats: CoreStats,
+    /// Set once when the node runs in a cluster; a single node never sets it.
+    link: OnceLock<Arc<dyn ClusterLink>>,
+}
+
+// ---- Cluster hook ----------------------------------------------------------------------
+// The core knows nothing of peers: a cluster plugs in through this trait. Ops from
+// clients and the core's own expiry are "local"; `Op::Put` is the only replicated op and
+// is never forwarded nor replicated again.
+
+/// What a registry cluster plugs into the core (see `crate::cluster`).
+pub trait ClusterLink: Send + Sync + 'static {
+    /// True when this node owns `key`: it applies its writes and runs its expiry.
+    fn owns(&self, key: &ServiceKey) -> bool;
+    /// Hands a write to `key`'s owner. `None` when no owner took it (unreachable): the
+    /// caller then applies it locally, so a dead owner never blocks a client.
+    fn forward(&self, write: Forwarded) -> BoxFuture<'static, Option<ForwardedReply>>;
+    /// A change this node made from a local op, for the replicator to batch.
+    fn emitted(&self, change: &Change);
+}
+
+/// A write sent to the owner of its key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forwarded {
+    Op(Op),
+    Beat {
+        service: ServiceKey,
+        ip: String,
+        port: u16,
+        cluster: Option<String>,
+        status: HealthStatus,
+    },
+    Fail {
+        service: ServiceKey,
+        instance: InstanceKey,
+    },
+}
+
+impl Forwarded {
+    pub fn service(&self) -> &ServiceKey {
+        match self {
+            Forwarded::Op(op) => op.service(),
+            Forwarded::Beat { service, .. } | Forwarded::Fail { service, .. } => service,
+        }
+    }
+}
+
+/// The owner's answer to a [`Forwarded`] write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardedReply {
+    Op(Result<(), NamingError>),
+    Beat(Result<BeatResult, NamingError>),
 }
 
 /// Handle to the naming core. Cheap to clone; the writer stops when every handle is gone.
@@ -116,14 +170,51 @@ impl Registry {
             changes,
             revision,
             stats: CoreStats::default(),
+            link: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(8192);
         tokio::spawn(writer(shared.clone(), rx, liveness, options));
         Ok(Self { shared, tx })
     }
 
-    /// Queues an op and waits until it is applied.
+    /// Plugs a cluster in; only the first call counts.
+    pub fn attach(&self, link: Arc<dyn ClusterLink>) {
+        let _ = self.shared.link.set(link);
+    }
+
+    /// True when this node is responsible for `key` (always on a single node).
+    pub fn owns(&self, key: &ServiceKey) -> bool {
+        self.shared.link.get().is_none_or(|l| l.owns(key))
+    }
+
+    /// Sends `write` to its owner when another node owns its key.
+    async fn forward(&self, write: &Forwarded) -> Option<ForwardedReply> {
+        let link = self.shared.link.get()?;
+        if link.owns(write.service()) {
+            return None;
+        }
+        link.forward(write.clone()).await
+    }
+
+    /// Applies an op on its key's owner (forwarding it there when that is another node)
+    /// and waits until it is applied.
     pub async fn submit(&self, op: Op) -> Result<Applied, NamingError> {
+        let write = Forwarded::Op(op);
+        if let Some(ForwardedReply::Op(result)) = self.forward(&write).await {
+            // The owner applied it; the change reaches this node by replication.
+            return result.map(|()| Applied {
+                change: None,
+                previous: None,
+            });
+        }
+        let Forwarded::Op(op) = write else {
+            unreachable!("built as an op above")
+        };
+        self.submit_local(op).await
+    }
+
+    /// Queues an op on this node whoever owns its key, and waits until it is applied.
+    pub async fn submit_local(&self, op: Op) -> Result<Applied, NamingError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Apply(op, reply))
@@ -134,6 +225,41 @@ impl Registry {
 
     /// Records a beat (or Consul pass/warn) for an instance.
     pub async fn beat(
+        &self,
+        service: ServiceKey,
+        ip: String,
+        port: u16,
+        cluster: Option<String>,
+        status: HealthStatus,
+    ) -> Result<BeatResult, NamingError> {
+        if self.shared.link.get().is_some() {
+            let write = Forwarded::Beat {
+                service,
+                ip,
+                port,
+                cluster,
+                status,
+            };
+            if let Some(ForwardedReply::Beat(result)) = self.forward(&write).await {
+                return result;
+            }
+            let Forwarded::Beat {
+                service,
+                ip,
+                port,
+                cluster,
+                status,
+            } = write
+            else {
+                unreachable!("built as a beat above")
+            };
+            return self.beat_local(service, ip, port, cluster, status).await;
+        }
+        self.beat_local(service, ip, port, cluster, status).await
+    }
+
+    /// Records a beat on this node whoever owns the instance.
+    pub async fn beat_local(
         &self,
         service: ServiceKey,
         ip: String,
@@ -158,6 +284,25 @@ impl Registry {
 
     /// Marks a client-reported check as failed (Consul `check/fail`).
     pub async fn fail(
+        &self,
+        service: ServiceKey,
+        instance: InstanceKey,
+    ) -> Result<BeatResult, NamingError> {
+        if self.shared.link.get().is_some() {
+            let write = Forwarded::Fail { service, instance };
+            if let Some(ForwardedReply::Beat(result)) = self.forward(&write).await {
+                return result;
+            }
+            let Forwarded::Fail { service, instance } = write else {
+                unreachable!("built as a failure above")
+            };
+            return self.fail_local(service, instance).await;
+        }
+        self.fail_local(service, instance).await
+    }
+
+    /// Marks a check failed on this node whoever owns the instance.
+    pub async fn fail_local(
         &self,
         service: ServiceKey,
         instance: InstanceKey,
@@ -357,7 +502,13 @@ impl Writer {
     }
 
     fn sweep(&mut self) {
-        for op in self.liveness.sweep(Instant::now()) {
+        let ops = match self.shared.link.get() {
+            None => self.liveness.sweep(Instant::now()),
+            Some(link) => self
+                .liveness
+                .sweep_owned(Instant::now(), |key| link.owns(key)),
+        };
+        for op in ops {
             if matches!(op, Op::Deregister { .. }) {
                 self.shared.stats.expired.fetch_add(1, Ordering::Relaxed);
             }
@@ -370,16 +521,23 @@ impl Writer {
     fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
         self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
         let persist = needs_persist(&op);
-        let (applied, save) = {
+        let (applied, save, before) = {
             let mut naming = self
                 .shared
                 .naming
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
+            // A replicated state replaces a whole service: keep the old one to diff.
+            let before = matches!(op, Op::Put { .. })
+                .then(|| naming.get(op.service()))
+                .flatten();
             let applied = naming.apply(op.clone())?;
             let touched_persistent = applied.previous.as_ref().is_some_and(|p| !p.ephemeral);
-            let save = applied.change.is_some() && (persist || touched_persistent);
-            (applied, save)
+            let save = applied.change.is_some()
+                && (persist
+                    || touched_persistent
+                    || crate::cluster::put_touches_durable(&op, before.as_deref()));
+            (applied, save, before)
         };
         // Saved under a read lock: readers go on while the file is written and synced.
         // Only this task writes, so the state saved is exactly the state just applied.
@@ -393,10 +551,26 @@ impl Writer {
                 tracing::error!(error = %e, "registry state not saved");
             }
         }
-        self.track(&op);
+        match &op {
+            Op::Put { service, state } => {
+                crate::cluster::track_put(
+                    &mut self.liveness,
+                    &self.options.beat,
+                    service,
+                    before.as_deref(),
+                    state.as_ref(),
+                );
+            }
+            _ => self.track(&op),
+        }
         if let Some(change) = &applied.change {
             let _ = self.shared.changes.send(change.clone());
             self.shared.revision.send_replace(change.revision);
+            if !matches!(op, Op::Put { .. })
+                && let Some(link) = self.shared.link.get()
+            {
+                link.emitted(change);
+            }
         }
         Ok(applied)
     }
@@ -429,7 +603,8 @@ fn needs_persist(op: &Op) -> bool {
         | Op::UpdateService { .. }
         | Op::DeleteService { .. }
         | Op::UpdateCluster { .. } => true,
-        Op::Deregister { .. } | Op::SetHealth { .. } => false,
+        // Decided from the states it replaces (`cluster::put_touches_durable`).
+        Op::Deregister { .. } | Op::SetHealth { .. } | Op::Put { .. } => false,
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod checks;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod grpc;

@@ -116,8 +116,21 @@ impl Liveness {
 
     /// Turns passed deadlines into ops: critical once, then removal.
     pub fn sweep(&mut self, now: Instant) -> Vec<Op> {
+        self.sweep_owned(now, |_| true)
+    }
+
+    /// [`Liveness::sweep`] for the services `owned` accepts. In a cluster only a key's
+    /// owner expires it; every other node keeps its entries fresh, so a node that takes
+    /// a key over gives each instance a full timeout to beat it first.
+    pub fn sweep_owned(&mut self, now: Instant, owned: impl Fn(&ServiceKey) -> bool) -> Vec<Op> {
         let mut ops = Vec::new();
         self.entries.retain(|(service, instance), e| {
+            if !owned(service) {
+                e.last = now;
+                e.failed_at = None;
+                e.marked_critical = false;
+                return true;
+            }
             let silent_since = e.last + e.deadlines.unhealthy_after;
             let critical_since = e
                 .failed_at

@@ -118,6 +118,9 @@ pub fn render(s: &AppState, watchers: &Arc<AtomicU64>) -> String {
         "Acknowledged pushes measured",
         &push.latency_count,
     );
+    if let Some(c) = &s.cluster {
+        crate::cluster::view::metrics(c, &mut reg);
+    }
     encode(&reg)
 }
 

@@ -7,10 +7,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{ClusterConfig, HealthStatus, Instance, InstanceKey, Service, ServiceKey};
 
 /// One mutation of the naming state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Adds or replaces an instance; creates the service when missing.
     Register {
@@ -54,6 +56,12 @@ pub enum Op {
         cluster: String,
         config: ClusterConfig,
     },
+    /// A service's whole state as its owner replicated it (`None`: it no longer exists).
+    /// The only op a cluster peer sends; it replaces whatever this node holds.
+    Put {
+        service: ServiceKey,
+        state: Option<Service>,
+    },
 }
 
 impl Op {
@@ -66,13 +74,14 @@ impl Op {
             | Op::CreateService { service, .. }
             | Op::UpdateService { service, .. }
             | Op::DeleteService { service }
-            | Op::UpdateCluster { service, .. } => service,
+            | Op::UpdateCluster { service, .. }
+            | Op::Put { service, .. } => service,
         }
     }
 }
 
 /// Why an op was refused. Messages say what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum NamingError {
     #[error("service {0} not found; register an instance or create the service first")]
     ServiceNotFound(String),
@@ -309,6 +318,7 @@ impl Naming {
                 svc.clusters.insert(cluster, config);
                 Ok(self.commit(svc, None))
             }
+            Op::Put { service, state } => Ok(self.put(service, state)),
             Op::DeleteService { service } => {
                 let svc = self.existing(&service)?;
                 if !svc.instances.is_empty() {
@@ -326,6 +336,43 @@ impl Naming {
                     change: Some(change),
                     previous: None,
                 })
+            }
+        }
+    }
+
+    /// Replaces a whole service with a replicated state; no change when equal but for
+    /// the revision (revisions are per node).
+    fn put(&mut self, key: ServiceKey, state: Option<Service>) -> Applied {
+        let unchanged = Applied {
+            change: None,
+            previous: None,
+        };
+        match state {
+            None => {
+                if self.services.remove(&key).is_none() {
+                    return unchanged;
+                }
+                self.revision += 1;
+                let change = Change {
+                    revision: self.revision,
+                    key,
+                    service: None,
+                };
+                self.record(change.clone());
+                Applied {
+                    change: Some(change),
+                    previous: None,
+                }
+            }
+            Some(mut svc) => {
+                svc.key = key;
+                if let Some(current) = self.services.get(&svc.key) {
+                    svc.revision = current.revision;
+                    if **current == svc {
+                        return unchanged;
+                    }
+                }
+                self.commit(svc, None)
             }
         }
     }

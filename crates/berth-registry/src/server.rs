@@ -10,6 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::Auth;
 use crate::checks::{self, CheckOptions};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::{MIN_SECRET, RegistryConfig};
 use crate::core::{CoreOptions, Registry};
 use crate::grpc::WatchService;
@@ -37,6 +38,18 @@ pub enum Error {
     AuthRequired,
     #[error("the auth secret is {0} bytes; use at least {MIN_SECRET} random bytes")]
     WeakSecret(usize),
+    #[error(
+        "peers are set, so members must authenticate each other: give the same secret of at least {MIN_SECRET} bytes to every member with --cluster-secret-file FILE (or BERTH_REGISTRY_CLUSTER_SECRET_FILE)"
+    )]
+    ClusterSecretRequired,
+    #[error("the cluster secret is {0} bytes; use at least {MIN_SECRET} random bytes")]
+    WeakClusterSecret(usize),
+    #[error("`{0}` must be above zero")]
+    ZeroDuration(&'static str),
+    #[error(
+        "the gRPC listener {0} is a wildcard address peers cannot dial; set --cluster-advertise HOST:PORT"
+    )]
+    AdvertiseRequired(SocketAddr),
 }
 
 /// A running registry.
@@ -45,6 +58,7 @@ pub struct RegistryHandle {
     grpc_addr: SocketAddr,
     push_addr: SocketAddr,
     registry: Registry,
+    cluster: Option<Arc<Cluster>>,
     _data_dir: Arc<DataDir>,
 }
 
@@ -66,6 +80,11 @@ impl RegistryHandle {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// The cluster member, when started with peers.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
 }
 
 /// Binds every listener and spawns the role's tasks on `shutdown`.
@@ -74,6 +93,23 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         None if !config.loopback_only() => return Err(Error::AuthRequired),
         Some(s) if s.len() < MIN_SECRET => return Err(Error::WeakSecret(s.len())),
         _ => {}
+    }
+    let cc = &config.cluster;
+    if !cc.peers.is_empty() {
+        match &cc.secret {
+            None => return Err(Error::ClusterSecretRequired),
+            Some(s) if s.len() < MIN_SECRET => return Err(Error::WeakClusterSecret(s.len())),
+            _ => {}
+        }
+        for (key, d) in [
+            ("cluster_heartbeat", cc.heartbeat),
+            ("cluster_sync_interval", cc.sync_interval),
+            ("cluster_rpc_timeout", cc.rpc_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::ZeroDuration(key));
+            }
+        }
     }
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let registry = Registry::start(CoreOptions {
@@ -86,6 +122,37 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;
     let http_addr = http_listener.local_addr().unwrap_or(config.listen);
     let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_listen);
+
+    let cluster = if cc.peers.is_empty() {
+        None
+    } else {
+        let advertise = match &cc.advertise {
+            Some(a) => a.clone(),
+            None if grpc_addr.ip().is_unspecified() => {
+                return Err(Error::AdvertiseRequired(grpc_addr));
+            }
+            None => grpc_addr.to_string(),
+        };
+        let cluster = Cluster::new(
+            ClusterOptions {
+                peers: cc.peers.clone(),
+                advertise,
+                secret: cc.secret.clone().unwrap_or_default(),
+                heartbeat: cc.heartbeat,
+                missed_beats: cc.missed_beats,
+                sync_interval: cc.sync_interval,
+                replicate_delay: cc.replicate_delay,
+                rpc_timeout: cc.rpc_timeout,
+                startup_attempts: cc.startup_attempts,
+            },
+            registry.clone(),
+        );
+        registry.attach(cluster.clone());
+        cluster.run(&shutdown.token(), |task| {
+            shutdown.spawn(task);
+        });
+        Some(cluster)
+    };
 
     let push_ip = config.listen.ip();
     let push = PushService::bind(
@@ -136,9 +203,14 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         push,
         beat: config.beat,
         http_addr,
+        cluster: cluster.clone(),
     };
     let auth = Arc::new(Auth::new(config.auth_secret.clone()));
-    let router = http::router(state.clone())
+    let mut router = http::router(state.clone());
+    if let Some(c) = &cluster {
+        router = router.merge(crate::cluster::view::routes(c.clone()));
+    }
+    let router = router
         .merge(crate::metrics::route(state, watchers))
         .merge(crate::auth::routes(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -150,12 +222,14 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     {
         let token = token.clone();
         let interceptor = crate::auth::grpc_interceptor(auth);
+        let peers = cluster.clone().map(crate::cluster::service::server);
         shutdown.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(tonic::service::interceptor::InterceptedService::new(
                     watch.into_server(),
                     interceptor,
                 ))
+                .add_optional_service(peers)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(grpc_listener),
                     token.cancelled_owned(),
@@ -173,6 +247,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         grpc_addr,
         push_addr,
         registry,
+        cluster,
         _data_dir: data_dir,
     })
 }

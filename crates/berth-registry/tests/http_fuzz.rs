@@ -68,6 +68,7 @@ fn state(rt: &tokio::runtime::Runtime) -> AppState {
             push,
             beat: BeatTimings::default(),
             http_addr: "127.0.0.1:8848".parse().unwrap(),
+            cluster: None,
         }
     })
 }

@@ -552,7 +552,10 @@ async fn status_leader(State(s): State<AppState>) -> Response {
 }
 
 async fn status_peers(State(s): State<AppState>) -> Response {
-    axum::Json(json!([format!("{}", s.http_addr)])).into_response()
+    match &s.cluster {
+        Some(c) => axum::Json(json!(crate::cluster::view::peer_ids(c))).into_response(),
+        None => axum::Json(json!([format!("{}", s.http_addr)])).into_response(),
+    }
 }
 
 async fn catalog_services(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {

@@ -23,6 +23,8 @@ pub struct AppState {
     pub beat: BeatTimings,
     /// The bound HTTP address (Consul's `status/leader` answers with it).
     pub http_addr: std::net::SocketAddr,
+    /// The cluster member, when running with peers.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Every HTTP route of the registry.

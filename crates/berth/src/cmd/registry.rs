@@ -51,6 +51,35 @@ pub struct Args {
     /// File holding the auth secret (32+ bytes); required when a listener is off loopback.
     #[arg(long, value_name = "FILE")]
     auth_secret_file: Option<PathBuf>,
+    /// Cluster members' gRPC addresses, comma-separated (this node may be listed).
+    /// Without it the registry runs as a single node.
+    #[arg(long, value_name = "ADDR,...")]
+    peers: Option<String>,
+    /// File holding the secret every member shares (32+ bytes); required with --peers.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// This member's id: the gRPC address the others list it by [default: the bound
+    /// gRPC address].
+    #[arg(long, value_name = "HOST:PORT")]
+    cluster_advertise: Option<String>,
+    /// Period of member heartbeats [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    cluster_heartbeat: Option<String>,
+    /// Heartbeats missed in a row before a member is taken out [default: 3].
+    #[arg(long, value_name = "N")]
+    cluster_missed_beats: Option<u32>,
+    /// Period of anti-entropy checksum rounds [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    cluster_sync_interval: Option<String>,
+    /// Batching window of replication [default: 200ms].
+    #[arg(long, value_name = "DURATION")]
+    cluster_replicate_delay: Option<String>,
+    /// Deadline of one peer call [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    cluster_rpc_timeout: Option<String>,
+    /// Snapshot rounds before a member with no loaded peer declares itself loaded [default: 3].
+    #[arg(long, value_name = "N")]
+    cluster_startup_attempts: Option<u32>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -70,7 +99,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set(
             "auth_secret_file",
             args.auth_secret_file.map(|p| p.display().to_string()),
-        );
+        )
+        .set("peers", args.peers)
+        .set(
+            "cluster_secret_file",
+            args.cluster_secret_file.map(|p| p.display().to_string()),
+        )
+        .set("cluster_advertise", args.cluster_advertise)
+        .set("cluster_heartbeat", args.cluster_heartbeat)
+        .set("cluster_missed_beats", args.cluster_missed_beats)
+        .set("cluster_sync_interval", args.cluster_sync_interval)
+        .set("cluster_replicate_delay", args.cluster_replicate_delay)
+        .set("cluster_rpc_timeout", args.cluster_rpc_timeout)
+        .set("cluster_startup_attempts", args.cluster_startup_attempts);
     let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
     let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

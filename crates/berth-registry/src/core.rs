@@ -339,7 +339,7 @@ impl Writer {
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&service)
-                    .and_then(|s| s.instances.get(&instance).cloned());
+                    .and_then(|s| s.instances.get(&instance).map(|i| (**i).clone()));
                 let Some(mut found) = found else {
                     let _ = reply.send(BeatResult::NotFound);
                     return;

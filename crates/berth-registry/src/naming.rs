@@ -107,7 +107,7 @@ pub struct Applied {
     /// `None` when the op changed nothing (same data, or removing what was absent).
     pub change: Option<Change>,
     /// The instance as it was before the op, if the op touched one.
-    pub previous: Option<Instance>,
+    pub previous: Option<Arc<Instance>>,
 }
 
 /// All services, the global revision and a bounded history of recent changes.
@@ -187,8 +187,9 @@ impl Naming {
                     .as_deref()
                     .cloned()
                     .unwrap_or_else(|| Service::new(service.clone()));
+                let instance = Arc::new(instance);
                 let previous = svc.instances.insert(instance.key(), instance.clone());
-                if current.is_some() && previous.as_ref() == Some(&instance) {
+                if current.is_some() && previous.as_deref() == Some(&*instance) {
                     return Ok(Applied {
                         change: None,
                         previous,
@@ -202,8 +203,9 @@ impl Naming {
                 if !svc.instances.contains_key(&key) {
                     return Err(not_found(&service, &key));
                 }
+                let instance = Arc::new(instance);
                 let previous = svc.instances.insert(key, instance.clone());
-                if previous.as_ref() == Some(&instance) {
+                if previous.as_deref() == Some(&*instance) {
                     return Ok(Applied {
                         change: None,
                         previous,
@@ -244,7 +246,7 @@ impl Naming {
                         previous,
                     });
                 }
-                inst.status = status;
+                Arc::make_mut(inst).status = status;
                 Ok(self.commit(svc, previous))
             }
             Op::CreateService {
@@ -303,7 +305,7 @@ impl Naming {
                     .collect();
                 for key in keys {
                     if let Some(i) = svc.instances.get_mut(&key) {
-                        i.check = Some(config.check.clone());
+                        Arc::make_mut(i).check = Some(config.check.clone());
                     }
                 }
                 svc.clusters.insert(cluster, config);
@@ -337,7 +339,7 @@ impl Naming {
             .ok_or_else(|| NamingError::ServiceNotFound(key.to_string()))
     }
 
-    fn commit(&mut self, mut svc: Service, previous: Option<Instance>) -> Applied {
+    fn commit(&mut self, mut svc: Service, previous: Option<Arc<Instance>>) -> Applied {
         self.revision += 1;
         svc.revision = self.revision;
         let svc = Arc::new(svc);

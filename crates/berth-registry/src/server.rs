@@ -135,6 +135,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         registry: registry.clone(),
         push,
         beat: config.beat,
+        lists: Default::default(),
         http_addr,
     };
     let auth = Arc::new(Auth::new(config.auth_secret.clone()));

@@ -5,6 +5,7 @@
 //! watch (Consul blocking queries). Liveness deadlines are swept by the same writer, so
 //! a beat and an expiry can never race.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -357,14 +358,59 @@ impl Writer {
     }
 
     fn sweep(&mut self) {
-        for op in self.liveness.sweep(Instant::now()) {
+        let verdicts = self.liveness.sweep(Instant::now());
+        if verdicts.is_empty() {
+            return;
+        }
+        // One change per service per sweep (see `Naming::apply_expiry`); a service's
+        // verdicts keep their order.
+        let mut by_service: HashMap<ServiceKey, Vec<Op>> = HashMap::new();
+        for op in verdicts {
             if matches!(op, Op::Deregister { .. }) {
                 self.shared.stats.expired.fetch_add(1, Ordering::Relaxed);
             }
-            if let Err(e) = self.apply(op) {
-                tracing::debug!(error = %e, "expiry op no longer applies");
-            }
+            by_service.entry(op.service().clone()).or_default().push(op);
         }
+        for (service, ops) in by_service {
+            self.shared
+                .stats
+                .ops
+                .fetch_add(ops.len() as u64, Ordering::Relaxed);
+            let (change, durable) = self
+                .shared
+                .naming
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_expiry(&service, &ops);
+            let Some(change) = change else { continue };
+            if durable {
+                self.save();
+            }
+            self.publish(&change);
+        }
+    }
+
+    /// Writes the stored state (services, persistent instances) to the state file.
+    fn save(&self) {
+        let Some(path) = &self.options.state_file else {
+            return;
+        };
+        // Saved under a read lock: readers go on while the file is written and synced.
+        // Only this task writes, so the state saved is exactly the state just applied.
+        let naming = self.shared.naming.read().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = persist::save(path, &naming) {
+            self.shared
+                .stats
+                .persist_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "registry state not saved");
+        }
+    }
+
+    /// Tells watchers, pushes and blocking queries about a committed change.
+    fn publish(&self, change: &Change) {
+        let _ = self.shared.changes.send(change.clone());
+        self.shared.revision.send_replace(change.revision);
     }
 
     fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
@@ -381,22 +427,12 @@ impl Writer {
             let save = applied.change.is_some() && (persist || touched_persistent);
             (applied, save)
         };
-        // Saved under a read lock: readers go on while the file is written and synced.
-        // Only this task writes, so the state saved is exactly the state just applied.
-        if save && let Some(path) = &self.options.state_file {
-            let naming = self.shared.naming.read().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = persist::save(path, &naming) {
-                self.shared
-                    .stats
-                    .persist_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "registry state not saved");
-            }
+        if save {
+            self.save();
         }
         self.track(&op);
         if let Some(change) = &applied.change {
-            let _ = self.shared.changes.send(change.clone());
-            self.shared.revision.send_replace(change.revision);
+            self.publish(change);
         }
         Ok(applied)
     }

@@ -282,9 +282,20 @@ async fn main() {
     let pid: u32 = args[2].parse().expect("PID");
     let instances: u64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let concurrency: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(32);
-    phase(addr, pid, "register", instances, concurrency).await;
-    phase(addr, pid, "beat", instances, concurrency).await;
-    phase(addr, pid, "list", instances / 2, concurrency).await;
-    let subscribers: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1000);
-    push_phase(addr, subscribers, 20).await;
+    // BENCH_PHASES=register,beat runs a subset (the memory run registers 1M and stops).
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "register,beat,list,push".into());
+    let wanted = |p: &str| phases.split(',').any(|w| w.trim() == p);
+    if wanted("register") {
+        phase(addr, pid, "register", instances, concurrency).await;
+    }
+    if wanted("beat") {
+        phase(addr, pid, "beat", instances, concurrency).await;
+    }
+    if wanted("list") {
+        phase(addr, pid, "list", instances / 2, concurrency).await;
+    }
+    if wanted("push") {
+        let subscribers: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        push_phase(addr, subscribers, 20).await;
+    }
 }

@@ -136,7 +136,7 @@ pub async fn run(registry: Registry, options: CheckOptions) {
                                 )
                             )
                     })
-                    .map(|i| (s.key.clone(), i.clone()))
+                    .map(|i| (s.key.clone(), (**i).clone()))
                     .collect::<Vec<_>>()
             })
             .collect();

@@ -5,6 +5,7 @@
 //! watch (Consul blocking queries). Liveness deadlines are swept by the same writer, so
 //! a beat and an expiry can never race.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -484,7 +485,7 @@ impl Writer {
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&service)
-                    .and_then(|s| s.instances.get(&instance).cloned());
+                    .and_then(|s| s.instances.get(&instance).map(|i| (**i).clone()));
                 let Some(mut found) = found else {
                     let _ = reply.send(BeatResult::NotFound);
                     return;
@@ -502,19 +503,71 @@ impl Writer {
     }
 
     fn sweep(&mut self) {
-        let ops = match self.shared.link.get() {
-            None => self.liveness.sweep(Instant::now()),
-            Some(link) => self
-                .liveness
-                .sweep_owned(Instant::now(), |key| link.owns(key)),
+        let now = Instant::now();
+        let verdicts = match self.shared.link.get() {
+            None => self.liveness.sweep(now),
+            Some(link) => self.liveness.sweep_owned(now, |key| link.owns(key)),
         };
-        for op in ops {
+        if verdicts.is_empty() {
+            return;
+        }
+        // One change per service per sweep (see `Naming::apply_expiry`); a service's
+        // verdicts keep their order.
+        let mut by_service: HashMap<ServiceKey, Vec<Op>> = HashMap::new();
+        for op in verdicts {
             if matches!(op, Op::Deregister { .. }) {
                 self.shared.stats.expired.fetch_add(1, Ordering::Relaxed);
             }
-            if let Err(e) = self.apply(op) {
-                tracing::debug!(error = %e, "expiry op no longer applies");
+            by_service.entry(op.service().clone()).or_default().push(op);
+        }
+        for (service, ops) in by_service {
+            self.shared
+                .stats
+                .ops
+                .fetch_add(ops.len() as u64, Ordering::Relaxed);
+            let (change, durable) = self
+                .shared
+                .naming
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_expiry(&service, &ops);
+            let Some(change) = change else { continue };
+            if durable {
+                self.save();
             }
+            self.publish(&change);
+            // Expiry runs on the owner only; its result replicates like a write.
+            self.emit(&change);
+        }
+    }
+
+    /// Writes the stored state (services, persistent instances) to the state file.
+    fn save(&self) {
+        let Some(path) = &self.options.state_file else {
+            return;
+        };
+        // Saved under a read lock: readers go on while the file is written and synced.
+        // Only this task writes, so the state saved is exactly the state just applied.
+        let naming = self.shared.naming.read().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = persist::save(path, &naming) {
+            self.shared
+                .stats
+                .persist_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "registry state not saved");
+        }
+    }
+
+    /// Tells watchers, pushes and blocking queries about a committed change.
+    fn publish(&self, change: &Change) {
+        let _ = self.shared.changes.send(change.clone());
+        self.shared.revision.send_replace(change.revision);
+    }
+
+    /// Hands a change this node made to the cluster's replicator (if in a cluster).
+    fn emit(&self, change: &Change) {
+        if let Some(link) = self.shared.link.get() {
+            link.emitted(change);
         }
     }
 
@@ -539,17 +592,8 @@ impl Writer {
                     || crate::cluster::put_touches_durable(&op, before.as_deref()));
             (applied, save, before)
         };
-        // Saved under a read lock: readers go on while the file is written and synced.
-        // Only this task writes, so the state saved is exactly the state just applied.
-        if save && let Some(path) = &self.options.state_file {
-            let naming = self.shared.naming.read().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = persist::save(path, &naming) {
-                self.shared
-                    .stats
-                    .persist_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "registry state not saved");
-            }
+        if save {
+            self.save();
         }
         match &op {
             Op::Put { service, state } => {
@@ -564,12 +608,10 @@ impl Writer {
             _ => self.track(&op),
         }
         if let Some(change) = &applied.change {
-            let _ = self.shared.changes.send(change.clone());
-            self.shared.revision.send_replace(change.revision);
-            if !matches!(op, Op::Put { .. })
-                && let Some(link) = self.shared.link.get()
-            {
-                link.emitted(change);
+            self.publish(change);
+            // Replicated states are not replicated again.
+            if !matches!(op, Op::Put { .. }) {
+                self.emit(change);
             }
         }
         Ok(applied)

@@ -37,21 +37,27 @@ struct Entry {
     marked_critical: bool,
 }
 
-type Key = (ServiceKey, InstanceKey);
-
 /// Beat bookkeeping for every client-reported instance.
+///
+/// Nested by service so that a beat looks its entry up by reference (no key is cloned
+/// on the hot path) and each service key is held once, not once per instance.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    entries: HashMap<Key, Entry>,
+    services: HashMap<ServiceKey, HashMap<InstanceKey, Entry>>,
+    len: usize,
 }
 
 impl Liveness {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
+    }
+
+    fn entry(&mut self, service: &ServiceKey, instance: &InstanceKey) -> Option<&mut Entry> {
+        self.services.get_mut(service)?.get_mut(instance)
     }
 
     /// Starts (or restarts) tracking with a fresh beat at `now`.
@@ -62,36 +68,49 @@ impl Liveness {
         d: Deadlines,
         now: Instant,
     ) {
-        self.entries.insert(
-            (service.clone(), instance.clone()),
-            Entry {
-                last: now,
-                deadlines: d,
-                failed_at: None,
-                marked_critical: false,
-            },
-        );
+        let entry = Entry {
+            last: now,
+            deadlines: d,
+            failed_at: None,
+            marked_critical: false,
+        };
+        let instances = match self.services.get_mut(service) {
+            Some(m) => m,
+            None => self.services.entry(service.clone()).or_default(),
+        };
+        if instances.insert(instance.clone(), entry).is_none() {
+            self.len += 1;
+        }
     }
 
     /// Updates deadlines (metadata changed) without counting a beat.
     pub fn retime(&mut self, service: &ServiceKey, instance: &InstanceKey, d: Deadlines) {
-        if let Some(e) = self.entries.get_mut(&(service.clone(), instance.clone())) {
+        if let Some(e) = self.entry(service, instance) {
             e.deadlines = d;
         }
     }
 
     pub fn forget(&mut self, service: &ServiceKey, instance: &InstanceKey) {
-        self.entries.remove(&(service.clone(), instance.clone()));
+        let Some(instances) = self.services.get_mut(service) else {
+            return;
+        };
+        if instances.remove(instance).is_some() {
+            self.len -= 1;
+        }
+        if instances.is_empty() {
+            self.services.remove(service);
+        }
     }
 
     pub fn contains(&self, service: &ServiceKey, instance: &InstanceKey) -> bool {
-        self.entries
-            .contains_key(&(service.clone(), instance.clone()))
+        self.services
+            .get(service)
+            .is_some_and(|m| m.contains_key(instance))
     }
 
     /// Records a beat (or a Consul pass/warn). False when the instance is not tracked.
     pub fn beat(&mut self, service: &ServiceKey, instance: &InstanceKey, now: Instant) -> bool {
-        match self.entries.get_mut(&(service.clone(), instance.clone())) {
+        match self.entry(service, instance) {
             Some(e) => {
                 e.last = now;
                 e.failed_at = None;
@@ -104,7 +123,7 @@ impl Liveness {
 
     /// Records an explicit failure (Consul `check/fail`). False when not tracked.
     pub fn fail(&mut self, service: &ServiceKey, instance: &InstanceKey, now: Instant) -> bool {
-        match self.entries.get_mut(&(service.clone(), instance.clone())) {
+        match self.entry(service, instance) {
             Some(e) => {
                 e.failed_at.get_or_insert(now);
                 e.marked_critical = true;
@@ -124,39 +143,47 @@ impl Liveness {
     /// a key over gives each instance a full timeout to beat it first.
     pub fn sweep_owned(&mut self, now: Instant, owned: impl Fn(&ServiceKey) -> bool) -> Vec<Op> {
         let mut ops = Vec::new();
-        self.entries.retain(|(service, instance), e| {
+        let mut removed = 0;
+        self.services.retain(|service, instances| {
             if !owned(service) {
-                e.last = now;
-                e.failed_at = None;
-                e.marked_critical = false;
+                for e in instances.values_mut() {
+                    e.last = now;
+                    e.failed_at = None;
+                    e.marked_critical = false;
+                }
                 return true;
             }
-            let silent_since = e.last + e.deadlines.unhealthy_after;
-            let critical_since = e
-                .failed_at
-                .or((now >= silent_since).then_some(silent_since));
-            let delete = match (e.deadlines.delete, critical_since) {
-                (DeletePolicy::AfterLastBeat(d), _) => now >= e.last + d,
-                (DeletePolicy::AfterCritical(d), Some(since)) => now >= since + d,
-                _ => false,
-            };
-            if delete {
-                ops.push(Op::Deregister {
-                    service: service.clone(),
-                    instance: instance.clone(),
-                });
-                return false;
-            }
-            if critical_since.is_some() && !e.marked_critical {
-                e.marked_critical = true;
-                ops.push(Op::SetHealth {
-                    service: service.clone(),
-                    instance: instance.clone(),
-                    status: HealthStatus::Critical,
-                });
-            }
-            true
+            instances.retain(|instance, e| {
+                let silent_since = e.last + e.deadlines.unhealthy_after;
+                let critical_since = e
+                    .failed_at
+                    .or((now >= silent_since).then_some(silent_since));
+                let delete = match (e.deadlines.delete, critical_since) {
+                    (DeletePolicy::AfterLastBeat(d), _) => now >= e.last + d,
+                    (DeletePolicy::AfterCritical(d), Some(since)) => now >= since + d,
+                    _ => false,
+                };
+                if delete {
+                    ops.push(Op::Deregister {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                    });
+                    removed += 1;
+                    return false;
+                }
+                if critical_since.is_some() && !e.marked_critical {
+                    e.marked_critical = true;
+                    ops.push(Op::SetHealth {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                        status: HealthStatus::Critical,
+                    });
+                }
+                true
+            });
+            !instances.is_empty()
         });
+        self.len -= removed;
         ops
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -245,8 +246,9 @@ pub struct Service {
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// A persistent map: cloning a service to change it copies O(log n) nodes, so the
-    /// change history and readers share structure instead of holding full copies.
-    pub instances: imbl::OrdMap<InstanceKey, Instance>,
+    /// change history and readers share structure instead of holding full copies. Values
+    /// are `Arc`s so that copying a node copies pointers, not 64 instances' strings.
+    pub instances: imbl::OrdMap<InstanceKey, Arc<Instance>>,
     /// Global revision of this service's last change.
     pub revision: u64,
 }
@@ -279,26 +281,33 @@ impl Service {
     /// holds that address (clients often omit the cluster on deregister and beat).
     pub fn find(&self, ip: &str, port: u16, cluster: Option<&str>) -> Option<&Instance> {
         match cluster {
-            Some(c) => self.instances.get(&InstanceKey::new(ip, port, c)),
+            Some(c) => self
+                .instances
+                .get(&InstanceKey::new(ip, port, c))
+                .map(|i| &**i),
             None => {
                 if let Some(i) = self
                     .instances
                     .get(&InstanceKey::new(ip, port, DEFAULT_CLUSTER))
                 {
-                    return Some(i);
+                    return Some(&**i);
                 }
                 let mut it = self
                     .instances
                     .values()
                     .filter(|i| i.ip == ip && i.port == port);
                 let first = it.next();
-                if it.next().is_some() { None } else { first }
+                if it.next().is_some() {
+                    None
+                } else {
+                    first.map(|i| &**i)
+                }
             }
         }
     }
 
     pub fn find_by_id(&self, id: &str) -> Option<&Instance> {
-        self.instances.values().find(|i| i.id == id)
+        self.instances.values().find(|i| i.id == id).map(|i| &**i)
     }
 }
 

@@ -116,7 +116,7 @@ pub struct Applied {
     /// `None` when the op changed nothing (same data, or removing what was absent).
     pub change: Option<Change>,
     /// The instance as it was before the op, if the op touched one.
-    pub previous: Option<Instance>,
+    pub previous: Option<Arc<Instance>>,
 }
 
 /// All services, the global revision and a bounded history of recent changes.
@@ -196,8 +196,9 @@ impl Naming {
                     .as_deref()
                     .cloned()
                     .unwrap_or_else(|| Service::new(service.clone()));
+                let instance = Arc::new(instance);
                 let previous = svc.instances.insert(instance.key(), instance.clone());
-                if current.is_some() && previous.as_ref() == Some(&instance) {
+                if current.is_some() && previous.as_deref() == Some(&*instance) {
                     return Ok(Applied {
                         change: None,
                         previous,
@@ -211,8 +212,9 @@ impl Naming {
                 if !svc.instances.contains_key(&key) {
                     return Err(not_found(&service, &key));
                 }
+                let instance = Arc::new(instance);
                 let previous = svc.instances.insert(key, instance.clone());
-                if previous.as_ref() == Some(&instance) {
+                if previous.as_deref() == Some(&*instance) {
                     return Ok(Applied {
                         change: None,
                         previous,
@@ -253,7 +255,7 @@ impl Naming {
                         previous,
                     });
                 }
-                inst.status = status;
+                Arc::make_mut(inst).status = status;
                 Ok(self.commit(svc, previous))
             }
             Op::CreateService {
@@ -312,7 +314,7 @@ impl Naming {
                     .collect();
                 for key in keys {
                     if let Some(i) = svc.instances.get_mut(&key) {
-                        i.check = Some(config.check.clone());
+                        Arc::make_mut(i).check = Some(config.check.clone());
                     }
                 }
                 svc.clusters.insert(cluster, config);
@@ -377,6 +379,54 @@ impl Naming {
         }
     }
 
+    /// Applies one sweep's expiry verdicts for one service (`SetHealth` to critical,
+    /// `Deregister`; other ops are ignored) as a single change. When thousands of
+    /// instances of a service fall silent together (a client fleet restarting, a network
+    /// cut), watchers and pushes get one new state instead of thousands, and the sweep
+    /// copies the service's tree once. Returns the change, and whether a persistent
+    /// instance was touched (the caller then saves).
+    pub fn apply_expiry(
+        &mut self,
+        service: &ServiceKey,
+        verdicts: &[Op],
+    ) -> (Option<Change>, bool) {
+        let Some(current) = self.services.get(service) else {
+            return (None, false);
+        };
+        let mut svc = (**current).clone();
+        let mut changed = false;
+        let mut durable = false;
+        for op in verdicts {
+            match op {
+                Op::SetHealth {
+                    instance, status, ..
+                } => {
+                    if svc
+                        .instances
+                        .get(instance)
+                        .is_some_and(|i| i.status != *status)
+                        && let Some(i) = svc.instances.get_mut(instance)
+                    {
+                        durable |= !i.ephemeral;
+                        Arc::make_mut(i).status = *status;
+                        changed = true;
+                    }
+                }
+                Op::Deregister { instance, .. } => {
+                    if let Some(i) = svc.instances.remove(instance) {
+                        durable |= !i.ephemeral;
+                        changed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !changed {
+            return (None, false);
+        }
+        (self.commit(svc, None).change, durable)
+    }
+
     fn existing(&self, key: &ServiceKey) -> Result<Service, NamingError> {
         self.services
             .get(key)
@@ -384,7 +434,7 @@ impl Naming {
             .ok_or_else(|| NamingError::ServiceNotFound(key.to_string()))
     }
 
-    fn commit(&mut self, mut svc: Service, previous: Option<Instance>) -> Applied {
+    fn commit(&mut self, mut svc: Service, previous: Option<Arc<Instance>>) -> Applied {
         self.revision += 1;
         svc.revision = self.revision;
         let svc = Arc::new(svc);
@@ -583,6 +633,49 @@ mod tests {
                 }),
                 None
             ]
+        );
+    }
+
+    #[test]
+    fn one_sweep_of_a_service_is_one_change() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        for port in 1..=3 {
+            reg(&mut n, &a, "10.0.0.1", port);
+        }
+        let before = n.revision();
+        let key = |port| InstanceKey::new("10.0.0.1", port, DEFAULT_CLUSTER);
+        let verdicts = vec![
+            Op::SetHealth {
+                service: a.clone(),
+                instance: key(1),
+                status: HealthStatus::Critical,
+            },
+            Op::Deregister {
+                service: a.clone(),
+                instance: key(2),
+            },
+            // Already gone: ignored, not an error.
+            Op::Deregister {
+                service: a.clone(),
+                instance: key(9),
+            },
+        ];
+        let (change, durable) = n.apply_expiry(&a, &verdicts);
+        let change = change.expect("a change");
+        assert!(!durable, "only ephemeral instances were touched");
+        assert_eq!(change.revision, before + 1);
+        assert_eq!(n.revision(), before + 1);
+        let svc = n.get(&a).unwrap();
+        assert_eq!(svc.instances.len(), 2);
+        assert!(!svc.instances[&key(1)].healthy());
+        assert!(svc.instances[&key(3)].healthy());
+        // The same verdicts again change nothing.
+        assert!(n.apply_expiry(&a, &verdicts).0.is_none());
+        assert!(
+            n.apply_expiry(&ServiceKey::simple("none"), &verdicts)
+                .0
+                .is_none()
         );
     }
 

@@ -66,7 +66,7 @@ pub fn save(path: &Path, naming: &Naming) -> Result<(), PersistError> {
                 .instances
                 .values()
                 .filter(|i| !i.ephemeral)
-                .cloned()
+                .map(|i| (**i).clone())
                 .collect(),
         })
         .collect();
@@ -163,7 +163,7 @@ mod tests {
         }
         let svc = restored.get(&s).unwrap();
         assert_eq!(svc.instances.len(), 1);
-        assert_eq!(svc.instances.values().next().unwrap(), &p);
+        assert_eq!(**svc.instances.values().next().unwrap(), p);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! of that service sends a `dom` packet (gzip from 1 KiB), waits for the client's
 //! `push-ack`, retries, and drops subscribers that stop acking or stop asking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::core::Registry;
-use crate::http::nacos_json::{ListFilter, service_info};
+use crate::http::nacos_json::{ListFilter, render_hosts, render_service_info};
 use crate::model::{BeatTimings, ServiceKey};
 
 /// Packets at least this big are gzipped (as Nacos does).
@@ -64,7 +64,8 @@ struct Subscriber {
 pub struct PushService {
     socket: UdpSocket,
     subscribers: Mutex<HashMap<ServiceKey, HashMap<SocketAddr, Subscriber>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Batches waiting for acks, by the nonce their packet carries.
+    pending: Mutex<HashMap<u64, Arc<Batch>>>,
     nonce: AtomicU64,
     options: PushOptions,
     beat: BeatTimings,
@@ -165,8 +166,8 @@ impl PushService {
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, _from)) = received {
-                        self.handle_ack(&buf[..n]);
+                    if let Ok((n, from)) = received {
+                        self.handle_ack(&buf[..n], from);
                     }
                 }
                 _ = prune.tick() => self.prune(Instant::now()),
@@ -174,7 +175,7 @@ impl PushService {
         }
     }
 
-    fn handle_ack(&self, packet: &[u8]) {
+    fn handle_ack(&self, packet: &[u8], from: SocketAddr) {
         let Ok(v) = serde_json::from_slice::<Value>(packet) else {
             return;
         };
@@ -186,75 +187,159 @@ impl PushService {
             Some(Value::Number(n)) => n.as_u64(),
             _ => None,
         };
-        if let Some(nonce) = nonce
-            && let Some(tx) = self
-                .pending
+        let Some(batch) = nonce.and_then(|n| {
+            self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&nonce)
-        {
-            let _ = tx.send(());
+                .get(&n)
+                .cloned()
+        }) else {
+            return;
+        };
+        if batch.ack(from) {
+            self.stats.acked.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .latency_us_sum
+                .fetch_add(batch.since_sent().as_micros() as u64, Ordering::Relaxed);
+            self.stats.latency_count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn push_change(self: Arc<Self>, registry: &Registry, key: &ServiceKey) {
-        let targets: Vec<(SocketAddr, ListFilter)> = {
+        // Subscribers mostly share a filter: each distinct view is rendered, wrapped and
+        // gzipped once, and that one packet goes to every subscriber of the view.
+        let mut views: HashMap<ListFilter, Vec<SocketAddr>> = HashMap::new();
+        {
             let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            match subs.get(key) {
-                Some(m) => m.iter().map(|(a, s)| (*a, s.filter.clone())).collect(),
-                None => return,
+            let Some(m) = subs.get(key) else { return };
+            for (addr, sub) in m {
+                views.entry(sub.filter.clone()).or_default().push(*addr);
             }
-        };
+        }
         let svc = registry.get(key);
-        // Subscribers mostly share a filter: render each distinct view once.
-        let mut views: HashMap<ListFilter, Arc<str>> = HashMap::new();
-        for (target, filter) in targets {
-            let data = views
-                .entry(filter)
-                .or_insert_with_key(|f| {
-                    service_info(key, svc.as_deref(), f, &self.beat, 10_000)
-                        .to_string()
-                        .into()
-                })
-                .clone();
+        for (filter, targets) in views {
+            let hosts = render_hosts(key, svc.as_deref(), &filter, &self.beat);
+            let info = render_service_info(key, svc.as_deref(), &filter, 10_000, &hosts);
+            let data = String::from_utf8_lossy(&info);
+            let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+            let packet = encode_packet(&data, nonce);
             let this = self.clone();
             let key = key.clone();
-            tokio::spawn(async move { this.deliver(key, target, data).await });
+            tokio::spawn(async move { this.deliver(key, nonce, packet, targets).await });
         }
     }
 
-    async fn deliver(&self, key: ServiceKey, target: SocketAddr, data: Arc<str>) {
+    /// Sends one packet to many subscribers, resends to those that have not acked, and
+    /// drops the ones that never do.
+    ///
+    /// One nonce (`lastRefTime`) serves the whole batch and an ack is matched by its
+    /// sender's address and that nonce, which is how Nacos pairs acks with pushes too.
+    async fn deliver(
+        &self,
+        key: ServiceKey,
+        nonce: u64,
+        packet: Vec<u8>,
+        targets: Vec<SocketAddr>,
+    ) {
+        let batch = Arc::new(Batch::new(targets));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce, batch.clone());
         for _ in 0..self.options.attempts.max(1) {
-            let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-            let packet = encode_packet(&data, nonce);
-            let (tx, rx) = oneshot::channel();
-            self.pending
+            let unacked = batch.unacked();
+            if unacked.is_empty() {
+                break;
+            }
+            batch.mark_sent();
+            for target in unacked {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.socket.send_to(&packet, target).await {
+                    tracing::debug!(%target, error = %e, "push send failed");
+                }
+            }
+            let _ = tokio::time::timeout(self.options.ack_timeout, batch.all_acked()).await;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&nonce);
+        for target in batch.unacked() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%target, service = %key, "push not acked; subscriber dropped");
+            self.drop_subscriber(&key, target);
+        }
+    }
+}
+
+/// One packet on its way to several subscribers: who still owes an ack.
+struct Batch {
+    waiting: Mutex<HashSet<SocketAddr>>,
+    sent_at: Mutex<Instant>,
+    done: Notify,
+}
+
+impl Batch {
+    fn new(targets: Vec<SocketAddr>) -> Self {
+        Self {
+            waiting: Mutex::new(targets.into_iter().collect()),
+            sent_at: Mutex::new(Instant::now()),
+            done: Notify::new(),
+        }
+    }
+
+    fn unacked(&self) -> Vec<SocketAddr> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn mark_sent(&self) {
+        *self.sent_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn since_sent(&self) -> Duration {
+        self.sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Records an ack from `from`; true when it settled a subscriber.
+    ///
+    /// A client behind an address translation acks from another ip; when exactly one
+    /// waiting subscriber has the sender's port, that one is taken as the sender.
+    fn ack(&self, from: SocketAddr) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let settled = waiting.remove(&from) || {
+            let mut same_port = waiting.iter().filter(|a| a.port() == from.port());
+            match (same_port.next().copied(), same_port.next()) {
+                (Some(only), None) => waiting.remove(&only),
+                _ => false,
+            }
+        };
+        if settled && waiting.is_empty() {
+            self.done.notify_one();
+        }
+        settled
+    }
+
+    async fn all_acked(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self
+                .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(nonce, tx);
-            let started = Instant::now();
-            self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            let sent = self.socket.send_to(&packet, target).await;
-            let acked = sent.is_ok()
-                && tokio::time::timeout(self.options.ack_timeout, rx)
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&nonce);
-            if acked {
-                self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .latency_us_sum
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                self.stats.latency_count.fetch_add(1, Ordering::Relaxed);
+                .is_empty()
+            {
                 return;
             }
+            notified.await;
         }
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%target, service = %key, "push not acked; subscriber dropped");
-        self.drop_subscriber(&key, target);
     }
 }
 

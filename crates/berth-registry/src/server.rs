@@ -202,6 +202,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         registry: registry.clone(),
         push,
         beat: config.beat,
+        lists: Default::default(),
         http_addr,
         cluster: cluster.clone(),
     };

@@ -67,6 +67,7 @@ fn state(rt: &tokio::runtime::Runtime) -> AppState {
             registry,
             push,
             beat: BeatTimings::default(),
+            lists: Default::default(),
             http_addr: "127.0.0.1:8848".parse().unwrap(),
             cluster: None,
         }

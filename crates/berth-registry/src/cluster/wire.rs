@@ -23,7 +23,7 @@ pub struct WireService {
     protect_threshold: f32,
     selector: Option<String>,
     clusters: std::collections::BTreeMap<String, crate::model::ClusterConfig>,
-    instances: Vec<crate::model::Instance>,
+    instances: Vec<std::sync::Arc<crate::model::Instance>>,
     revision: u64,
 }
 
@@ -110,7 +110,7 @@ mod tests {
         let mut svc = Service::new(key.clone());
         for port in [2, 1] {
             let i = Instance::new(&key, "10.0.0.1", port, DEFAULT_CLUSTER);
-            svc.instances.insert(i.key(), i);
+            svc.instances.insert(i.key(), std::sync::Arc::new(i));
         }
         svc.revision = 7;
         let stamp = Stamp {

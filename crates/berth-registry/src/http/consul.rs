@@ -307,7 +307,7 @@ fn find_by_id(registry: &Registry, id: &str) -> Option<(ServiceKey, Instance)> {
         if let Some(i) = s.instances.values().find(|i| {
             i.id == sid || i.id == id || i.metadata.get(META_CHECK_ID).is_some_and(|c| c == id)
         }) {
-            return Some((s.key.clone(), i.clone()));
+            return Some((s.key.clone(), (**i).clone()));
         }
     }
     None
@@ -584,7 +584,7 @@ fn selected<'a>(
     passing: bool,
 ) -> impl Iterator<Item = &'a Instance> {
     svc.into_iter().flat_map(move |s| {
-        s.instances.values().filter(move |i| {
+        s.instances.values().map(|i| &**i).filter(move |i| {
             i.enabled
                 && tags.iter().all(|t| i.tags.contains(t))
                 && (!passing || i.status == HealthStatus::Passing)

@@ -10,6 +10,7 @@ use crate::model::BeatTimings;
 use crate::push::PushService;
 
 pub mod consul;
+pub mod list_cache;
 pub mod nacos;
 pub mod nacos_json;
 pub mod params;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub registry: Registry,
     pub push: Arc<PushService>,
     pub beat: BeatTimings,
+    /// Rendered instance lists, reused until their service changes.
+    pub lists: Arc<list_cache::HostsCache>,
     /// The bound HTTP address (Consul's `status/leader` answers with it).
     pub http_addr: std::net::SocketAddr,
     /// The cluster member, when running with peers.

@@ -374,13 +374,13 @@ async fn list(State(s): State<AppState>, p: Params) -> Result<Response, ApiError
         }
     }
     let svc = s.registry.get(&key);
-    Ok(json_response(nacos_json::service_info(
-        &key,
-        svc.as_deref(),
-        &filter,
-        &s.beat,
-        cache_millis,
-    )))
+    let hosts = s.lists.hosts(&key, svc.as_deref(), &filter, &s.beat);
+    let body = nacos_json::render_service_info(&key, svc.as_deref(), &filter, cache_millis, &hosts);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 fn threshold(p: &Params) -> Result<Option<f32>, ApiError> {

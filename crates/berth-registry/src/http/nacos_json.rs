@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::model::{BeatTimings, CheckSpec, Instance, Service, ServiceKey};
@@ -14,25 +15,74 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// One entry of `hosts` in an instance list.
+/// One entry of `hosts` in an instance list, serialized straight to bytes (lists are the
+/// registry's hottest read; building a `Value` tree first doubled their cost).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Host<'a> {
+    instance_id: &'a str,
+    ip: &'a str,
+    port: u16,
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    ephemeral: bool,
+    cluster_name: &'a str,
+    service_name: &'a str,
+    metadata: &'a BTreeMap<String, String>,
+    instance_heart_beat_interval: u64,
+    instance_heart_beat_time_out: u64,
+    ip_delete_timeout: u64,
+    instance_id_generator: &'static str,
+}
+
+impl<'a> Host<'a> {
+    fn new(service_name: &'a str, i: &'a Instance, defaults: &BeatTimings) -> Self {
+        let t = i.timings(defaults);
+        Self {
+            instance_id: &i.id,
+            ip: &i.ip,
+            port: i.port,
+            weight: i.weight,
+            healthy: i.healthy(),
+            enabled: i.enabled,
+            ephemeral: i.ephemeral,
+            cluster_name: &i.cluster,
+            service_name,
+            metadata: &i.metadata,
+            instance_heart_beat_interval: t.interval_ms,
+            instance_heart_beat_time_out: t.unhealthy_after_ms,
+            ip_delete_timeout: t.delete_after_ms,
+            instance_id_generator: "simple",
+        }
+    }
+}
+
+/// One entry of `hosts` in an instance list, as a JSON value.
 pub fn host(key: &ServiceKey, i: &Instance, defaults: &BeatTimings) -> Value {
-    let t = i.timings(defaults);
-    json!({
-        "instanceId": i.id,
-        "ip": i.ip,
-        "port": i.port,
-        "weight": i.weight,
-        "healthy": i.healthy(),
-        "enabled": i.enabled,
-        "ephemeral": i.ephemeral,
-        "clusterName": i.cluster,
-        "serviceName": key.grouped_name(),
-        "metadata": i.metadata,
-        "instanceHeartBeatInterval": t.interval_ms,
-        "instanceHeartBeatTimeOut": t.unhealthy_after_ms,
-        "ipDeleteTimeout": t.delete_after_ms,
-        "instanceIdGenerator": "simple",
-    })
+    let name = key.grouped_name();
+    serde_json::to_value(Host::new(&name, i, defaults)).unwrap_or(Value::Null)
+}
+
+/// The `hosts` array of an instance list: the instances `filter` keeps, as JSON bytes.
+pub fn render_hosts(
+    key: &ServiceKey,
+    svc: Option<&Service>,
+    filter: &ListFilter,
+    defaults: &BeatTimings,
+) -> Vec<u8> {
+    let name = key.grouped_name();
+    let hosts: Vec<Host<'_>> = svc
+        .map(|s| {
+            s.instances
+                .values()
+                .filter(|i| filter.keeps(i))
+                .map(|i| Host::new(&name, i, defaults))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Serializing plain structs and maps of strings into a Vec cannot fail.
+    serde_json::to_vec(&hosts).unwrap_or_else(|_| b"[]".to_vec())
 }
 
 /// Which instances a list request asked for.
@@ -71,7 +121,50 @@ impl ListFilter {
     }
 }
 
-/// The `/instance/list` answer (also the `data` of a UDP push).
+/// The `/instance/list` answer (also the `data` of a UDP push), around a `hosts` array
+/// rendered by [`render_hosts`] (possibly cached: only this envelope is per request).
+pub fn render_service_info(
+    key: &ServiceKey,
+    svc: Option<&Service>,
+    filter: &ListFilter,
+    cache_millis: u64,
+    hosts: &[u8],
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head<'a> {
+        name: String,
+        group_name: &'a str,
+        clusters: String,
+        cache_millis: u64,
+        last_ref_time: u64,
+        checksum: String,
+        #[serde(rename = "allIPs")]
+        all_ips: bool,
+        reach_protection_threshold: bool,
+        valid: bool,
+    }
+    let head = Head {
+        name: key.grouped_name(),
+        group_name: &key.group,
+        clusters: filter.clusters_param(),
+        cache_millis,
+        last_ref_time: now_millis(),
+        checksum: svc.map(|s| format!("{:x}", s.revision)).unwrap_or_default(),
+        all_ips: false,
+        reach_protection_threshold: false,
+        valid: true,
+    };
+    let mut out = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    // Splice `"hosts":[...]` in before the closing brace of the head object.
+    out.pop();
+    out.extend_from_slice(b",\"hosts\":");
+    out.extend_from_slice(hosts);
+    out.push(b'}');
+    out
+}
+
+/// The `/instance/list` answer as a JSON value (rendered without a cache).
 pub fn service_info(
     key: &ServiceKey,
     svc: Option<&Service>,
@@ -79,27 +172,9 @@ pub fn service_info(
     defaults: &BeatTimings,
     cache_millis: u64,
 ) -> Value {
-    let hosts: Vec<Value> = svc
-        .map(|s| {
-            s.instances
-                .values()
-                .filter(|i| filter.keeps(i))
-                .map(|i| host(key, i, defaults))
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "name": key.grouped_name(),
-        "groupName": key.group,
-        "clusters": filter.clusters_param(),
-        "cacheMillis": cache_millis,
-        "hosts": hosts,
-        "lastRefTime": now_millis(),
-        "checksum": svc.map(|s| format!("{:x}", s.revision)).unwrap_or_default(),
-        "allIPs": false,
-        "reachProtectionThreshold": false,
-        "valid": true,
-    })
+    let hosts = render_hosts(key, svc, filter, defaults);
+    let raw = render_service_info(key, svc, filter, cache_millis, &hosts);
+    serde_json::from_slice(&raw).unwrap_or(Value::Null)
 }
 
 /// The `GET /instance` answer.

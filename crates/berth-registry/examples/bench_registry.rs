@@ -53,6 +53,35 @@ fn instance(i: usize) -> (String, String, u16) {
     )
 }
 
+/// With `BENCH_HOLD_MS`, registrations carry Nacos's per-instance timeouts so that a
+/// long memory run keeps every instance without beating (both servers honour the keys).
+fn hold_metadata() -> &'static str {
+    static HOLD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLD.get_or_init(|| match std::env::var("BENCH_HOLD_MS") {
+        Ok(ms) if !ms.is_empty() => format!(
+            "&metadata={}",
+            enc(&format!(
+                r#"{{"preserved.heart.beat.timeout":"{ms}","preserved.ip.delete.timeout":"{ms}"}}"#
+            ))
+        ),
+        _ => String::new(),
+    })
+}
+
+/// Instances the server lists over all bench services (checks a memory run kept them).
+async fn held(addr: SocketAddr) -> usize {
+    let mut total = 0;
+    for s in 0..SERVICES {
+        let path = format!("/nacos/v1/ns/instance/list?serviceName=bench-svc-{s}");
+        if let Some(body) = http_body(addr, hyper::Method::GET, path).await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            total += v["hosts"].as_array().map(Vec::len).unwrap_or(0);
+        }
+    }
+    total
+}
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -67,7 +96,10 @@ fn path_for(phase: &str, i: usize) -> (hyper::Method, String) {
     match phase {
         "register" => (
             hyper::Method::POST,
-            format!("/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}&ephemeral=true"),
+            format!(
+                "/nacos/v1/ns/instance?serviceName={svc}&ip={ip}&port={port}&ephemeral=true{}",
+                hold_metadata()
+            ),
         ),
         "beat" => {
             let beat = format!(
@@ -156,13 +188,15 @@ async fn phase(addr: SocketAddr, pid: u32, name: &'static str, ops: u64, concurr
 }
 
 async fn http_call(addr: SocketAddr, method: hyper::Method, path: String) -> bool {
-    let Ok(stream) = TcpStream::connect(addr).await else {
-        return false;
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
-        return false;
-    };
+    http_body(addr, method, path).await.is_some()
+}
+
+/// The body of a successful answer, or `None`.
+async fn http_body(addr: SocketAddr, method: hyper::Method, path: String) -> Option<Bytes> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
@@ -170,14 +204,10 @@ async fn http_call(addr: SocketAddr, method: hyper::Method, path: String) -> boo
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .expect("valid request");
-    match sender.send_request(req).await {
-        Ok(resp) => {
-            let ok = resp.status().is_success();
-            let _ = resp.into_body().collect().await;
-            ok
-        }
-        Err(_) => false,
-    }
+    let resp = sender.send_request(req).await.ok()?;
+    let ok = resp.status().is_success();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    ok.then_some(body)
 }
 
 /// The fields of a push packet the subscriber needs (`data` stays an escaped string).
@@ -300,6 +330,9 @@ async fn main() {
     }
     if wanted("list") {
         phase(addr, pid, "list", instances / 2, concurrency).await;
+    }
+    if wanted("held") {
+        println!("{{\"phase\":\"held\",\"instances\":{}}}", held(addr).await);
     }
     if wanted("push") {
         let subscribers: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1000);

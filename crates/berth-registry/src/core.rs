@@ -188,29 +188,34 @@ impl Registry {
         self.shared.link.get().is_none_or(|l| l.owns(key))
     }
 
-    /// Sends `write` to its owner when another node owns its key.
-    async fn forward(&self, write: &Forwarded) -> Option<ForwardedReply> {
+    /// Sends a write to the owner of `key` when another member owns it: `Some` with the
+    /// owner's reply, `None` when this node applies it (single node, owner here, or the
+    /// owner unreachable). `write` is built only when it is sent.
+    async fn forward(
+        &self,
+        key: &ServiceKey,
+        write: impl FnOnce() -> Forwarded,
+    ) -> Option<ForwardedReply> {
         let link = self.shared.link.get()?;
-        if link.owns(write.service()) {
+        if link.owns(key) {
             return None;
         }
-        link.forward(write.clone()).await
+        link.forward(write()).await
     }
 
     /// Applies an op on its key's owner (forwarding it there when that is another node)
     /// and waits until it is applied.
     pub async fn submit(&self, op: Op) -> Result<Applied, NamingError> {
-        let write = Forwarded::Op(op);
-        if let Some(ForwardedReply::Op(result)) = self.forward(&write).await {
+        if let Some(ForwardedReply::Op(result)) = self
+            .forward(op.service(), || Forwarded::Op(op.clone()))
+            .await
+        {
             // The owner applied it; the change reaches this node by replication.
             return result.map(|()| Applied {
                 change: None,
                 previous: None,
             });
         }
-        let Forwarded::Op(op) = write else {
-            unreachable!("built as an op above")
-        };
         self.submit_local(op).await
     }
 
@@ -224,7 +229,7 @@ impl Registry {
         rx.await.map_err(|_| NamingError::ShuttingDown)?
     }
 
-    /// Records a beat (or Consul pass/warn) for an instance.
+    /// Records a beat (or Consul pass/warn) for an instance, on its owner.
     pub async fn beat(
         &self,
         service: ServiceKey,
@@ -233,28 +238,15 @@ impl Registry {
         cluster: Option<String>,
         status: HealthStatus,
     ) -> Result<BeatResult, NamingError> {
-        if self.shared.link.get().is_some() {
-            let write = Forwarded::Beat {
-                service,
-                ip,
-                port,
-                cluster,
-                status,
-            };
-            if let Some(ForwardedReply::Beat(result)) = self.forward(&write).await {
-                return result;
-            }
-            let Forwarded::Beat {
-                service,
-                ip,
-                port,
-                cluster,
-                status,
-            } = write
-            else {
-                unreachable!("built as a beat above")
-            };
-            return self.beat_local(service, ip, port, cluster, status).await;
+        let write = || Forwarded::Beat {
+            service: service.clone(),
+            ip: ip.clone(),
+            port,
+            cluster: cluster.clone(),
+            status,
+        };
+        if let Some(ForwardedReply::Beat(result)) = self.forward(&service, write).await {
+            return result;
         }
         self.beat_local(service, ip, port, cluster, status).await
     }
@@ -283,21 +275,18 @@ impl Registry {
         rx.await.map_err(|_| NamingError::ShuttingDown)
     }
 
-    /// Marks a client-reported check as failed (Consul `check/fail`).
+    /// Marks a client-reported check as failed (Consul `check/fail`), on its owner.
     pub async fn fail(
         &self,
         service: ServiceKey,
         instance: InstanceKey,
     ) -> Result<BeatResult, NamingError> {
-        if self.shared.link.get().is_some() {
-            let write = Forwarded::Fail { service, instance };
-            if let Some(ForwardedReply::Beat(result)) = self.forward(&write).await {
-                return result;
-            }
-            let Forwarded::Fail { service, instance } = write else {
-                unreachable!("built as a failure above")
-            };
-            return self.fail_local(service, instance).await;
+        let write = || Forwarded::Fail {
+            service: service.clone(),
+            instance: instance.clone(),
+        };
+        if let Some(ForwardedReply::Beat(result)) = self.forward(&service, write).await {
+            return result;
         }
         self.fail_local(service, instance).await
     }

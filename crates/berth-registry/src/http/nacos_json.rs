@@ -58,12 +58,6 @@ impl<'a> Host<'a> {
     }
 }
 
-/// One entry of `hosts` in an instance list, as a JSON value.
-pub fn host(key: &ServiceKey, i: &Instance, defaults: &BeatTimings) -> Value {
-    let name = key.grouped_name();
-    serde_json::to_value(Host::new(&name, i, defaults)).unwrap_or(Value::Null)
-}
-
 /// The `hosts` array of an instance list: the instances `filter` keeps, as JSON bytes.
 pub fn render_hosts(
     key: &ServiceKey,
@@ -162,19 +156,6 @@ pub fn render_service_info(
     out.extend_from_slice(hosts);
     out.push(b'}');
     out
-}
-
-/// The `/instance/list` answer as a JSON value (rendered without a cache).
-pub fn service_info(
-    key: &ServiceKey,
-    svc: Option<&Service>,
-    filter: &ListFilter,
-    defaults: &BeatTimings,
-    cache_millis: u64,
-) -> Value {
-    let hosts = render_hosts(key, svc, filter, defaults);
-    let raw = render_service_info(key, svc, filter, cache_millis, &hosts);
-    serde_json::from_slice(&raw).unwrap_or(Value::Null)
 }
 
 /// The `GET /instance` answer.

@@ -105,6 +105,14 @@ async fn writes_through_any_member_reach_every_member_and_watchers() {
         .map(|m| m["ownedServices"].as_u64().unwrap())
         .sum();
     assert_eq!(owned, 10, "{v}");
+    let empty = c
+        .http
+        .get(format!("http://{}/v1/cluster?service=", c.nodes[0].http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    assert!(empty.text().await.unwrap().contains("parameter 'service'"));
     let servers: serde_json::Value = c
         .http
         .get(format!(

@@ -116,6 +116,13 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
 }
 
 async fn cluster_json(State(c): State<Arc<Cluster>>, Query(q): Query<OwnerQuery>) -> Response {
+    if q.service.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "parameter 'service' is empty; pass a service name (or group@@name) or leave it out\n",
+        )
+            .into_response();
+    }
     let key = q.service.as_deref().map(|s| {
         ServiceKey::parse_grouped(
             q.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, DriverKind, validate_node_id};
-use crate::driver::{Driver, LogRotator, ProcessDriver, SimDriver};
+use crate::driver::{DockerDriver, Driver, Drivers, LogRotator, ProcessDriver, SimDriver};
 use crate::link::{self, LinkConfig, LinkStatus, NodeInfo, server_uri};
 use crate::metrics::AgentMetrics;
 use crate::record::{RecordError, RecordStore};
@@ -140,6 +140,16 @@ pub async fn start_with_token(
         DriverKind::Process => Arc::new(ProcessDriver::new(config.exit_poll)),
         DriverKind::Sim => Arc::new(SimDriver::new()),
     };
+    let mut drivers = Drivers::new(driver);
+    if let Some(socket) = &config.docker_socket {
+        let docker = DockerDriver::new(socket);
+        // Offered even while the engine is down (it may come up later); a start then
+        // fails with the reason on the instance's stderr.
+        if let Err(err) = docker.api().ping().await {
+            tracing::warn!("docker driver: {err}");
+        }
+        drivers = drivers.with(Arc::new(docker));
+    }
     let supervisor = Supervisor::new(
         SupervisorConfig {
             node_id: node_id.clone(),
@@ -156,7 +166,7 @@ pub async fn start_with_token(
             default_grace: config.stop_grace,
             log_addr: Some(format!("http://{status_addr}")),
         },
-        driver,
+        drivers,
         store.clone(),
         nacos,
         tasks.clone(),

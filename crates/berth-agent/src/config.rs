@@ -21,6 +21,7 @@
 //! | `retention` | `10m` | how long finished instances stay reported and on disk |
 //! | `stop_grace` | `10s` | grace of a stop resumed after an agent restart |
 //! | `driver` | `process` | `process` (real programs) or `sim` (simulated instances, for tests and benchmarks) |
+//! | `docker_socket` | none | a Docker engine's Unix socket (e.g. `/var/run/docker.sock`): the node also offers the `docker` driver |
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +35,8 @@ use crate::ports::PortRange;
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub driver: DriverKind,
+    /// A Docker engine to run image apps on; `None`: this node has no docker driver.
+    pub docker_socket: Option<PathBuf>,
     pub servers: Vec<String>,
     pub registry: Option<String>,
     pub registry_http: Option<SocketAddr>,
@@ -72,6 +75,7 @@ impl AgentConfig {
     pub fn new(servers: Vec<String>, data_dir: &Path) -> Self {
         Self {
             driver: DriverKind::Process,
+            docker_socket: None,
             servers,
             registry: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
@@ -151,6 +155,7 @@ impl AgentConfig {
         config.retention = layers.get_or("retention", d.retention)?;
         config.stop_grace = layers.get_or("stop_grace", d.stop_grace)?;
         config.driver = layers.get_or("driver", d.driver)?;
+        config.docker_socket = layers.get("docker_socket")?;
         layers.finish()?;
         Ok(config)
     }
@@ -165,7 +170,8 @@ pub enum DriverKind {
 
 impl FromConfigValue for DriverKind {
     fn expected() -> String {
-        "`process` or `sim`".into()
+        "`process` or `sim` (a node runs image apps when docker_socket names a Docker engine)"
+            .into()
     }
     fn parse_value(raw: &str) -> Option<Self> {
         match raw.trim() {

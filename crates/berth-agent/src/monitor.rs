@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{CheckState, Prober, next_delay, tcp_accepts};
 use crate::record::Phase;
 use crate::registry::{BeatOutcome, NacosClient, Registration};
-use crate::spec::{CheckKind, InstanceSpec};
+use crate::spec::{CheckKind, HealthCheckSpec, InstanceSpec};
 use crate::supervisor::Supervisor;
 
 pub(crate) struct MonitorCtx {
@@ -37,11 +37,37 @@ pub(crate) struct MonitorCtx {
     /// The agent is stopping.
     pub agent: CancellationToken,
     pub prober: Prober,
+    /// Runs command checks inside the instance when its driver isolates it.
+    pub inside: Option<Inside>,
     pub registry: Option<NacosClient>,
     pub advertise: String,
     pub node_id: String,
     pub beat_interval: Duration,
     pub previously_healthy: bool,
+}
+
+/// The driver and handle of an isolated instance (a container), for command checks.
+pub(crate) struct Inside {
+    pub driver: std::sync::Arc<dyn crate::driver::Driver>,
+    pub handle: crate::driver::DriverHandle,
+}
+
+impl Inside {
+    /// `None` when the driver runs checks on the host after all.
+    async fn probe(
+        &self,
+        check: &HealthCheckSpec,
+        env: &BTreeMap<String, String>,
+    ) -> Option<Result<(), String>> {
+        let CheckKind::Command { argv } = &check.kind else {
+            return None;
+        };
+        let exec = self.driver.exec_check(&self.handle, argv, env)?;
+        Some(match tokio::time::timeout(check.timeout, exec).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        })
+    }
 }
 
 /// How often a port-less-check instance's port 0 is tried until it accepts.
@@ -114,10 +140,18 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
                 if due[i] > now {
                     continue;
                 }
-                let result = ctx
-                    .prober
-                    .probe(check, &ctx.ports, &ctx.env, &ctx.work_dir)
-                    .await;
+                let inside = match &ctx.inside {
+                    Some(inside) => inside.probe(check, &ctx.env).await,
+                    None => None,
+                };
+                let result = match inside {
+                    Some(result) => result,
+                    None => {
+                        ctx.prober
+                            .probe(check, &ctx.ports, &ctx.env, &ctx.work_dir)
+                            .await
+                    }
+                };
                 supervisor
                     .metrics()
                     .check(protocol_name(&check.kind), result.is_ok());

@@ -133,7 +133,10 @@ pub struct InstanceSpec {
     pub instance_id: InstanceId,
     pub app_id: String,
     pub app_version: u64,
-    pub command: CommandLine,
+    /// `None` only for an image run with its own command.
+    pub command: Option<CommandLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub driver: String,
     pub env: BTreeMap<String, String>,
     pub port_count: usize,
@@ -155,9 +158,12 @@ impl InstanceSpec {
                 "is empty: every instance belongs to an app",
             ));
         }
+        let image = Some(start.image.trim().to_string()).filter(|i| !i.is_empty());
         let command = match (start.cmd.trim().is_empty(), start.args.is_empty()) {
-            (false, true) => CommandLine::Shell(start.cmd.clone()),
-            (true, false) if !start.args[0].is_empty() => CommandLine::Argv(start.args.clone()),
+            (false, true) => Some(CommandLine::Shell(start.cmd.clone())),
+            (true, false) if !start.args[0].is_empty() => {
+                Some(CommandLine::Argv(start.args.clone()))
+            }
             (true, false) => {
                 return Err(SpecError::field(
                     "args",
@@ -170,15 +176,8 @@ impl InstanceSpec {
                     "both cmd and args are set: give cmd (run by /bin/sh -c) or args (no shell), not both",
                 ));
             }
-            (true, true) if !start.image.is_empty() => {
-                return Err(SpecError::field(
-                    "image",
-                    format!(
-                        "{:?} needs a container driver, and this node runs processes only: give cmd or args, or place the app on a node with the docker driver",
-                        start.image
-                    ),
-                ));
-            }
+            // The image's own command runs.
+            (true, true) if image.is_some() => None,
             (true, true) => {
                 return Err(SpecError::field(
                     "cmd",
@@ -186,8 +185,25 @@ impl InstanceSpec {
                 ));
             }
         };
-        // Empty: whatever driver the node runs.
+        // Empty: whatever driver the node runs (docker when there is an image).
         let driver = start.driver.clone();
+        match (driver.as_str(), &image) {
+            ("docker", None) => {
+                return Err(SpecError::field(
+                    "image",
+                    "the docker driver needs an image: set image, or use the process driver",
+                ));
+            }
+            ("process", Some(image)) => {
+                return Err(SpecError::field(
+                    "image",
+                    format!(
+                        "{image:?} is a container image, and the process driver runs programs: use the docker driver, or give cmd or args without an image"
+                    ),
+                ));
+            }
+            _ => {}
+        }
         if start.port_count > MAX_PORTS {
             return Err(SpecError::field(
                 "port_count",
@@ -216,6 +232,7 @@ impl InstanceSpec {
             app_id: start.app_id.clone(),
             app_version: start.app_version,
             command,
+            image,
             driver,
             env: start
                 .env
@@ -354,7 +371,7 @@ mod tests {
             ..Default::default()
         });
         let spec = InstanceSpec::from_proto(&s).unwrap();
-        assert_eq!(spec.command, CommandLine::Shell("exec ./web".into()));
+        assert_eq!(spec.command, Some(CommandLine::Shell("exec ./web".into())));
         assert_eq!(spec.driver, "", "no driver asked for: the node's own");
         let check = &spec.health_checks[0];
         assert_eq!(
@@ -365,6 +382,23 @@ mod tests {
         );
         assert_eq!(check.interval, DEFAULT_CHECK_INTERVAL);
         assert_eq!(check.max_consecutive_failures, 3);
+    }
+
+    #[test]
+    fn an_image_alone_runs_its_own_command_and_cmd_overrides_it() {
+        let mut s = start();
+        s.cmd = String::new();
+        s.image = "shop-web:1.4".into();
+        let spec = InstanceSpec::from_proto(&s).unwrap();
+        assert_eq!(spec.command, None);
+        assert_eq!(spec.image.as_deref(), Some("shop-web:1.4"));
+        s.cmd = "exec ./web --fast".into();
+        s.driver = "docker".into();
+        let spec = InstanceSpec::from_proto(&s).unwrap();
+        assert_eq!(
+            spec.command,
+            Some(CommandLine::Shell("exec ./web --fast".into()))
+        );
     }
 
     #[test]
@@ -380,8 +414,13 @@ mod tests {
                 |s| {
                     s.cmd = String::new();
                     s.image = "shop-web:1.4".into();
+                    s.driver = "process".into();
                 },
                 "StartInstance.image",
+            ),
+            (
+                |s| s.driver = "docker".into(),
+                "docker driver needs an image",
             ),
             (
                 |s| {

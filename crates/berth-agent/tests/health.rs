@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_agent::driver::{LogRotator, ProcessDriver};
+use berth_agent::driver::{Drivers, LogRotator, ProcessDriver};
 use berth_agent::metrics::AgentMetrics;
 use berth_agent::ports::PortRange;
 use berth_agent::record::RecordStore;
@@ -35,7 +35,7 @@ fn supervisor(dir: &std::path::Path) -> (Supervisor, CancellationToken) {
     };
     let sup = Supervisor::new(
         config,
-        Arc::new(ProcessDriver::new(Duration::from_millis(50))),
+        Drivers::new(Arc::new(ProcessDriver::new(Duration::from_millis(50)))),
         RecordStore::open(dir).unwrap(),
         None,
         Tasks::new(token.clone()),

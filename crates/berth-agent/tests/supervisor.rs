@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_agent::driver::{LogRotator, ProcessDriver};
+use berth_agent::driver::{Drivers, LogRotator, ProcessDriver};
 use berth_agent::metrics::AgentMetrics;
 use berth_agent::ports::PortRange;
 use berth_agent::record::RecordStore;
@@ -50,7 +50,7 @@ fn supervisor_with(
     let token = CancellationToken::new();
     let sup = Supervisor::new(
         config,
-        Arc::new(ProcessDriver::new(Duration::from_millis(50))),
+        Drivers::new(Arc::new(ProcessDriver::new(Duration::from_millis(50)))),
         RecordStore::open(dir).unwrap(),
         None,
         Tasks::new(token.clone()),
@@ -160,12 +160,17 @@ async fn bad_requests_fail_with_the_field_named_and_never_run() {
         failed.message
     );
 
-    let mut docker = start("bad-3", "true", 0);
-    docker.driver = "docker".into();
+    // An image app on a node without a Docker engine: the driver is named, and what the
+    // node offers instead.
+    let mut docker = start("bad-3", "", 0);
+    docker.image = "shop/web:1".into();
     sup.start_instance(&docker);
     let failed = wait_for_state(&mut events, "bad-3", pb::InstanceState::Failed).await;
     assert!(
-        failed.message.contains("driver \"docker\""),
+        failed
+            .message
+            .contains("driver \"docker\" is not available")
+            && failed.message.contains("[\"process\"]"),
         "{}",
         failed.message
     );

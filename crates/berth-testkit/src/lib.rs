@@ -7,6 +7,7 @@
 //! through their public `start` functions).
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod fake_agent;
 pub mod postgres;
 mod process;

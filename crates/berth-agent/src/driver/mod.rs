@@ -1,13 +1,16 @@
 //! Drivers start, stop and re-adopt the programs behind instances. The supervisor only
-//! speaks this trait, so a container driver or a simulated one fits beside the process
-//! driver.
+//! speaks this trait; a node may offer several drivers ([`Drivers`]).
 
+mod docker;
 mod logs;
 mod process;
+mod set;
 mod sim;
 
+pub use docker::{DockerApi, DockerDriver, DockerError, ENGINE_FAILURE};
 pub use logs::{LogFiles, LogRotator, log_tail};
 pub use process::ProcessDriver;
+pub use set::Drivers;
 pub use sim::SimDriver;
 
 use std::collections::BTreeMap;
@@ -18,15 +21,22 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{CommandLine, InstanceId};
+use crate::spec::{CommandLine, InstanceId, Resources};
 
 /// Everything a driver needs to launch one instance.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub instance_id: InstanceId,
-    pub command: CommandLine,
+    /// What to run; `None` only with an image (the image's own command).
+    pub command: Option<CommandLine>,
+    /// The container image, for container drivers.
+    pub image: Option<String>,
     /// The complete environment of the program (nothing else is inherited).
     pub env: BTreeMap<String, String>,
+    /// Labels a container carries (instance, app, version, node), to find it by.
+    pub labels: BTreeMap<String, String>,
+    /// Limits, where the driver enforces them (containers).
+    pub resources: Resources,
     pub work_dir: PathBuf,
     pub logs: LogFiles,
 }
@@ -40,6 +50,16 @@ pub struct DriverHandle {
     /// from a later one that got the same pid.
     pub start_ticks: u64,
     pub boot_id: String,
+    /// The container, for container drivers (whose pid alone identifies nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+}
+
+/// A container by name, with the log files its output is copied into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub name: String,
+    pub logs: LogFiles,
 }
 
 /// How a program ended.
@@ -115,6 +135,10 @@ pub enum DriverError {
     },
     #[error("cannot signal process group {pgid}: {source}")]
     Signal { pgid: u32, source: nix::Error },
+    #[error("{0}")]
+    Spec(String),
+    #[error("{0}")]
+    Engine(String),
 }
 
 pub trait Driver: Send + Sync + 'static {
@@ -133,4 +157,16 @@ pub trait Driver: Send + Sync + 'static {
         handle: &DriverHandle,
         grace: Duration,
     ) -> BoxFuture<'static, Result<(), DriverError>>;
+
+    /// Runs a command health check inside the instance, for drivers that isolate it (a
+    /// container has its own file system). `None`: the check runs on the host, beside
+    /// the instance, as for processes.
+    fn exec_check(
+        &self,
+        _handle: &DriverHandle,
+        _argv: &[String],
+        _env: &BTreeMap<String, String>,
+    ) -> Option<BoxFuture<'static, Result<(), String>>> {
+        None
+    }
 }

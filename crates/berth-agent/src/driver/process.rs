@@ -32,8 +32,14 @@ impl ProcessDriver {
         }
     }
 
-    fn command(spec: &LaunchSpec) -> Command {
-        let mut command = match &spec.command {
+    fn command(spec: &LaunchSpec) -> Result<Command, DriverError> {
+        let Some(line) = &spec.command else {
+            return Err(DriverError::Spec(
+                "the process driver needs cmd or args: an image alone runs on the docker driver"
+                    .into(),
+            ));
+        };
+        let mut command = match line {
             CommandLine::Shell(line) => {
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(line);
@@ -53,7 +59,7 @@ impl ProcessDriver {
             .stdin(Stdio::null())
             // Instances outlive the agent: never kill them when their handle is dropped.
             .kill_on_drop(false);
-        command
+        Ok(command)
     }
 
     fn wait_gone(&self, handle: &DriverHandle) -> BoxFuture<'static, Exit> {
@@ -85,12 +91,12 @@ impl Driver for ProcessDriver {
             .map_err(|e| prepare("log file", &spec.logs.stdout, e))?;
         let stderr = LogFiles::open_for_append(&spec.logs.stderr)
             .map_err(|e| prepare("log file", &spec.logs.stderr, e))?;
-        let mut command = Self::command(spec);
+        let mut command = Self::command(spec)?;
         command.stdout(stdout).stderr(stderr);
         let mut child = command.spawn().map_err(|source| DriverError::Spawn {
             program: match &spec.command {
-                CommandLine::Shell(_) => "/bin/sh".to_string(),
-                CommandLine::Argv(argv) => argv[0].clone(),
+                Some(CommandLine::Argv(argv)) => argv[0].clone(),
+                _ => "/bin/sh".to_string(),
             },
             source,
         })?;
@@ -102,6 +108,7 @@ impl Driver for ProcessDriver {
             pid,
             start_ticks,
             boot_id: self.boot_id.clone(),
+            container: None,
         };
         let exit = async move {
             use std::os::unix::process::ExitStatusExt;
@@ -183,8 +190,11 @@ mod tests {
         env.insert("GREETING".to_string(), "hello".to_string());
         LaunchSpec {
             instance_id: InstanceId::try_from("i-1".to_string()).unwrap(),
-            command,
+            command: Some(command),
+            image: None,
             env,
+            labels: BTreeMap::new(),
+            resources: Default::default(),
             work_dir: dir.join("work"),
             logs: LogFiles::in_dir(dir),
         }

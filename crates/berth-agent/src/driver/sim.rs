@@ -104,6 +104,7 @@ impl Driver for SimDriver {
                 pid: 0,
                 start_ticks: key,
                 boot_id: String::new(),
+                container: None,
             },
             exit,
         })
@@ -162,7 +163,10 @@ mod tests {
     fn spec(env: &[(&str, String)]) -> LaunchSpec {
         LaunchSpec {
             instance_id: InstanceId::try_from("sim-1".to_string()).unwrap(),
-            command: CommandLine::Shell("ignored".into()),
+            command: Some(CommandLine::Shell("ignored".into())),
+            image: None,
+            labels: BTreeMap::new(),
+            resources: Default::default(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))

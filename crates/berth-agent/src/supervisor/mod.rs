@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, Exit, LaunchSpec, LogRotator, log_tail};
+use crate::driver::{Driver, Drivers, Exit, LaunchSpec, LogRotator, log_tail};
 use crate::health::Prober;
 use crate::metrics::AgentMetrics;
 use crate::monitor::{self, MonitorCtx};
@@ -56,7 +56,7 @@ pub struct Supervisor {
 
 struct Inner {
     config: SupervisorConfig,
-    driver: Arc<dyn Driver>,
+    drivers: Drivers,
     store: RecordStore,
     registry: Option<NacosClient>,
     prober: Prober,
@@ -91,7 +91,7 @@ impl Slot {
 impl Supervisor {
     pub fn new(
         config: SupervisorConfig,
-        driver: Arc<dyn Driver>,
+        drivers: Drivers,
         store: RecordStore,
         registry: Option<NacosClient>,
         tasks: Tasks,
@@ -102,7 +102,7 @@ impl Supervisor {
         Self {
             inner: Arc::new(Inner {
                 config,
-                driver,
+                drivers,
                 store,
                 registry,
                 prober: Prober::new(),
@@ -137,7 +137,12 @@ impl Supervisor {
     }
 
     pub fn drivers(&self) -> Vec<String> {
-        vec![self.inner.driver.name().to_string()]
+        self.inner.drivers.names()
+    }
+
+    /// The driver that runs (or ran) an instance, from its handle.
+    fn driver_of(&self, handle: &crate::driver::DriverHandle) -> Option<Arc<dyn Driver>> {
+        self.inner.drivers.by_name(&handle.driver).cloned()
     }
 
     /// Resources claimed by instances that still run.
@@ -239,15 +244,12 @@ impl Supervisor {
         state: &mut State,
         record: &mut InstanceRecord,
     ) -> Result<BoxFuture<'static, Exit>, String> {
-        let driver = &self.inner.driver;
-        if !record.spec.driver.is_empty() && record.spec.driver != driver.name() {
-            return Err(format!(
-                "driver {:?} is not available on node {}: it offers {:?}; place the app on a node with that driver",
-                record.spec.driver,
-                self.inner.config.node_id,
-                driver.name()
-            ));
-        }
+        let driver = self
+            .inner
+            .drivers
+            .for_instance(&record.spec)
+            .map_err(|why| format!("{why} (node {})", self.inner.config.node_id))?
+            .clone();
         record.ports = state
             .ports
             .allocate(record.spec.port_count)
@@ -256,7 +258,10 @@ impl Supervisor {
         let launch = LaunchSpec {
             instance_id: id.clone(),
             command: record.spec.command.clone(),
-            env: self.env_for(&record.spec, &record.ports),
+            image: record.spec.image.clone(),
+            env: self.env_for(&record.spec, &record.ports, driver.name() == "docker"),
+            labels: self.labels_for(&record.spec),
+            resources: record.spec.resources,
             work_dir: self.inner.store.work_dir(&id),
             logs: self.inner.store.logs(&id),
         };
@@ -343,7 +348,10 @@ impl Supervisor {
         drop(state);
         let drain = Duration::from_millis(u64::from(stop.drain_ms));
         let grace = Duration::from_millis(u64::from(stop.grace_ms));
-        let driver = self.inner.driver.clone();
+        let Some(driver) = self.driver_of(&handle) else {
+            tracing::error!(instance = %id, driver = %handle.driver, "stop: the driver that started it is not configured on this node");
+            return;
+        };
         let token = self.inner.tasks.token().clone();
         self.inner.tasks.spawn(async move {
             let stop = async {
@@ -373,8 +381,16 @@ impl Supervisor {
             return;
         }
         let spec = slot.record.spec.clone();
+        let inside = slot.record.handle.clone().and_then(|handle| {
+            let driver = self.driver_of(&handle)?;
+            Some(monitor::Inside { driver, handle })
+        });
+        let in_container = inside
+            .as_ref()
+            .is_some_and(|i| i.handle.container.is_some());
         let ctx = MonitorCtx {
-            env: self.env_for(&spec, &slot.record.ports),
+            env: self.env_for(&spec, &slot.record.ports, in_container),
+            inside,
             work_dir: self.inner.store.work_dir(id),
             ports: slot.record.ports.clone(),
             spec,

@@ -19,10 +19,10 @@ impl Supervisor {
             let adopted = record
                 .handle
                 .as_ref()
-                .filter(|handle| handle.driver == self.inner.driver.name())
-                .and_then(|handle| self.inner.driver.adopt(handle));
+                .and_then(|handle| Some((handle, self.driver_of(handle)?)))
+                .and_then(|(handle, driver)| Some((driver.adopt(handle)?, driver)));
             match adopted {
-                Some(running) => {
+                Some((running, driver)) => {
                     tracing::info!(instance = %id, pid = running.handle.pid, "re-adopted a running instance");
                     let mut state = self.lock();
                     state.ports.reserve(&record.ports);
@@ -34,7 +34,6 @@ impl Supervisor {
                     if stopping {
                         let handle = running.handle.clone();
                         let grace = self.inner.config.default_grace;
-                        let driver = self.inner.driver.clone();
                         self.inner.tasks.spawn(async move {
                             let _ = driver.stop(&handle, grace).await;
                         });

@@ -1,4 +1,5 @@
-//! `berth agent`: the node agent. Runs instances the server asks for (process driver),
+//! `berth agent`: the node agent. Runs instances the server asks for (process driver, and
+//! the docker driver when `--docker-socket` names an engine),
 //! health-checks them, registers healthy ones in the registry, reports to the server.
 //! Stopping the agent leaves its instances running; the next agent on the same data
 //! folder re-adopts them.
@@ -80,6 +81,10 @@ pub struct Args {
     /// answer on PORT, no process), for tests and benchmarks. [default: process]
     #[arg(long, value_name = "DRIVER")]
     driver: Option<String>,
+    /// A Docker engine's Unix socket (e.g. /var/run/docker.sock): the node also runs
+    /// image apps, as containers on the host network. [default: none]
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
     /// Grace of a stop resumed after an agent restart. [default: 10s]
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
@@ -108,7 +113,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("log_keep", args.log_keep)
         .set("retention", args.retention)
         .set("stop_grace", args.stop_grace)
-        .set("driver", args.driver);
+        .set("driver", args.driver)
+        .set(
+            "docker_socket",
+            args.docker_socket.map(|p| p.display().to_string()),
+        );
     let mut layers = super::layers("agent", args.role.config.as_deref(), flags)?;
     let config = AgentConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

@@ -148,7 +148,7 @@ pub async fn start_with_token(
         if let Err(err) = docker.api().ping().await {
             tracing::warn!("docker driver: {err}");
         }
-        drivers = drivers.with(Arc::new(docker));
+        drivers = drivers.with_docker(docker);
     }
     let supervisor = Supervisor::new(
         SupervisorConfig {
@@ -174,6 +174,12 @@ pub async fn start_with_token(
     );
     for problem in supervisor.recover() {
         tracing::warn!("{problem}");
+    }
+    {
+        let supervisor = supervisor.clone();
+        tasks.spawn(async move {
+            supervisor.sweep_orphan_containers().await;
+        });
     }
     supervisor.spawn_housekeeping();
 

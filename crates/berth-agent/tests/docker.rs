@@ -2,7 +2,7 @@
 //! busybox image imported from Debian's static build): output into the log files, exit
 //! codes, stop with grace, a missing image, command checks run inside the container, and
 //! re-adoption by a second supervisor (an agent restart) without losing or repeating
-//! output.
+//! output, and the removal of this node's containers no record knows.
 
 mod common;
 
@@ -261,7 +261,7 @@ fn supervisor(dir: &Path, docker: &TempDocker) -> (Supervisor, CancellationToken
         log_addr: None,
     };
     let drivers = Drivers::new(Arc::new(ProcessDriver::new(Duration::from_millis(50))))
-        .with(Arc::new(DockerDriver::new(&docker.socket())));
+        .with_docker(DockerDriver::new(&docker.socket()));
     let sup = Supervisor::new(
         config,
         drivers,
@@ -318,9 +318,35 @@ async fn the_supervisor_runs_image_apps_with_checks_inside_and_readopts_them() {
     // An agent restart: the next supervisor on the same folder finds the container.
     token.cancel();
     drop(sup);
+    // A container of this node that no record knows (its start was cut off, say).
+    docker.cli(&[
+        "create",
+        "--name",
+        "berth-stray-1",
+        "--label",
+        "berth.node=node-d",
+        IMAGE,
+        "sleep",
+        "1",
+    ]);
+    docker.cli(&[
+        "create",
+        "--name",
+        "other-node",
+        "--label",
+        "berth.node=node-x",
+        IMAGE,
+        "sleep",
+        "1",
+    ]);
     let (sup, _token) = supervisor(dir.path(), &docker);
     let mut events = sup.subscribe();
     assert!(sup.recover().is_empty());
+    assert_eq!(sup.sweep_orphan_containers().await, ["berth-stray-1"]);
+    assert_eq!(
+        docker.containers_labelled("berth.node", "node-x"),
+        ["other-node"]
+    );
     assert_eq!(get(port).await.as_deref(), Some(BUSYBOX_INDEX));
     sup.stop_instance(&pb::StopInstance {
         instance_id: "img-1".into(),

@@ -2,18 +2,33 @@
 
 use std::sync::Arc;
 
-use super::Driver;
+use super::{DockerDriver, Driver};
 use crate::spec::InstanceSpec;
 
 #[derive(Clone)]
 pub struct Drivers {
     /// The first runs instances that name no driver and have no image.
     all: Vec<Arc<dyn Driver>>,
+    /// The docker driver again, typed, for the engine-wide housekeeping.
+    docker: Option<DockerDriver>,
 }
 
 impl Drivers {
     pub fn new(primary: Arc<dyn Driver>) -> Self {
-        Self { all: vec![primary] }
+        Self {
+            all: vec![primary],
+            docker: None,
+        }
+    }
+
+    /// Adds the docker driver.
+    pub fn with_docker(mut self, docker: DockerDriver) -> Self {
+        self.docker = Some(docker.clone());
+        self.with(Arc::new(docker))
+    }
+
+    pub fn docker(&self) -> Option<&DockerDriver> {
+        self.docker.as_ref()
     }
 
     pub fn with(mut self, driver: Arc<dyn Driver>) -> Self {

@@ -60,4 +60,42 @@ impl Supervisor {
         }
         problems
     }
+
+    /// Removes this node's containers that no instance record knows (their record was
+    /// lost with a wiped data folder, or a start was cut off before it was recorded): a
+    /// container the agent cannot account for would hold its port and resources forever.
+    /// Returns the names removed.
+    pub async fn sweep_orphan_containers(&self) -> Vec<String> {
+        let Some(docker) = self.inner.drivers.docker() else {
+            return Vec::new();
+        };
+        let node = self.inner.config.node_id.clone();
+        let names = match docker.api().containers_labelled("berth.node", &node).await {
+            Ok(names) => names,
+            Err(err) => {
+                tracing::warn!("cannot list this node's containers: {err}");
+                return Vec::new();
+            }
+        };
+        let known: std::collections::HashSet<String> = self
+            .lock()
+            .instances
+            .values()
+            .filter_map(|slot| slot.record.handle.as_ref()?.container.as_ref())
+            .map(|container| container.name.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for name in names.into_iter().filter(|name| !known.contains(name)) {
+            match docker.api().remove(&name).await {
+                Ok(()) => {
+                    tracing::warn!(container = %name, "removed a container no instance record knows");
+                    removed.push(name);
+                }
+                Err(err) => {
+                    tracing::warn!(container = %name, "cannot remove an unknown container: {err}")
+                }
+            }
+        }
+        removed
+    }
 }

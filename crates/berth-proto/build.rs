@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "berth/agent/v1/agent.proto",
         "berth/registry/v1/registry.proto",
         "berth/registry/v1/cluster.proto",
+        "berth/diag/v1/diag.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

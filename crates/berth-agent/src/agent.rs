@@ -49,6 +49,7 @@ pub struct AgentHandle {
     supervisor: Supervisor,
     link: watch::Receiver<LinkStatus>,
     tasks: Tasks,
+    diag: Option<Arc<std::sync::Mutex<crate::diag::DiagStatus>>>,
 }
 
 impl AgentHandle {
@@ -59,6 +60,16 @@ impl AgentHandle {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The diagnostics gateway this agent is attached to now, if any.
+    pub fn diag_gateway(&self) -> Option<String> {
+        let status = self
+            .diag
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        status.gateway_id.clone()
     }
 
     pub fn instances(&self) -> Vec<pb::InstanceStatus> {
@@ -189,7 +200,7 @@ pub async fn start_with_token(
         supervisor: supervisor.clone(),
         link: link_rx.clone(),
         registry: Arc::new(registry),
-        store,
+        store: store.clone(),
         stop: tasks.token().clone(),
     };
     let app = status::router(state);
@@ -237,6 +248,22 @@ pub async fn start_with_token(
         tasks.token().clone(),
         link_tx,
     ));
+    let diag = if config.diag.is_empty() {
+        None
+    } else {
+        let link = crate::diag::DiagLink::new(
+            crate::diag::DiagOptions {
+                gateways: config.diag.clone(),
+                secret: config.diag_secret.clone(),
+                node_id: node_id.clone(),
+            },
+            supervisor.clone(),
+            store.clone(),
+        );
+        let status = link.status();
+        tasks.spawn(link.run(tasks.token().clone()));
+        Some(status)
+    };
     tracing::info!(%node_id, status = %status_addr, servers = ?config.servers, "agent started");
     Ok(AgentHandle {
         status_addr,
@@ -244,6 +271,7 @@ pub async fn start_with_token(
         supervisor,
         link: link_rx,
         tasks,
+        diag,
     })
 }
 

@@ -21,6 +21,8 @@
 //! | `retention` | `10m` | how long finished instances stay reported and on disk |
 //! | `stop_grace` | `10s` | grace of a stop resumed after an agent restart |
 //! | `driver` | `process` | `process` (real programs) or `sim` (simulated instances, for tests and benchmarks) |
+//! | `diag` | none | diagnostics gateway addresses `host:port[,host:port...]` (or one load-balanced address); the agent holds a stream to one of them |
+//! | `diag_secret` / `diag_secret_file` | none | the gateways' shared secret |
 //! | `docker_socket` | none | a Docker engine's Unix socket (e.g. `/var/run/docker.sock`): the node also offers the `docker` driver |
 
 use std::collections::BTreeMap;
@@ -37,6 +39,9 @@ pub struct AgentConfig {
     pub driver: DriverKind,
     /// A Docker engine to run image apps on; `None`: this node has no docker driver.
     pub docker_socket: Option<PathBuf>,
+    /// Diagnostics gateways to attach to; empty: no live diagnostics on this node.
+    pub diag: Vec<String>,
+    pub diag_secret: Option<String>,
     pub servers: Vec<String>,
     pub registry: Option<String>,
     pub registry_http: Option<SocketAddr>,
@@ -76,6 +81,8 @@ impl AgentConfig {
         Self {
             driver: DriverKind::Process,
             docker_socket: None,
+            diag: Vec::new(),
+            diag_secret: None,
             servers,
             registry: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
@@ -156,6 +163,8 @@ impl AgentConfig {
         config.stop_grace = layers.get_or("stop_grace", d.stop_grace)?;
         config.driver = layers.get_or("driver", d.driver)?;
         config.docker_socket = layers.get("docker_socket")?;
+        config.diag = layers.get("diag")?.unwrap_or_default();
+        config.diag_secret = layers.secret("diag_secret")?;
         layers.finish()?;
         Ok(config)
     }

@@ -9,6 +9,7 @@
 
 mod agent;
 pub mod config;
+pub mod diag;
 pub mod driver;
 pub mod health;
 pub mod link;

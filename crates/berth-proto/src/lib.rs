@@ -12,6 +12,13 @@ pub mod agent {
     }
 }
 
+/// Live diagnostics: agents, gateways and their users (`berth.diag.v1`).
+pub mod diag {
+    pub mod v1 {
+        tonic::include_proto!("berth.diag.v1");
+    }
+}
+
 /// The registry's native watch stream (`berth.registry.v1`).
 pub mod registry {
     pub mod v1 {

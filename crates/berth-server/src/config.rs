@@ -29,6 +29,8 @@ use berth_util::config::{ConfigError, Layers};
 /// | `leader_lease` | 6s | leader lease time to live in the store (renewed every third); a dead leader is replaced after at most this |
 /// | `advertise_url` | `http://<listen>` | this server's API URL as other servers redirect to it when it leads |
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
+/// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
+/// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -53,6 +55,24 @@ pub struct ServerConfig {
     pub advertise_url: Option<String>,
     /// Defaults to the bound agent stream address.
     pub advertise_agent: Option<String>,
+    /// Where the diagnostics gateway of a node is looked up.
+    pub registry_http: Option<SocketAddr>,
+    pub diag_secret: Option<berth_util::config::Secret>,
+}
+
+/// `off` or an address.
+struct RegistryHttp(Option<SocketAddr>);
+
+impl berth_util::config::FromConfigValue for RegistryHttp {
+    fn expected() -> String {
+        "host:port of the registry's HTTP API, or `off`".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "off" => Some(Self(None)),
+            addr => addr.parse().ok().map(|a| Self(Some(a))),
+        }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -83,6 +103,12 @@ impl ServerConfig {
             leader_lease: layers.get_or("leader_lease", d.leader_lease)?,
             advertise_url: layers.get("advertise_url")?,
             advertise_agent: layers.get("advertise_agent")?,
+            registry_http: layers
+                .get::<RegistryHttp>("registry_http")?
+                .map_or(d.registry_http, |r| r.0),
+            diag_secret: layers
+                .secret("diag_secret")?
+                .map(berth_util::config::Secret::new),
         };
         layers.finish()?;
         Ok(config)
@@ -109,6 +135,8 @@ impl ServerConfig {
             leader_lease: Duration::from_secs(6),
             advertise_url: None,
             advertise_agent: None,
+            registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
+            diag_secret: None,
         }
     }
 

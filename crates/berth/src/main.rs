@@ -37,6 +37,8 @@ enum Command {
     Registry(Box<cmd::registry::Args>),
     /// The HTTP entry: routes by host and path to instances (registry, NATS, cache).
     Router(Box<cmd::router::Args>),
+    /// The diagnostics gateway: agents attach to it; `berth inspect` runs through it.
+    Diag(Box<cmd::diag::Args>),
 
     // Client commands.
     /// Manage apps on a server: list, show, deploy, scale, restart, rm.
@@ -50,6 +52,8 @@ enum Command {
     Instances(cmd::apps::InstancesArgs),
     /// Show an app's instance logs (stdout or stderr), optionally following them.
     Logs(cmd::logs::Args),
+    /// Live diagnostics of an app's instances: grep, tail, ps, ports.
+    Inspect(cmd::inspect::Args),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
     /// Show the router's route table: every route with its endpoints and their state.
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
             Command::Nodes => cmd::apps::nodes(&cli.global).await,
             Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
+            Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
+            Command::Diag(args) => cmd::diag::run(*args).await,
         }
     });
     match result {

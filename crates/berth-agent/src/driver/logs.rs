@@ -65,7 +65,7 @@ impl LogRotator {
     }
 }
 
-fn numbered(path: &Path, n: usize) -> PathBuf {
+pub fn numbered(path: &Path, n: usize) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)

@@ -8,7 +8,7 @@ mod set;
 mod sim;
 
 pub use docker::{DockerApi, DockerDriver, DockerError, ENGINE_FAILURE};
-pub use logs::{LogFiles, LogRotator, log_tail};
+pub use logs::{LogFiles, LogRotator, log_tail, numbered};
 pub use process::ProcessDriver;
 pub use set::Drivers;
 pub use sim::SimDriver;

@@ -140,6 +140,18 @@ impl Supervisor {
         self.inner.drivers.names()
     }
 
+    /// The host pid of a container instance's init, from the engine.
+    pub async fn container_pid(&self, id: &InstanceId) -> Option<u32> {
+        let name = {
+            let state = self.lock();
+            let handle = state.instances.get(id)?.record.handle.as_ref()?;
+            handle.container.as_ref()?.name.clone()
+        };
+        let docker = self.inner.drivers.docker()?;
+        let state = docker.api().inspect(&name).await.ok()??;
+        (state.running && state.pid != 0).then_some(state.pid)
+    }
+
     /// The driver that runs (or ran) an instance, from its handle.
     fn driver_of(&self, handle: &crate::driver::DriverHandle) -> Option<Arc<dyn Driver>> {
         self.inner.drivers.by_name(&handle.driver).cloned()

@@ -3,6 +3,7 @@
 
 mod apps;
 mod deployments;
+mod diag;
 mod error;
 mod logs;
 mod ui;
@@ -82,6 +83,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/instances", get(views::instances))
         .route("/v1/nodes", get(views::nodes))
         .route("/v1/logs", get(logs::logs))
+        .route("/v1/diag/{op}", get(diag::diag))
         .route("/v1/info", get(views::info))
         .route("/v1/events", get(views::events))
         .route("/v1/events/recent", get(views::recent_events))

@@ -85,6 +85,13 @@ pub struct Args {
     /// image apps, as containers on the host network. [default: none]
     #[arg(long, value_name = "PATH")]
     docker_socket: Option<PathBuf>,
+    /// Diagnostics gateways to attach to (one is picked at random; the agent holds a
+    /// stream to it and re-dials another after a random delay when it breaks).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    diag: Vec<String>,
+    /// File holding the diagnostics gateways' secret.
+    #[arg(long, value_name = "FILE")]
+    diag_secret_file: Option<PathBuf>,
     /// Grace of a stop resumed after an agent restart. [default: 10s]
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
@@ -114,6 +121,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("retention", args.retention)
         .set("stop_grace", args.stop_grace)
         .set("driver", args.driver)
+        .set_list("diag", &args.diag)
+        .set(
+            "diag_secret_file",
+            args.diag_secret_file.map(|p| p.display().to_string()),
+        )
         .set(
             "docker_socket",
             args.docker_socket.map(|p| p.display().to_string()),

@@ -69,6 +69,13 @@ pub struct Args {
     /// [default: the bound --agent-listen address].
     #[arg(long, value_name = "ADDR")]
     advertise_agent: Option<String>,
+    /// The registry's Nacos HTTP API, where diagnostics gateways are looked up, or `off`
+    /// [default: 127.0.0.1:8848].
+    #[arg(long, value_name = "ADDR|off")]
+    registry_http: Option<String>,
+    /// File holding the diagnostics gateways' secret.
+    #[arg(long, value_name = "FILE")]
+    diag_secret_file: Option<std::path::PathBuf>,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -97,6 +104,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("leader_lease", args.leader_lease)
         .set("advertise_url", args.advertise_url)
         .set("advertise_agent", args.advertise_agent)
+        .set("registry_http", args.registry_http)
+        .set(
+            "diag_secret_file",
+            args.diag_secret_file.map(|p| p.display().to_string()),
+        )
         .set(
             "shutdown_grace",
             Some(format!("{}ms", args.role.shutdown_grace.as_millis())),

@@ -1,0 +1,148 @@
+//! The gateway's settings: one typed struct from the config file, `BERTH_DIAG_*`
+//! environment variables and flags (flags win).
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `listen` | `127.0.0.1:7080` | gRPC listener: agents attach, users run operations |
+//! | `advertise` | the bound address | `host:port` agents and users reach this gateway at (registered in the registry) |
+//! | `registry_http` | `127.0.0.1:8848` | the registry's Nacos HTTP API, where the gateway registers itself and the nodes it holds; `off` disables it |
+//! | `secret` / `secret_file` | none | token agents and users present; required (32+ bytes) when `listen` is not on loopback |
+//! | `window` | `16` | chunks an agent may send per operation before it waits for credit |
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use berth_util::config::{ConfigError, Layers};
+
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7080);
+pub const DEFAULT_REGISTRY_HTTP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8848);
+/// Least length of the secret when the listener is off loopback.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct DiagConfig {
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub registry_http: Option<SocketAddr>,
+    pub secret: Option<String>,
+    pub window: u32,
+}
+
+impl Default for DiagConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            advertise: None,
+            registry_http: Some(DEFAULT_REGISTRY_HTTP),
+            secret: None,
+            window: 16,
+        }
+    }
+}
+
+/// `off` or an address.
+struct RegistryHttp(Option<SocketAddr>);
+
+impl berth_util::config::FromConfigValue for RegistryHttp {
+    fn expected() -> String {
+        "host:port of the registry's HTTP API, or `off`".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "off" => Some(Self(None)),
+            addr => addr.parse().ok().map(|a| Self(Some(a))),
+        }
+    }
+}
+
+impl DiagConfig {
+    pub fn from_layers(layers: &mut Layers) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let config = Self {
+            listen: layers.get_or("listen", d.listen)?,
+            advertise: layers.get("advertise")?,
+            registry_http: layers
+                .get::<RegistryHttp>("registry_http")?
+                .map_or(d.registry_http, |r| r.0),
+            secret: layers.secret("secret")?,
+            window: layers.get_or("window", d.window)?,
+        };
+        layers.finish()?;
+        config.check()
+    }
+
+    /// The rules no single key can express.
+    pub fn check(self) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, value: String, expected: &str| ConfigError::Invalid {
+            key: key.into(),
+            value,
+            origin: berth_util::config::Origin::Default,
+            expected: expected.into(),
+        };
+        if !(1..=1024).contains(&self.window) {
+            return Err(invalid(
+                "window",
+                self.window.to_string(),
+                "a number of chunks from 1 to 1024",
+            ));
+        }
+        let open = !self.listen.ip().is_loopback();
+        match &self.secret {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(invalid(
+                "secret",
+                format!("({} bytes)", secret.len()),
+                "a secret of at least 32 bytes (e.g. `openssl rand -hex 32 > diag.secret`, then secret_file)",
+            )),
+            None if open => Err(invalid(
+                "secret",
+                "(none)".into(),
+                "a secret (secret_file) whenever listen is not on loopback: anyone reaching the gateway could read every node's logs",
+            )),
+            _ => Ok(self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_util::config::MapSource;
+
+    fn layers(flags: &[(&str, &str)]) -> Result<DiagConfig, ConfigError> {
+        let env = MapSource::new(Vec::<(String, String)>::new());
+        let flags = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut layers = Layers::new("diag", None, &env, flags)?;
+        DiagConfig::from_layers(&mut layers)
+    }
+
+    #[test]
+    fn defaults_are_loopback_without_a_secret() {
+        let config = layers(&[]).unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert_eq!(config.registry_http, Some(DEFAULT_REGISTRY_HTTP));
+        assert_eq!(config.window, 16);
+        assert_eq!(
+            layers(&[("registry_http", "off")]).unwrap().registry_http,
+            None
+        );
+    }
+
+    #[test]
+    fn an_open_listener_needs_a_long_secret() {
+        let err = layers(&[("listen", "0.0.0.0:7080")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret"), "{err}");
+        let err = layers(&[("listen", "0.0.0.0:7080"), ("secret", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32 bytes"), "{err}");
+        let long = "x".repeat(32);
+        assert!(layers(&[("listen", "0.0.0.0:7080"), ("secret", &long)]).is_ok());
+        let err = layers(&[("window", "0")]).unwrap_err().to_string();
+        assert!(err.contains("window"), "{err}");
+    }
+}

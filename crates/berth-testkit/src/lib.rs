@@ -49,7 +49,7 @@ pub fn temp_dir() -> tempfile::TempDir {
 }
 
 /// Every listener `berth dev` opens, as the role variables that move it.
-const DEV_LISTENERS: [&str; 7] = [
+const DEV_LISTENERS: [&str; 8] = [
     "BERTH_SERVER_LISTEN",
     "BERTH_SERVER_AGENT_LISTEN",
     "BERTH_REGISTRY_LISTEN",
@@ -57,6 +57,7 @@ const DEV_LISTENERS: [&str; 7] = [
     "BERTH_ROUTER_LISTEN",
     "BERTH_ROUTER_STATUS_LISTEN",
     "BERTH_AGENT_LISTEN",
+    "BERTH_DIAG_LISTEN",
 ];
 
 /// `berth dev --data-dir DIR` with every listener on an ephemeral loopback port (read

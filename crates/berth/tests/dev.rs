@@ -63,6 +63,26 @@ async fn dev_serves_the_demo_app_through_the_router_and_stops_cleanly() {
     )
     .await;
 
+    // Live diagnostics through the embedded gateway: the demo's processes.
+    let ps = wait_for(
+        "the demo's processes through the gateway",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let response = client
+                    .get(format!("http://{api}/v1/diag/ps?app=demo/hello"))
+                    .send()
+                    .await
+                    .ok()?;
+                let text = response.text().await.ok()?;
+                text.contains("hello-app").then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(!ps.contains("error:"), "{ps}");
+
     // Removing the app stops its instances and the router stops routing to them.
     let response = client
         .delete(format!("http://{api}/v1/apps/demo/hello"))

@@ -91,10 +91,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("starting the router")?
     };
 
+    let diag = {
+        let flags = Flags::default().set("registry_http", Some(registry_http));
+        let config = berth_diag::DiagConfig::from_layers(&mut role_layers("diag", flags)?)?;
+        berth_diag::start(config, shutdown.token())
+            .await
+            .context("starting the diagnostics gateway")?
+    };
+
     let server = {
         let flags = Flags::default()
             .set("data_dir", Some(data.join("server").display()))
             .set("registry", Some(registry_grpc))
+            .set("registry_http", Some(registry_http))
             // The one agent is in this process and says hello at once; waiting the
             // multi-node default for others that will never come only delays the demo.
             .set(
@@ -112,7 +121,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .set("server", Some(server.agent_addr()))
             .set("data_dir", Some(data.join("agent").display()))
             .set("registry", Some(registry_grpc))
-            .set("registry_http", Some(registry_http));
+            .set("registry_http", Some(registry_http))
+            .set("diag", Some(diag.addr()));
         let config = berth_agent::AgentConfig::from_layers(&mut role_layers("agent", flags)?)?;
         berth_agent::start(config, &shutdown)
             .await
@@ -131,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("router", proxy),
             ("router_status", router.status_addr()),
             ("agent", agent.http_addr()),
+            ("diag", diag.addr()),
         ],
     );
     eprintln!("berth dev: data in {}", data.display());
@@ -139,6 +150,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  registry  http://{registry_http}/nacos/v1/ns/service/list   (Nacos and Consul APIs)"
     );
     eprintln!("  router    http://{proxy}/");
+    eprintln!(
+        "  diag      {}   (berth inspect grep|tail|ps|ports APP)",
+        diag.addr()
+    );
     if let Some(file) = &access_log {
         eprintln!("  requests  {file}   (router access log)");
     }

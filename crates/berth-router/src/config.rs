@@ -30,6 +30,7 @@ use crate::tls::CertPair;
 /// | `nats_prune_interval` | 30s | how often stale routes are pruned |
 /// | `nats_minimum_register_interval` | 20s | advertised in `router.start` |
 /// | `route_cache` | none | file holding the last table, for cold starts without sources |
+/// | `upstreams_file` | none | file keeping the upstreams managed over `/v1/upstreams` (dyups-style API) across restarts |
 /// | `connect_timeout` | 5s | backend TCP connect |
 /// | `response_header_timeout` | 60s | backend response headers |
 /// | `idle_timeout` | 90s | backend body silence and pooled connection idle time |
@@ -53,6 +54,7 @@ pub struct RouterConfig {
     pub registry: Option<RegistryConfig>,
     pub nats: Option<NatsConfig>,
     pub route_cache: Option<PathBuf>,
+    pub upstreams_file: Option<PathBuf>,
     pub proxy: ProxyConfig,
     pub access_log_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
@@ -156,6 +158,7 @@ impl RouterConfig {
             registry,
             nats,
             route_cache: layers.get("route_cache")?,
+            upstreams_file: layers.get("upstreams_file")?,
             proxy,
             access_log_file: layers.get("access_log_file")?,
             header_read_timeout: layers.get_or("header_read_timeout", Duration::from_secs(30))?,
@@ -178,6 +181,7 @@ impl RouterConfig {
             registry: None,
             nats: None,
             route_cache: Some(dir.join("routes.json")),
+            upstreams_file: Some(dir.join("upstreams.json")),
             proxy: ProxyConfig {
                 connect_timeout: Duration::from_millis(500),
                 response_header_timeout: Duration::from_secs(5),

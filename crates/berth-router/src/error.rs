@@ -15,6 +15,8 @@ pub enum Error {
     Tls { path: PathBuf, reason: String },
     #[error("route cache {}: {reason}", path.display())]
     Cache { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Upstreams(#[from] crate::sources::upstreams::UpstreamsError),
     #[error("invalid setting {key}: {reason}")]
     Config { key: &'static str, reason: String },
 }

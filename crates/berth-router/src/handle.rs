@@ -116,6 +116,11 @@ pub async fn start(config: RouterConfig, shutdown: &Shutdown) -> Result<RouterHa
         }
     }
 
+    let upstreams = Arc::new(crate::sources::upstreams::Upstreams::open(
+        store.clone(),
+        config.upstreams_file.clone(),
+    )?);
+
     let metrics = Arc::new(RouterMetrics::default());
     let mut registry_metrics = Registry::default();
     metrics.register(&mut registry_metrics);
@@ -180,6 +185,7 @@ pub async fn start(config: RouterConfig, shutdown: &Shutdown) -> Result<RouterHa
         draining: draining.clone(),
         started: Instant::now(),
         auth: config.status_auth.clone(),
+        upstreams,
     };
     let status_app = status::router(status_state);
     let stop = status_stop.clone();

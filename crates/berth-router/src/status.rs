@@ -25,6 +25,7 @@ pub struct StatusState {
     pub draining: Arc<AtomicBool>,
     pub started: Instant,
     pub auth: Option<(String, String)>,
+    pub upstreams: Arc<crate::sources::upstreams::Upstreams>,
 }
 
 pub fn router(state: StatusState) -> axum::Router {
@@ -32,6 +33,7 @@ pub fn router(state: StatusState) -> axum::Router {
         .route("/routes", get(routes))
         .route("/varz", get(varz))
         .route("/metrics", get(metrics))
+        .merge(crate::sources::upstreams::routes(state.upstreams.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), basic_auth));
     axum::Router::new()
         .route("/health", get(health))

@@ -40,6 +40,10 @@ pub struct Args {
     /// File keeping the last route table, read at start when no source is reachable.
     #[arg(long, value_name = "FILE")]
     route_cache: Option<PathBuf>,
+    /// File keeping the upstreams managed over /v1/upstreams (the dyups-style API on the
+    /// status listener) across restarts [default: none, kept in memory].
+    #[arg(long, value_name = "FILE")]
+    upstreams_file: Option<PathBuf>,
     /// HTTPS entry; needs --tls-cert-files and --tls-key-files.
     #[arg(long, value_name = "ADDR")]
     tls_listen: Option<String>,
@@ -75,6 +79,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("status_listen", args.status_listen)
         .set("registry", args.registry)
         .set("nats", args.nats)
+        .set(
+            "upstreams_file",
+            args.upstreams_file.map(|p| p.display().to_string()),
+        )
         .set(
             "route_cache",
             args.route_cache.map(|p| p.display().to_string()),

@@ -49,7 +49,7 @@ pub fn temp_dir() -> tempfile::TempDir {
 }
 
 /// Every listener `berth dev` opens, as the role variables that move it.
-const DEV_LISTENERS: [&str; 8] = [
+pub const DEV_LISTENERS: [&str; 8] = [
     "BERTH_SERVER_LISTEN",
     "BERTH_SERVER_AGENT_LISTEN",
     "BERTH_REGISTRY_LISTEN",

@@ -46,15 +46,7 @@ impl Dev {
             .args(["dev", "--no-demo", "--data-dir"])
             .arg(data.path())
             .env("BERTH_LOG", "warn");
-        for var in [
-            "BERTH_SERVER_LISTEN",
-            "BERTH_SERVER_AGENT_LISTEN",
-            "BERTH_REGISTRY_LISTEN",
-            "BERTH_REGISTRY_GRPC_LISTEN",
-            "BERTH_ROUTER_LISTEN",
-            "BERTH_ROUTER_STATUS_LISTEN",
-            "BERTH_AGENT_LISTEN",
-        ] {
+        for var in berth_testkit::DEV_LISTENERS {
             command.env(var, "127.0.0.1:0");
         }
         command

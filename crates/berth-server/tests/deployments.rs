@@ -378,6 +378,17 @@ async fn an_unhealthy_instance_is_replaced_after_its_backoff() {
 
 #[tokio::test]
 async fn a_restarted_server_goes_on_with_the_roll_it_had_started() {
+    restarted_server_goes_on(std::time::Duration::ZERO).await;
+}
+
+/// The agent reconnects only after the restarted server's start-up grace: the server
+/// re-sends the starts it does not see, and the roll still ends with every step said once.
+#[tokio::test]
+async fn a_restarted_server_goes_on_when_the_agent_comes_back_late() {
+    restarted_server_goes_on(std::time::Duration::from_millis(1500)).await;
+}
+
+async fn restarted_server_goes_on(agent_late_by: std::time::Duration) {
     let s = TestServer::start().await;
     let (a, v1) = healthy_v1(&s).await;
     let (_, body) = put(&s, &spec("v2"), "").await;
@@ -398,6 +409,8 @@ async fn a_restarted_server_goes_on_with_the_roll_it_had_started() {
     let dir = s.stop().await;
 
     let s = TestServer::start_in(dir, |_| {}).await;
+    // Simulates an agent that is slow to come back; nothing to wait for here.
+    tokio::time::sleep(agent_late_by).await;
     let mut node = NodeSpec::new("n1", 8.0, 4096);
     node.running = running;
     let a = FakeAgent::connect(s.agent_addr(), node).await;

@@ -227,6 +227,9 @@ impl Tracked {
             self.primed = true;
             said.clear();
         }
+        // A server that restarted meets instances again that it had already reported
+        // (its first look may come before their agent reconnects): never say it twice.
+        said.retain(|message| !self.d.steps.iter().any(|step| &step.message == message));
         self.d.progress = p.clone();
         for message in &said {
             self.d.step(now_ms, message.clone());

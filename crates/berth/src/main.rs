@@ -66,6 +66,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     berth_util::logging::init(cli.global.log_format, "info");
+    // The router sizes its own runtime from its configuration (`workers`).
+    let command = match cli.command {
+        Command::Router(args) => return exit(cmd::router::main(*args)),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
@@ -94,6 +99,10 @@ fn main() -> ExitCode {
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
         }
     });
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

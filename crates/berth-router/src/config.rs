@@ -39,6 +39,7 @@ use crate::tls::CertPair;
 /// | `failure_cooldown` | 10s | how long a backend that failed is skipped |
 /// | `sticky_session_cookies` | JSESSIONID | response cookies that start a `__VCAP_ID` session |
 /// | `access_log` | true | one line per request (status, bytes, duration, backend, request id) |
+/// | `http1_fast_path` | true | serve plain HTTP/1.1 on the fast path (false: always the general hyper engine) |
 /// | `access_log_file` | none | write those lines to this file (appended) instead of the process log |
 /// | `drain_wait` | 0s | after SIGTERM: time `/health` reports 503 before the listener closes |
 /// | `drain_timeout` | 10s | after that: longest wait for in-flight requests |
@@ -81,6 +82,7 @@ impl RouterConfig {
             failure_cooldown: layers.get_or("failure_cooldown", d.failure_cooldown)?,
             sticky_cookies: layers.get_or("sticky_session_cookies", d.sticky_cookies)?,
             access_log: layers.get_or("access_log", true)?,
+            http1_fast_path: layers.get_or("http1_fast_path", d.http1_fast_path)?,
         };
         if proxy.max_attempts == 0 {
             return Err(invalid(

@@ -60,10 +60,10 @@ pub async fn serve(
         let svc = {
             let (proxy, info) = (proxy.clone(), info.clone());
             service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
-        })
+                let proxy = proxy.clone();
+                let info = info.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+            })
         };
         let builder = builder.clone();
         match &tls {

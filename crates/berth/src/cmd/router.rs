@@ -76,9 +76,7 @@ pub struct Args {
 /// router builds its own runtime so a process pinned to one core runs one thread).
 pub fn main(args: Args) -> anyhow::Result<()> {
     let (config, grace) = load(args)?;
-    let runtime = config
-        .runtime()
-        .context("cannot start the async runtime")?;
+    let runtime = config.runtime().context("cannot start the async runtime")?;
     runtime.block_on(serve(config, grace))
 }
 
@@ -118,7 +116,8 @@ fn load(args: Args) -> anyhow::Result<(RouterConfig, Duration)> {
 
 async fn serve(config: RouterConfig, shutdown_grace: Duration) -> anyhow::Result<()> {
     // The router's own drain (health 503, then in-flight requests) must fit in the grace.
-    let grace = shutdown_grace.max(config.drain_wait + config.drain_timeout + Duration::from_secs(1));
+    let grace =
+        shutdown_grace.max(config.drain_wait + config.drain_timeout + Duration::from_secs(1));
     let shutdown = super::signal_shutdown()?;
     let handle = berth_router::start(config, &shutdown)
         .await

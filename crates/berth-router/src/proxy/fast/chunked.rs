@@ -82,7 +82,8 @@ impl Decoder {
                     };
                 }
                 State::Data => {
-                    let take = (input.len() - i).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                    let take =
+                        (input.len() - i).min(usize::try_from(self.left).unwrap_or(usize::MAX));
                     self.left -= take as u64;
                     self.data += take as u64;
                     i += take;
@@ -188,11 +189,7 @@ mod tests {
         for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"5\nhello"] {
             assert!(Decoder::default().feed(bad).is_err(), "{bad:?}");
         }
-        assert!(
-            Decoder::default()
-                .feed(b"ffffffffffffffffff\r\n")
-                .is_err()
-        );
+        assert!(Decoder::default().feed(b"ffffffffffffffffff\r\n").is_err());
     }
 
     #[test]

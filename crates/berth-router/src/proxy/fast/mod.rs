@@ -54,7 +54,10 @@ pub enum Outcome {
 /// What one parsed head led to.
 enum Step {
     /// Answered; `consumed` bytes of the buffer belonged to it.
-    Done { consumed: usize, keep_alive: bool },
+    Done {
+        consumed: usize,
+        keep_alive: bool,
+    },
     /// The body is not all here yet: read until the buffer holds `total` bytes.
     NeedBody(usize),
     Fallback,
@@ -102,6 +105,11 @@ impl Proxy {
                 let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut hdrs);
                 match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST_HEAD => {
+                        self.refuse(&mut c, 431, "request head larger than 64 KiB")
+                            .await;
+                        return Outcome::Closed;
+                    }
                     Ok(httparse::Status::Complete(n)) => {
                         let (method, target, version) = (
                             req.method.unwrap_or(""),
@@ -152,9 +160,7 @@ impl Proxy {
                 return Outcome::Closed;
             }
             if !armed {
-                deadline
-                    .as_mut()
-                    .reset(Instant::now() + header_timeout);
+                deadline.as_mut().reset(Instant::now() + header_timeout);
                 armed = true;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -237,9 +243,7 @@ impl Proxy {
             keep_alive,
         };
         if let Some(r) = reject {
-            let ok = self
-                .reject_fast(c, r, &f, host_text, id_text, start)
-                .await;
+            let ok = self.reject_fast(c, r, &f, host_text, id_text, start).await;
             return done(keep_alive && ok);
         }
         let (Some(pool), Some(authority)) = (pool, f.authority) else {
@@ -336,9 +340,7 @@ impl Proxy {
         } else {
             Reject::EndpointFailure
         };
-        let ok = self
-            .reject_fast(c, r, &f, host_text, id_text, start)
-            .await;
+        let ok = self.reject_fast(c, r, &f, host_text, id_text, start).await;
         done(keep_alive && ok)
     }
 
@@ -396,7 +398,10 @@ impl Proxy {
             }
             Framing::Length(n) => {
                 let mut left = n;
-                let first = conn.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let first = conn
+                    .buf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
                 c.out.extend_from_slice(&conn.buf[..first]);
                 conn.buf.advance(first);
                 left -= first as u64;
@@ -410,7 +415,10 @@ impl Proxy {
                     if !self.read_body(conn).await {
                         return r;
                     }
-                    let take = conn.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let take = conn
+                        .buf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
                     left -= take as u64;
                     r.bytes += take as u64;
                     let written = c.stream.write_all(&conn.buf[..take]).await;

@@ -180,8 +180,7 @@ pub fn write_backend_head(
             n => names::is_hop_by_hop(n),
         };
         if skip
-            || f
-                .connection_named
+            || f.connection_named
                 .iter()
                 .any(|c| c.eq_ignore_ascii_case(h.name.as_bytes()))
         {

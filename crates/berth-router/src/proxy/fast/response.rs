@@ -85,7 +85,9 @@ pub fn write_client_head(
                 length = Some(n);
             }
             Name::Date => has_date = true,
-            Name::SetCookie if !sets_sticky => sets_sticky = sets_cookie(h.value, cx.sticky_cookies),
+            Name::SetCookie if !sets_sticky => {
+                sets_sticky = sets_cookie(h.value, cx.sticky_cookies)
+            }
             _ => {}
         }
     }
@@ -128,7 +130,11 @@ pub fn write_client_head(
             Name::Te => !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"),
             n => names::is_hop_by_hop(n),
         };
-        if skip || named.iter().any(|c| c.eq_ignore_ascii_case(h.name.as_bytes())) {
+        if skip
+            || named
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -248,7 +254,10 @@ mod tests {
         let m = m.unwrap();
         assert_eq!(m.framing, Framing::Close);
         assert!(!m.reusable);
-        let (m, text) = head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", &cx());
+        let (m, text) = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            &cx(),
+        );
         assert_eq!(m.unwrap().framing, Framing::Empty);
         assert!(text.contains("Content-Length: 9"), "{text}");
         let (m, _) = head(
@@ -283,7 +292,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nSet-Cookie: JSESSIONID=a; Path=/\r\nContent-Length: 0\r\nx-request-id: theirs\r\n\r\n",
             &c,
         );
-        assert!(text.contains("set-cookie: __VCAP_ID=inst-1; Path=/; HttpOnly\r\n"), "{text}");
+        assert!(
+            text.contains("set-cookie: __VCAP_ID=inst-1; Path=/; HttpOnly\r\n"),
+            "{text}"
+        );
         assert!(text.contains("connection: close\r\n"), "{text}");
         assert!(!text.contains("theirs"), "{text}");
     }

@@ -505,3 +505,27 @@ async fn the_access_log_has_a_line_per_fast_request() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn drain_closes_idle_keep_alive_connections() {
+    let b = raw_backend(Arc::new(|_: &str, _: &[u8]| {
+        answer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    }))
+    .await;
+    // A head deadline far beyond the wait below, so only the drain can close it.
+    let r = start_router(berth_testkit::temp_dir(), |c| {
+        c.header_read_timeout = std::time::Duration::from_secs(300);
+    })
+    .await;
+    r.handle.set_routes(vec![entry("f.example", &[b.addr])]);
+    let mut s = TcpStream::connect(r.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(get_req("/").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut buf, false).await.status(), 200);
+    // The connection now idles between requests; the drain must close it rather than
+    // leave it open (nothing else would: the test's runtime outlives the router).
+    r.shutdown.trigger();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+}

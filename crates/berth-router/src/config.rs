@@ -40,9 +40,11 @@ use crate::tls::CertPair;
 /// | `failure_cooldown` | 10s | how long a backend that failed is skipped |
 /// | `sticky_session_cookies` | JSESSIONID | response cookies that start a `__VCAP_ID` session |
 /// | `access_log` | true | one line per request (status, bytes, duration, backend, request id) |
+/// | `http1_fast_path` | true | serve plain HTTP/1.1 on the fast path (false: always the general hyper engine) |
 /// | `access_log_file` | none | write those lines to this file (appended) instead of the process log |
 /// | `drain_wait` | 0s | after SIGTERM: time `/health` reports 503 before the listener closes |
 /// | `drain_timeout` | 10s | after that: longest wait for in-flight requests |
+/// | `workers` | 0 (the cores the process may run on) | proxy threads; 1 runs everything on one thread |
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     pub listen: SocketAddr,
@@ -60,6 +62,9 @@ pub struct RouterConfig {
     pub header_read_timeout: Duration,
     pub drain_wait: Duration,
     pub drain_timeout: Duration,
+    /// Runtime worker threads; 0 = the cores this process may run on (see
+    /// [`RouterConfig::worker_threads`]).
+    pub workers: usize,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -79,6 +84,7 @@ impl RouterConfig {
             failure_cooldown: layers.get_or("failure_cooldown", d.failure_cooldown)?,
             sticky_cookies: layers.get_or("sticky_session_cookies", d.sticky_cookies)?,
             access_log: layers.get_or("access_log", true)?,
+            http1_fast_path: layers.get_or("http1_fast_path", d.http1_fast_path)?,
         };
         if proxy.max_attempts == 0 {
             return Err(invalid(
@@ -164,6 +170,7 @@ impl RouterConfig {
             header_read_timeout: layers.get_or("header_read_timeout", Duration::from_secs(30))?,
             drain_wait: layers.get_or("drain_wait", Duration::ZERO)?,
             drain_timeout: layers.get_or("drain_timeout", Duration::from_secs(10))?,
+            workers: layers.get_or("workers", 0usize)?,
         };
         layers.finish()?;
         Ok(config)
@@ -195,6 +202,32 @@ impl RouterConfig {
             header_read_timeout: Duration::from_secs(5),
             drain_wait: Duration::ZERO,
             drain_timeout: Duration::from_secs(2),
+            workers: 0,
+        }
+    }
+
+    /// The worker threads to run: `workers`, or when 0 the cores this process may run on
+    /// (its scheduler affinity and cgroup quota, so `taskset -c 1` means one).
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    /// The runtime the router runs on. One worker gets a current-thread runtime: the
+    /// accept loop, every connection and the I/O driver share one thread, so a request
+    /// never wakes another thread (a multi-thread runtime with one worker still hands
+    /// work between the worker and the driver through its shared queues).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.worker_threads() {
+            1 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
         }
     }
 }
@@ -230,6 +263,20 @@ mod tests {
         assert_eq!(c.status_listen, loopback(8082));
         assert!(c.nats.is_none() && c.registry.is_none());
         assert_eq!(c.proxy.max_attempts, 3);
+        assert_eq!(c.workers, 0);
+        assert!(c.worker_threads() >= 1);
+    }
+
+    #[test]
+    fn workers_set_the_runtime_threads() {
+        let c = build(&[("workers", "1")]).unwrap();
+        assert_eq!(c.worker_threads(), 1);
+        let rt = c.runtime().unwrap();
+        assert_eq!(rt.metrics().num_workers(), 1);
+        let c = build(&[("workers", "3")]).unwrap();
+        assert_eq!(c.runtime().unwrap().metrics().num_workers(), 3);
+        let e = build(&[("workers", "many")]).unwrap_err().to_string();
+        assert!(e.contains("workers"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Client-facing listener: accepts connections, speaks HTTP/1.1 or HTTP/2 (h2c by prior
-//! knowledge, or ALPN over TLS) and hands each request to the proxy engine. On
-//! cancellation it stops accepting and lets open connections finish, bounded by `grace`.
+//! knowledge, or ALPN over TLS) and hands each request to the proxy engine. Plain
+//! connections start on the HTTP/1.1 fast path, which hands anything unusual to the
+//! general (hyper) engine. On cancellation it stops accepting and lets open connections
+//! finish, bounded by `grace`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::fast::{self, Outcome, Rewind};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::TlsAcceptorSource;
 
@@ -38,6 +41,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let fast_path = proxy.fast_path();
     loop {
         let (stream, remote) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -52,15 +56,34 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
         let info = Arc::new(ConnInfo::new(remote, scheme));
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
-        });
+        let svc = {
+            let (proxy, info) = (proxy.clone(), info.clone());
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                let info = info.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+            })
+        };
         let builder = builder.clone();
         match &tls {
+            None if fast_path => {
+                // The watcher keeps the drain waiting for this connection on either path.
+                let watcher = graceful.watcher();
+                let (stop, proxy) = (stop.clone(), proxy.clone());
+                tokio::spawn(async move {
+                    let outcome = fast::serve(proxy, stream, info, stop, header_read_timeout).await;
+                    if let Outcome::Fallback(stream, buffered) = outcome {
+                        let io = Rewind::new(buffered.freeze(), stream);
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%remote, error = %e, "client connection ended");
+                        }
+                    }
+                });
+            }
             None => {
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)

@@ -70,6 +70,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     berth_util::logging::init(cli.global.log_format, "info");
+    // The router sizes its own runtime from its configuration (`workers`).
+    let command = match cli.command {
+        Command::Router(args) => return exit(cmd::router::main(*args)),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,7 +86,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Completions(args) => cmd::completions::run::<Cli>(args),
@@ -100,6 +105,10 @@ fn main() -> ExitCode {
             Command::Diag(args) => cmd::diag::run(*args).await,
         }
     });
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -123,10 +123,7 @@ fn request_start() -> HeaderValue {
         static LAST: RefCell<(u64, HeaderValue)> =
             const { RefCell::new((0, HeaderValue::from_static("0"))) };
     }
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = request_start_ms();
     LAST.with(|cell| {
         let mut last = cell.borrow_mut();
         if last.0 != ms {
@@ -134,6 +131,14 @@ fn request_start() -> HeaderValue {
         }
         last.1.clone()
     })
+}
+
+/// Unix milliseconds now, the value of `X-Request-Start`.
+pub fn request_start_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Keeps a sane incoming `X-Request-Id`, otherwise generates one (UUID v4 text form).
@@ -150,6 +155,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A fresh request id: a UUID v4 in text form.
+pub fn new_request_id_bytes() -> [u8; 36] {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -165,7 +176,7 @@ fn new_request_id() -> HeaderValue {
         out[i + 1] = HEX[usize::from(byte & 0x0f)];
         i += 2;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    out
 }
 
 /// Reads one cookie from the `Cookie` headers.

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod body;
+pub mod fast;
 pub mod headers;
 pub mod pool;
 pub mod reject;
@@ -49,6 +50,8 @@ pub struct ProxyConfig {
     /// Response cookies that start a sticky session.
     pub sticky_cookies: Vec<String>,
     pub access_log: bool,
+    /// Serve plain HTTP/1.1 connections on the fast path (see [`fast`]).
+    pub http1_fast_path: bool,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +65,7 @@ impl Default for ProxyConfig {
             failure_cooldown: Duration::from_secs(10),
             sticky_cookies: vec!["JSESSIONID".to_string()],
             access_log: true,
+            http1_fast_path: true,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Proxy {
     http1: Http1Pool,
     /// For endpoints that speak HTTP/2 without TLS (prior knowledge).
     client_h2: Client<HttpConnector, RequestBody>,
+    /// Backend connections of the HTTP/1.1 fast path.
+    raw: fast::RawPool,
     cfg: ProxyConfig,
     access: AccessSink,
     metrics: Arc<RouterMetrics>,
@@ -114,6 +120,7 @@ impl Proxy {
             .http2_only(true)
             .build(http);
         let http1 = Http1Pool::new(cfg.connect_timeout, cfg.idle_timeout, 1024);
+        let raw = fast::RawPool::new(cfg.connect_timeout, cfg.idle_timeout, 1024);
         let access = if cfg.access_log {
             AccessSink::Log
         } else {
@@ -123,6 +130,7 @@ impl Proxy {
             store,
             http1,
             client_h2,
+            raw,
             access,
             cfg,
             metrics,
@@ -132,6 +140,16 @@ impl Proxy {
     pub fn with_access_sink(mut self, sink: AccessSink) -> Self {
         self.access = sink;
         self
+    }
+
+    /// True when plain HTTP/1.1 connections start on the fast path.
+    pub fn fast_path(&self) -> bool {
+        self.cfg.http1_fast_path
+    }
+
+    /// Idle backend connections held by the fast path (all backends).
+    pub fn fast_idle_connections(&self) -> usize {
+        self.raw.idle_count()
     }
 
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {

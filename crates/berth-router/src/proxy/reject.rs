@@ -40,7 +40,7 @@ impl Reject {
         }
     }
 
-    fn message(self, host: &str) -> String {
+    pub(crate) fn message(self, host: &str) -> String {
         match self {
             Reject::UnknownRoute => format!(
                 "404 Not Found: no route for host {host:?} and this path; check `berth routes` \

@@ -20,7 +20,7 @@ use super::{Flags, RoleArgs};
 /// access_log, access_log_file, drain_wait, drain_timeout, status_user, status_password(_file),
 /// tls_listen, tls_cert_files, tls_key_files, tls_reload_interval, registry_namespace,
 /// registry_retry_max, nats_prune_threshold, nats_prune_interval,
-/// nats_minimum_register_interval.
+/// nats_minimum_register_interval, workers.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -71,9 +71,26 @@ pub struct Args {
     /// Write the access log (one line per request) to this file instead of stderr.
     #[arg(long, value_name = "FILE")]
     access_log_file: Option<PathBuf>,
+    /// Proxy threads; 0 (default) = the cores the process may run on (taskset, cgroups).
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
 }
 
+/// Loads the configuration, then runs the router on a runtime sized by `workers` (the
+/// router builds its own runtime so a process pinned to one core runs one thread).
+pub fn main(args: Args) -> anyhow::Result<()> {
+    let (config, grace) = load(args)?;
+    let runtime = config.runtime().context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, grace))
+}
+
+/// Runs the router on the caller's runtime.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (config, grace) = load(args)?;
+    serve(config, grace).await
+}
+
+fn load(args: Args) -> anyhow::Result<(RouterConfig, Duration)> {
     let flags = Flags::default()
         .set("listen", args.listen)
         .set("status_listen", args.status_listen)
@@ -98,14 +115,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set(
             "access_log_file",
             args.access_log_file.map(|p| p.display().to_string()),
-        );
+        )
+        .set("workers", args.workers);
     let mut layers = super::layers("router", args.role.config.as_deref(), flags)?;
     let config = RouterConfig::from_layers(&mut layers)?;
+    Ok((config, args.role.shutdown_grace))
+}
+
+async fn serve(config: RouterConfig, shutdown_grace: Duration) -> anyhow::Result<()> {
     // The router's own drain (health 503, then in-flight requests) must fit in the grace.
-    let grace = args
-        .role
-        .shutdown_grace
-        .max(config.drain_wait + config.drain_timeout + Duration::from_secs(1));
+    let grace =
+        shutdown_grace.max(config.drain_wait + config.drain_timeout + Duration::from_secs(1));
     let shutdown = super::signal_shutdown()?;
     let handle = berth_router::start(config, &shutdown)
         .await

@@ -1,6 +1,6 @@
 //! The web UI in a real browser (headless Chromium through ChromeDriver) against
-//! `berth dev`: create an app from a spec, watch it run, scale it, see live changes made
-//! elsewhere, get every bad field named, delete it.
+//! `berth dev`: create an app from a spec, watch it run, scale it, diagnose it (processes,
+//! grep), see live changes made elsewhere, get every bad field named, delete it.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -210,6 +210,53 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
         &page,
         "two instance rows",
         "document.querySelectorAll('tr[data-instance]').length === 2",
+    )
+    .await;
+
+    // Live diagnostics from the app page: the instances' processes, then a grep.
+    page.find(Locator::Id("diagnose"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_page(
+        &page,
+        "the diagnostics page",
+        "!!document.getElementById('diag-run')",
+    )
+    .await;
+    page.execute("document.getElementById('diag-op').value = 'ps';", vec![])
+        .await
+        .unwrap();
+    page.find(Locator::Id("diag-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_page(
+        &page,
+        "both instances' processes listed",
+        "document.getElementById('diag-status').textContent === 'done' && (document.getElementById('diag-output').textContent.match(/hello-app/g) || []).length === 2",
+    )
+    .await;
+    page.execute(
+        "document.getElementById('diag-op').value = 'grep'; document.getElementById('diag-pattern').value = '(unclosed';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    page.find(Locator::Id("diag-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_page(
+        &page,
+        "a bad pattern named",
+        "document.getElementById('diag-output').textContent.includes('not a valid regular expression')",
     )
     .await;
 

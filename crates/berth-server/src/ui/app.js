@@ -119,6 +119,7 @@ async function appView(id) {
       api("POST", appPath(id) + "/scale", { instances: Number(scaleInput.value) })) }, "Scale"),
     el("button", { id: "restart", onclick: () => act(() => api("POST", appPath(id) + "/restart", {})) }, "Restart"),
     el("a", { href: "#/edit/" + id }, el("button", { id: "edit" }, "Edit spec")),
+    el("a", { href: "#/diag/" + id }, el("button", { id: "diagnose" }, "Diagnose")),
     el("button", { class: "danger", id: "delete", onclick: () => {
       if (confirm("Delete " + id + " and stop its instances?")) {
         act(async () => { await api("DELETE", appPath(id)); location.hash = "#/apps"; });
@@ -181,6 +182,61 @@ async function nodesView() {
     table(["NODE", "HOSTNAME", "STATUS", "INSTANCES", "ALLOCATED", "LABELS"], rows, "No node has joined.")];
 }
 
+/** Live diagnostics of an app (GET /v1/diag/OP): the agents run the operation and the
+ *  lines stream in as they come. Not a live view: events must not wipe the output. */
+async function diagView(id) {
+  const app = await api("GET", appPath(id));
+  const op = el("select", { id: "diag-op" },
+    ["grep", "tail", "ps", "ports"].map((o) => el("option", { value: o }, o)));
+  const pattern = el("input", { id: "diag-pattern", placeholder: "regular expression (grep)", size: 30 });
+  const instance = el("select", { id: "diag-instance" },
+    el("option", { value: "" }, "every instance"),
+    (app.instances || []).map((i) => el("option", { value: i.id }, i.id)));
+  const output = el("pre", { id: "diag-output" });
+  const status = el("span", { id: "diag-status", class: "muted" });
+  let controller = null;
+  const run = async () => {
+    if (controller) controller.abort();
+    controller = new AbortController();
+    const query = new URLSearchParams({ app: id });
+    if (instance.value) query.set("instance", instance.value);
+    if (op.value === "grep") query.set("pattern", pattern.value);
+    output.textContent = "";
+    status.textContent = "running";
+    showError(null);
+    try {
+      const response = await fetch("/v1/diag/" + op.value + "?" + query, { signal: controller.signal });
+      if (!response.ok) {
+        const text = await response.text();
+        let body = null;
+        try { body = JSON.parse(text); } catch (_) { body = { message: text }; }
+        throw new ApiError(response.status, body);
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        output.append(decoder.decode(value, { stream: true }));
+      }
+      status.textContent = "done";
+    } catch (err) {
+      if (err.name === "AbortError") { status.textContent = "stopped"; return; }
+      status.textContent = "failed";
+      showError(err);
+    }
+  };
+  return [
+    el("h1", {}, "Diagnose ", el("a", { href: "#/apps/" + id }, id)),
+    el("p", { class: "muted" }, "Run by the agents through the diagnostics gateways: grep the logs (rotated files too), tail them, list the processes or the listening ports of the app's instances."),
+    el("div", { class: "toolbar" }, op, pattern, instance,
+      el("button", { class: "primary", id: "diag-run", onclick: run }, "Run"),
+      el("button", { id: "diag-stop", onclick: () => controller && controller.abort() }, "Stop"),
+      status),
+    output,
+  ];
+}
+
 const TEMPLATE = {
   id: "shop/web",
   cmd: "exec python3 -m http.server $PORT --bind 127.0.0.1",
@@ -227,6 +283,7 @@ function route() {
     case "nodes": return { nav: "nodes", load: nodesView, live: true };
     case "new": return { nav: "new", load: () => specView(), live: false };
     case "edit": return { nav: "apps", load: () => specView(id), live: false };
+    case "diag": return { nav: "apps", load: () => diagView(id), live: false };
     default: return { nav: "apps", load: appsView, live: true };
   }
 }

@@ -146,12 +146,14 @@ impl PushService {
         subs.retain(|_, m| !m.is_empty());
     }
 
-    /// Runs until the registry goes away: pushes changes, reads acks, prunes.
+    /// Runs until the registry goes away: pushes changes and prunes, while a task of its
+    /// own reads acks. A push to a thousand subscribers brings a thousand acks back; read
+    /// in this loop they would hold the next change up behind them.
     pub async fn run(self: Arc<Self>, registry: Registry) {
         let mut changes = registry.changes();
         let mut prune =
             tokio::time::interval(self.options.subscriber_ttl.min(Duration::from_secs(5)));
-        let mut buf = vec![0u8; 64 * 1024];
+        let acks = tokio::spawn(self.clone().read_acks());
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
@@ -165,12 +167,17 @@ impl PushService {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
-                        self.handle_ack(&buf[..n], from);
-                    }
-                }
                 _ = prune.tick() => self.prune(Instant::now()),
+            }
+        }
+        acks.abort();
+    }
+
+    async fn read_acks(self: Arc<Self>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf).await {
+                self.handle_ack(&buf[..n], from);
             }
         }
     }

@@ -228,12 +228,44 @@ struct PushPacket<'a> {
     data: std::borrow::Cow<'a, str>,
 }
 
-/// One datagram as read, stamped when it was read.
+/// One datagram as read, stamped when it was read and when the kernel queued it.
 struct Arrival {
     socket: usize,
     from: SocketAddr,
     at: std::time::Instant,
+    /// The kernel's receive stamp (SO_TIMESTAMPNS, wall clock): when the server's send
+    /// delivered it to the socket, whenever this thread got to run.
+    queued: Option<std::time::SystemTime>,
     raw: Vec<u8>,
+}
+
+/// Reads one datagram without blocking: its length, sender and kernel receive stamp.
+fn read_stamped(
+    sock: &mio::net::UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> Option<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrIn>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let from = SocketAddr::from(msg.address?);
+    let queued = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32),
+            ),
+            _ => None,
+        })
+    });
+    Some((msg.bytes, from, queued))
 }
 
 /// The subscribers' side of the push phase: every socket on one epoll-driven thread.
@@ -250,7 +282,7 @@ struct Arrival {
 /// loop, kernel delivery, and this thread's wake-up, all on the machine's two cores.
 fn receive(
     sockets: Vec<mio::net::UdpSocket>,
-    tx: tokio::sync::mpsc::UnboundedSender<Vec<(usize, std::time::Instant)>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<Report>>,
 ) {
     use std::io::Read;
     const QUIET: std::time::Duration = std::time::Duration::from_millis(2);
@@ -263,6 +295,7 @@ fn receive(
     }
     let mut events = mio::Events::with_capacity(1024);
     let mut buf = vec![0u8; 65536];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let mut arrivals: Vec<Arrival> = Vec::with_capacity(sockets.len());
     loop {
         let timeout = (!arrivals.is_empty()).then_some(QUIET);
@@ -272,11 +305,12 @@ fn receive(
         for ev in events.iter() {
             let n = ev.token().0;
             // Edge-triggered: drain the socket.
-            while let Ok((len, from)) = sockets[n].recv_from(&mut buf) {
+            while let Some((len, from, queued)) = read_stamped(&sockets[n], &mut buf, &mut cmsg) {
                 arrivals.push(Arrival {
                     socket: n,
                     from,
                     at: std::time::Instant::now(),
+                    queued,
                     raw: buf[..len].to_vec(),
                 });
             }
@@ -306,7 +340,7 @@ fn receive(
             };
             let ack = format!(r#"{{"type":"push-ack","lastRefTime":"{nonce}","data":""}}"#);
             let _ = sockets[a.socket].send_to(ack.as_bytes(), a.from);
-            report.push((packet.data.matches(r#""instanceId":"#).count(), a.at));
+            report.push((packet.data.matches(r#""instanceId":"#).count(), a.at, a.queued));
         }
         if tx.send(report).is_err() {
             return;
@@ -314,14 +348,19 @@ fn receive(
     }
 }
 
+/// What the receiver reports per packet: hosts in it, when read, when the kernel queued it.
+type Report = (usize, std::time::Instant, Option<std::time::SystemTime>);
+
 /// UDP push latency: `subscribers` sockets subscribe to one service; each of `changes`
 /// registrations is timed from the request until each subscriber's packet was read.
 async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(usize, std::time::Instant)>>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Report>>();
     let mut sockets = Vec::with_capacity(subscribers);
     for n in 0..subscribers {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
         sock.set_nonblocking(true).expect("non-blocking UDP");
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .expect("SO_TIMESTAMPNS");
         let port = sock.local_addr().expect("local addr").port();
         let path = format!(
             "/nacos/v1/ns/instance/list?serviceName=bench-push&udpPort={port}&clientIP=127.0.0.1"
@@ -334,10 +373,12 @@ async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
     // The thread ends with the process (it blocks in epoll between pushes).
     std::thread::spawn(move || receive(sockets, tx));
     let mut latencies = Vec::new();
+    let mut queued_latencies = Vec::new();
     let mut missed = 0usize;
     for k in 0..changes {
         while rx.try_recv().is_ok() {}
         let started = std::time::Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let path = format!(
             "/nacos/v1/ns/instance?serviceName=bench-push&ip=10.9.0.{}&port={}&ephemeral=true",
             k % 250,
@@ -349,9 +390,12 @@ async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
         'wait: while got < subscribers {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(batch)) => {
-                    for (hosts, at) in batch {
+                    for (hosts, at, queued) in batch {
                         if hosts == k + 1 {
                             latencies.push(at.duration_since(started).as_secs_f64() * 1000.0);
+                            if let Some(q) = queued.and_then(|q| q.duration_since(started_wall).ok()) {
+                                queued_latencies.push(q.as_secs_f64() * 1000.0);
+                            }
                             got += 1;
                         }
                     }
@@ -364,21 +408,29 @@ async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
             let these = &latencies[latencies.len() - got..];
             let first = these.iter().copied().fold(f64::INFINITY, f64::min);
             let last = these.iter().copied().fold(0.0, f64::max);
-            eprintln!("change {k}: {got} packets, first {first:.2} ms, last {last:.2} ms");
+            let q = &queued_latencies[queued_latencies.len().saturating_sub(got)..];
+            let q_first = q.iter().copied().fold(f64::INFINITY, f64::min);
+            let q_last = q.iter().copied().fold(0.0, f64::max);
+            eprintln!(
+                "change {k}: {got} packets, read first {first:.2} ms, last {last:.2} ms; queued first {q_first:.2} ms, last {q_last:.2} ms"
+            );
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+    queued_latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct_of = |v: &[f64], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let pct = |p: f64| pct_of(&latencies, p);
     println!(
-        "{{\"phase\":\"push\",\"subscribers\":{subscribers},\"changes\":{changes},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2},\"missed\":{missed},\"load1\":{:.2}}}",
+        "{{\"phase\":\"push\",\"subscribers\":{subscribers},\"changes\":{changes},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2},\"queued_p50_ms\":{:.2},\"queued_p99_ms\":{:.2},\"missed\":{missed},\"load1\":{:.2}}}",
         pct(0.50),
         pct(0.99),
         latencies.last().copied().unwrap_or(f64::NAN),
+        pct_of(&queued_latencies, 0.50),
+        pct_of(&queued_latencies, 0.99),
         load1(),
     );
 }

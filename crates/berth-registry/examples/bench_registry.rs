@@ -280,10 +280,7 @@ fn read_stamped(
 ///
 /// What the figure holds: the registration request, the server's commit, render and send
 /// loop, kernel delivery, and this thread's wake-up, all on the machine's two cores.
-fn receive(
-    sockets: Vec<mio::net::UdpSocket>,
-    tx: tokio::sync::mpsc::UnboundedSender<Vec<Report>>,
-) {
+fn receive(sockets: Vec<mio::net::UdpSocket>, tx: tokio::sync::mpsc::UnboundedSender<Vec<Report>>) {
     use std::io::Read;
     const QUIET: std::time::Duration = std::time::Duration::from_millis(2);
     let mut poll = mio::Poll::new().expect("epoll");
@@ -340,7 +337,11 @@ fn receive(
             };
             let ack = format!(r#"{{"type":"push-ack","lastRefTime":"{nonce}","data":""}}"#);
             let _ = sockets[a.socket].send_to(ack.as_bytes(), a.from);
-            report.push((packet.data.matches(r#""instanceId":"#).count(), a.at, a.queued));
+            report.push((
+                packet.data.matches(r#""instanceId":"#).count(),
+                a.at,
+                a.queued,
+            ));
         }
         if tx.send(report).is_err() {
             return;
@@ -393,7 +394,9 @@ async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
                     for (hosts, at, queued) in batch {
                         if hosts == k + 1 {
                             latencies.push(at.duration_since(started).as_secs_f64() * 1000.0);
-                            if let Some(q) = queued.and_then(|q| q.duration_since(started_wall).ok()) {
+                            if let Some(q) =
+                                queued.and_then(|q| q.duration_since(started_wall).ok())
+                            {
                                 queued_latencies.push(q.as_secs_f64() * 1000.0);
                             }
                             got += 1;

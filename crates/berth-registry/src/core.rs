@@ -650,14 +650,12 @@ enum Track {
 impl Track {
     fn of(op: &Op, defaults: &BeatTimings) -> Self {
         match op {
-            Op::Register { service, instance } | Op::Update { service, instance } => {
-                Track::Timed {
-                    service: service.clone(),
-                    key: instance.key(),
-                    deadlines: deadlines(instance, defaults),
-                    update: matches!(op, Op::Update { .. }),
-                }
-            }
+            Op::Register { service, instance } | Op::Update { service, instance } => Track::Timed {
+                service: service.clone(),
+                key: instance.key(),
+                deadlines: deadlines(instance, defaults),
+                update: matches!(op, Op::Update { .. }),
+            },
             Op::Deregister { service, instance } => Track::Forget {
                 service: service.clone(),
                 key: instance.clone(),

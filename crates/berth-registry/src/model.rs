@@ -235,7 +235,12 @@ impl Instance {
     /// An ephemeral, healthy, enabled instance with weight 1 in `cluster`.
     /// `_service` is the service it will belong to; nothing of it is stored (the Nacos
     /// id is derived from it on output).
-    pub fn new(_service: &ServiceKey, ip: impl IntoName, port: u16, cluster: impl IntoName) -> Self {
+    pub fn new(
+        _service: &ServiceKey,
+        ip: impl IntoName,
+        port: u16,
+        cluster: impl IntoName,
+    ) -> Self {
         Self {
             id: None,
             ip: ip.into_name(),
@@ -264,7 +269,12 @@ impl Instance {
     pub fn id(&self, service: &ServiceKey) -> Cow<'_, str> {
         match &self.id {
             Some(id) => Cow::Borrowed(id),
-            None => Cow::Owned(nacos_instance_id(&self.ip, self.port, &self.cluster, service)),
+            None => Cow::Owned(nacos_instance_id(
+                &self.ip,
+                self.port,
+                &self.cluster,
+                service,
+            )),
         }
     }
 
@@ -273,12 +283,7 @@ impl Instance {
         match &self.id {
             Some(own) => &**own == id,
             None => {
-                let suffix = format!(
-                    "#{}#{}#{}",
-                    self.port,
-                    self.cluster,
-                    service.grouped_name()
-                );
+                let suffix = format!("#{}#{}#{}", self.port, self.cluster, service.grouped_name());
                 id.strip_suffix(suffix.as_str()) == Some(&*self.ip)
             }
         }

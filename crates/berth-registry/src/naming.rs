@@ -477,7 +477,13 @@ impl Naming {
 fn compact(svc: &Service, key: &InstanceKey, instance: &mut Instance) {
     use std::ops::Bound::{Excluded, Unbounded};
     if let Some(id) = &instance.id
-        && **id == *crate::model::nacos_instance_id(&instance.ip, instance.port, &instance.cluster, &svc.key)
+        && **id
+            == *crate::model::nacos_instance_id(
+                &instance.ip,
+                instance.port,
+                &instance.cluster,
+                &svc.key,
+            )
     {
         instance.id = None;
     }

@@ -408,7 +408,8 @@ mod tests {
 
     #[test]
     fn acks_are_read_with_either_nonce_form() {
-        let n: Ack = serde_json::from_slice(br#"{"type":"push-ack","lastRefTime":"12","data":""}"#).unwrap();
+        let n: Ack =
+            serde_json::from_slice(br#"{"type":"push-ack","lastRefTime":"12","data":""}"#).unwrap();
         assert!(matches!(n.last_ref_time, Some(Nonce::Text(t)) if t == "12"));
         let n: Ack = serde_json::from_slice(br#"{"type":"push-ack","lastRefTime":12}"#).unwrap();
         assert!(matches!(n.last_ref_time, Some(Nonce::Number(12))));

@@ -232,7 +232,7 @@ struct PushPacket<'a> {
 struct Arrival {
     socket: usize,
     from: SocketAddr,
-    at: std::time::Instant,
+    at: Instant,
     /// The kernel's receive stamp (SO_TIMESTAMPNS, wall clock): when the server's send
     /// delivered it to the socket, whenever this thread got to run.
     queued: Option<std::time::SystemTime>,
@@ -243,7 +243,7 @@ struct Arrival {
 fn read_stamped(
     sock: &mio::net::UdpSocket,
     buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> Option<(usize, SocketAddr, Option<std::time::SystemTime>)> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     use std::os::fd::AsRawFd;
@@ -306,7 +306,7 @@ fn receive(sockets: Vec<mio::net::UdpSocket>, tx: tokio::sync::mpsc::UnboundedSe
                 arrivals.push(Arrival {
                     socket: n,
                     from,
-                    at: std::time::Instant::now(),
+                    at: Instant::now(),
                     queued,
                     raw: buf[..len].to_vec(),
                 });
@@ -350,7 +350,7 @@ fn receive(sockets: Vec<mio::net::UdpSocket>, tx: tokio::sync::mpsc::UnboundedSe
 }
 
 /// What the receiver reports per packet: hosts in it, when read, when the kernel queued it.
-type Report = (usize, std::time::Instant, Option<std::time::SystemTime>);
+type Report = (usize, Instant, Option<std::time::SystemTime>);
 
 /// UDP push latency: `subscribers` sockets subscribe to one service; each of `changes`
 /// registrations is timed from the request until each subscriber's packet was read.
@@ -378,7 +378,7 @@ async fn push_phase(addr: SocketAddr, subscribers: usize, changes: usize) {
     let mut missed = 0usize;
     for k in 0..changes {
         while rx.try_recv().is_ok() {}
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let started_wall = std::time::SystemTime::now();
         let path = format!(
             "/nacos/v1/ns/instance?serviceName=bench-push&ip=10.9.0.{}&port={}&ephemeral=true",

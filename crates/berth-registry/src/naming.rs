@@ -736,6 +736,61 @@ mod tests {
     }
 
     #[test]
+    fn equal_metadata_is_shared_and_derivable_ids_are_not_stored() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        let with_meta = |ip: &str, v: &str| {
+            let mut i = Instance::new(&a, ip, 80, DEFAULT_CLUSTER);
+            i.metadata = Arc::new(BTreeMap::from([("version".into(), v.into())]));
+            i
+        };
+        for (ip, v) in [("10.0.0.1", "1"), ("10.0.0.2", "1"), ("10.0.0.3", "2")] {
+            n.apply(Op::Register {
+                service: a.clone(),
+                instance: with_meta(ip, v),
+            })
+            .unwrap();
+        }
+        let svc = n.get(&a).unwrap();
+        let meta = |ip: &str| {
+            svc.instances[&InstanceKey::new(ip, 80, DEFAULT_CLUSTER)]
+                .metadata
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&meta("10.0.0.1"), &meta("10.0.0.2")));
+        assert!(!Arc::ptr_eq(&meta("10.0.0.2"), &meta("10.0.0.3")));
+        assert_eq!(meta("10.0.0.3")["version"], "2");
+
+        // An id equal to the one Nacos derives is dropped; any other id is kept.
+        let mut same = Instance::new(&a, "10.0.0.4", 80, DEFAULT_CLUSTER);
+        same.id = Some("10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a".into());
+        let mut own = Instance::new(&a, "10.0.0.5", 80, DEFAULT_CLUSTER);
+        own.id = Some("web-5".into());
+        for i in [same, own] {
+            n.apply(Op::Register {
+                service: a.clone(),
+                instance: i,
+            })
+            .unwrap();
+        }
+        let svc = n.get(&a).unwrap();
+        let stored = &svc.instances[&InstanceKey::new("10.0.0.4", 80, DEFAULT_CLUSTER)];
+        assert_eq!(stored.id, None);
+        assert_eq!(stored.id(&a), "10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a");
+        assert_eq!(
+            svc.find_by_id("10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a")
+                .unwrap()
+                .port,
+            80
+        );
+        assert_eq!(&*svc.find_by_id("web-5").unwrap().ip, "10.0.0.5");
+        assert!(
+            svc.find_by_id("10.0.0.5#80#DEFAULT#DEFAULT_GROUP@@a")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn history_resumes_or_asks_for_snapshot() {
         let mut n = Naming::new(2);
         let a = ServiceKey::simple("a");

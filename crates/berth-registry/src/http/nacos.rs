@@ -162,7 +162,13 @@ fn instance_from(
 
 async fn register(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
-    let svc = s.registry.get(&key);
+    // The service's cluster settings only matter to a persistent instance (its check):
+    // an ephemeral registration skips the lookup and the read lock it contends for.
+    let svc = if p.bool("ephemeral")?.unwrap_or(true) {
+        None
+    } else {
+        s.registry.get(&key)
+    };
     let instance = instance_from(&p, &key, None, svc.as_deref())?;
     s.registry
         .submit(Op::Register {

@@ -563,6 +563,10 @@ impl Writer {
     fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
         self.shared.stats.ops.fetch_add(1, Ordering::Relaxed);
         let persist = needs_persist(&op);
+        // Taken before the op moves into the state, so that a registration is never
+        // copied: only a replicated state is kept whole (to diff it with the old one).
+        let track = Track::of(&op, &self.options.beat);
+        let put = matches!(op, Op::Put { .. }).then(|| op.clone());
         let (applied, save, before) = {
             let mut naming = self
                 .shared
@@ -570,22 +574,22 @@ impl Writer {
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
             // A replicated state replaces a whole service: keep the old one to diff.
-            let before = matches!(op, Op::Put { .. })
-                .then(|| naming.get(op.service()))
-                .flatten();
-            let applied = naming.apply(op.clone())?;
+            let before = put.as_ref().and_then(|op| naming.get(op.service()));
+            let applied = naming.apply(op)?;
             let touched_persistent = applied.previous.as_ref().is_some_and(|p| !p.ephemeral);
             let save = applied.change.is_some()
                 && (persist
                     || touched_persistent
-                    || crate::cluster::put_touches_durable(&op, before.as_deref()));
+                    || put.as_ref().is_some_and(|op| {
+                        crate::cluster::put_touches_durable(op, before.as_deref())
+                    }));
             (applied, save, before)
         };
         if save {
             self.save();
         }
-        match &op {
-            Op::Put { service, state } => {
+        match &put {
+            Some(Op::Put { service, state }) => {
                 crate::cluster::track_put(
                     &mut self.liveness,
                     &self.options.beat,
@@ -594,35 +598,69 @@ impl Writer {
                     state.as_ref(),
                 );
             }
-            _ => self.track(&op),
+            _ => self.track(track),
         }
         if let Some(change) = &applied.change {
             self.publish(change);
             // Replicated states are not replicated again.
-            if !matches!(op, Op::Put { .. }) {
+            if put.is_none() {
                 self.emit(change);
             }
         }
         Ok(applied)
     }
 
-    fn track(&mut self, op: &Op) {
-        match op {
-            Op::Register { service, instance } | Op::Update { service, instance } => {
-                let key = instance.key();
-                match deadlines(instance, &self.options.beat) {
-                    Some(d)
-                        if matches!(op, Op::Update { .. })
-                            && self.liveness.contains(service, &key) =>
-                    {
-                        self.liveness.retime(service, &key, d)
-                    }
-                    Some(d) => self.liveness.track(service, &key, d, Instant::now()),
-                    None => self.liveness.forget(service, &key),
+    fn track(&mut self, track: Track) {
+        match track {
+            Track::Timed {
+                service,
+                key,
+                deadlines,
+                update,
+            } => match deadlines {
+                Some(d) if update && self.liveness.contains(&service, &key) => {
+                    self.liveness.retime(&service, &key, d)
                 }
-            }
-            Op::Deregister { service, instance } => self.liveness.forget(service, instance),
-            _ => {}
+                Some(d) => self.liveness.track(&service, &key, d, Instant::now()),
+                None => self.liveness.forget(&service, &key),
+            },
+            Track::Forget { service, key } => self.liveness.forget(&service, &key),
+            Track::Nothing => {}
+        }
+    }
+}
+
+/// What an applied op means for liveness bookkeeping.
+enum Track {
+    /// A registration or update: track with these deadlines, or forget when `None`
+    /// (server-checked). An update of a tracked instance keeps its last beat.
+    Timed {
+        service: ServiceKey,
+        key: InstanceKey,
+        deadlines: Option<Deadlines>,
+        update: bool,
+    },
+    Forget {
+        service: ServiceKey,
+        key: InstanceKey,
+    },
+    Nothing,
+}
+
+impl Track {
+    fn of(op: &Op, defaults: &BeatTimings) -> Self {
+        match op {
+            Op::Register { service, instance } | Op::Update { service, instance } => Track::Timed {
+                service: service.clone(),
+                key: instance.key(),
+                deadlines: deadlines(instance, defaults),
+                update: matches!(op, Op::Update { .. }),
+            },
+            Op::Deregister { service, instance } => Track::Forget {
+                service: service.clone(),
+                key: instance.clone(),
+            },
+            _ => Track::Nothing,
         }
     }
 }
@@ -692,8 +730,9 @@ mod tests {
         let r = Registry::start(fast()).unwrap();
         let s = ServiceKey::simple("a");
         let mut i = Instance::new(&s, "10.0.0.1", 80, DEFAULT_CLUSTER);
-        i.metadata.insert(META_BEAT_TIMEOUT.into(), "1000".into());
-        i.metadata.insert(META_DELETE_TIMEOUT.into(), "2000".into());
+        let m = Arc::make_mut(&mut i.metadata);
+        m.insert(META_BEAT_TIMEOUT.into(), "1000".into());
+        m.insert(META_DELETE_TIMEOUT.into(), "2000".into());
         register(&r, &s, i).await;
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         assert!(r.get(&s).unwrap().instances.values().all(|i| !i.healthy()));

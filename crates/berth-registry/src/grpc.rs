@@ -44,31 +44,35 @@ impl WatchFilter {
     }
 
     pub fn matches(&self, key: &ServiceKey) -> bool {
-        key.namespace == self.namespace && self.services.as_ref().is_none_or(|s| s.contains(key))
+        *key.namespace == *self.namespace && self.services.as_ref().is_none_or(|s| s.contains(key))
     }
 }
 
 /// Converts a service to its wire form.
 pub fn to_proto(s: &Service) -> pb::Service {
     pb::Service {
-        namespace: s.key.namespace.clone(),
-        group: s.key.group.clone(),
-        name: s.key.name.clone(),
+        namespace: s.key.namespace.to_string(),
+        group: s.key.group.to_string(),
+        name: s.key.name.to_string(),
         metadata: s.metadata.clone().into_iter().collect(),
         revision: s.revision,
         instances: s
             .instances
             .values()
             .map(|i| pb::Instance {
-                id: i.id.clone(),
-                ip: i.ip.clone(),
+                id: i.id(&s.key).into_owned(),
+                ip: i.ip.to_string(),
                 port: u32::from(i.port),
                 weight: i.weight,
                 healthy: i.healthy(),
                 enabled: i.enabled,
                 ephemeral: i.ephemeral,
-                cluster: i.cluster.clone(),
-                metadata: i.metadata.clone().into_iter().collect(),
+                cluster: i.cluster.to_string(),
+                metadata: i
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             })
             .collect(),
     }
@@ -93,9 +97,9 @@ fn change_event(c: &Change) -> pb::WatchEvent {
         Some(s) => (to_proto(s), false),
         None => (
             pb::Service {
-                namespace: c.key.namespace.clone(),
-                group: c.key.group.clone(),
-                name: c.key.name.clone(),
+                namespace: c.key.namespace.to_string(),
+                group: c.key.group.to_string(),
+                name: c.key.name.to_string(),
                 revision: c.revision,
                 ..Default::default()
             },

@@ -3,9 +3,10 @@
 //! Values here are plain data: cloning a [`Service`] is how readers get a stable view
 //! while writers go on (the core keeps each service behind an `Arc`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,29 +24,91 @@ pub const META_BEAT_INTERVAL: &str = "preserved.heart.beat.interval";
 pub const META_BEAT_TIMEOUT: &str = "preserved.heart.beat.timeout";
 pub const META_DELETE_TIMEOUT: &str = "preserved.ip.delete.timeout";
 
+/// A shared, immutable name. Keys are copied into every tree node a change rewrites,
+/// into the change history and into the liveness table: with `Arc<str>` such a copy is
+/// a reference-count increment, not an allocation.
+pub type Name = Arc<str>;
+
+/// A [`Name`] for `s`; the default namespace, group and cluster share one allocation.
+pub fn name(s: &str) -> Name {
+    static DEFAULTS: OnceLock<[Name; 3]> = OnceLock::new();
+    let defaults = DEFAULTS.get_or_init(|| {
+        [
+            Name::from(DEFAULT_NAMESPACE),
+            Name::from(DEFAULT_GROUP),
+            Name::from(DEFAULT_CLUSTER),
+        ]
+    });
+    match defaults.iter().find(|d| &***d == s) {
+        Some(d) => d.clone(),
+        None => Name::from(s),
+    }
+}
+
+/// Converts the string forms callers have into a [`Name`].
+pub trait IntoName {
+    fn into_name(self) -> Name;
+}
+
+impl IntoName for &str {
+    fn into_name(self) -> Name {
+        name(self)
+    }
+}
+
+impl IntoName for &String {
+    fn into_name(self) -> Name {
+        name(self)
+    }
+}
+
+impl IntoName for String {
+    fn into_name(self) -> Name {
+        name(&self)
+    }
+}
+
+impl IntoName for Name {
+    fn into_name(self) -> Name {
+        self
+    }
+}
+
+impl IntoName for &Name {
+    fn into_name(self) -> Name {
+        self.clone()
+    }
+}
+
+/// Instance metadata, shared: instances registered with equal metadata (a deployment's
+/// replicas) hold one map (see `Naming::apply`), and copying an instance copies a pointer.
+pub type Metadata = Arc<BTreeMap<String, String>>;
+
+/// The empty [`Metadata`], one allocation for every instance without metadata.
+pub fn no_metadata() -> Metadata {
+    static EMPTY: OnceLock<Metadata> = OnceLock::new();
+    EMPTY.get_or_init(Metadata::default).clone()
+}
+
 /// Identifies one service: namespace, group and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub group: String,
-    pub name: String,
+    pub namespace: Name,
+    pub group: Name,
+    pub name: Name,
 }
 
 impl ServiceKey {
-    pub fn new(
-        namespace: impl Into<String>,
-        group: impl Into<String>,
-        name: impl Into<String>,
-    ) -> Self {
+    pub fn new(namespace: impl IntoName, group: impl IntoName, name: impl IntoName) -> Self {
         Self {
-            namespace: namespace.into(),
-            group: group.into(),
-            name: name.into(),
+            namespace: namespace.into_name(),
+            group: group.into_name(),
+            name: name.into_name(),
         }
     }
 
     /// A service in the default namespace and group.
-    pub fn simple(name: impl Into<String>) -> Self {
+    pub fn simple(name: impl IntoName) -> Self {
         Self::new(DEFAULT_NAMESPACE, DEFAULT_GROUP, name)
     }
 
@@ -72,16 +135,16 @@ impl fmt::Display for ServiceKey {
 /// Identifies one instance inside a service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {
-    pub cluster: String,
-    pub ip: String,
+    pub cluster: Name,
+    pub ip: Name,
     pub port: u16,
 }
 
 impl InstanceKey {
-    pub fn new(ip: impl Into<String>, port: u16, cluster: impl Into<String>) -> Self {
+    pub fn new(ip: impl IntoName, port: u16, cluster: impl IntoName) -> Self {
         Self {
-            cluster: cluster.into(),
-            ip: ip.into(),
+            cluster: cluster.into_name(),
+            ip: ip.into_name(),
             port,
         }
     }
@@ -147,16 +210,19 @@ pub struct ClusterConfig {
 /// One registered instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
-    /// Stable id: Nacos's "ip#port#cluster#group@@service", or a Consul service id.
-    pub id: String,
-    pub ip: String,
+    /// An id the client chose (a Consul service id). `None` for Nacos instances, whose id
+    /// "ip#port#cluster#group@@service" is derived on output ([`Instance::id`]) instead of
+    /// being stored a million times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Name>,
+    pub ip: Name,
     pub port: u16,
-    pub cluster: String,
+    pub cluster: Name,
     pub weight: f64,
     pub status: HealthStatus,
     pub enabled: bool,
     pub ephemeral: bool,
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// Server-side check for persistent instances.
     pub check: Option<CheckSpec>,
     /// Consul's `DeregisterCriticalServiceAfter`: remove after this long critical.
@@ -167,19 +233,24 @@ pub struct Instance {
 
 impl Instance {
     /// An ephemeral, healthy, enabled instance with weight 1 in `cluster`.
-    pub fn new(service: &ServiceKey, ip: impl Into<String>, port: u16, cluster: &str) -> Self {
-        let ip = ip.into();
-        let id = nacos_instance_id(&ip, port, cluster, service);
+    /// `_service` is the service it will belong to; nothing of it is stored (the Nacos
+    /// id is derived from it on output).
+    pub fn new(
+        _service: &ServiceKey,
+        ip: impl IntoName,
+        port: u16,
+        cluster: impl IntoName,
+    ) -> Self {
         Self {
-            id,
-            ip,
+            id: None,
+            ip: ip.into_name(),
             port,
-            cluster: cluster.to_string(),
+            cluster: cluster.into_name(),
             weight: 1.0,
             status: HealthStatus::Passing,
             enabled: true,
             ephemeral: true,
-            metadata: BTreeMap::new(),
+            metadata: no_metadata(),
             check: None,
             deregister_critical_after_ms: None,
             tags: Vec::new(),
@@ -187,7 +258,35 @@ impl Instance {
     }
 
     pub fn key(&self) -> InstanceKey {
-        InstanceKey::new(self.ip.clone(), self.port, self.cluster.clone())
+        InstanceKey {
+            cluster: self.cluster.clone(),
+            ip: self.ip.clone(),
+            port: self.port,
+        }
+    }
+
+    /// The id clients see: the chosen one, else Nacos's "ip#port#cluster#group@@service".
+    pub fn id(&self, service: &ServiceKey) -> Cow<'_, str> {
+        match &self.id {
+            Some(id) => Cow::Borrowed(id),
+            None => Cow::Owned(nacos_instance_id(
+                &self.ip,
+                self.port,
+                &self.cluster,
+                service,
+            )),
+        }
+    }
+
+    /// True when `id` is this instance's id (without building the derived one).
+    pub fn has_id(&self, service: &ServiceKey, id: &str) -> bool {
+        match &self.id {
+            Some(own) => &**own == id,
+            None => {
+                let suffix = format!("#{}#{}#{}", self.port, self.cluster, service.grouped_name());
+                id.strip_suffix(suffix.as_str()) == Some(&*self.ip)
+            }
+        }
     }
 
     pub fn healthy(&self) -> bool {
@@ -267,7 +366,11 @@ impl Service {
     }
 
     pub fn cluster_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.instances.values().map(|i| i.cluster.clone()).collect();
+        let mut names: Vec<String> = self
+            .instances
+            .values()
+            .map(|i| i.cluster.to_string())
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -295,7 +398,7 @@ impl Service {
                 let mut it = self
                     .instances
                     .values()
-                    .filter(|i| i.ip == ip && i.port == port);
+                    .filter(|i| &*i.ip == ip && i.port == port);
                 let first = it.next();
                 if it.next().is_some() {
                     None
@@ -307,7 +410,10 @@ impl Service {
     }
 
     pub fn find_by_id(&self, id: &str) -> Option<&Instance> {
-        self.instances.values().find(|i| i.id == id).map(|i| &**i)
+        self.instances
+            .values()
+            .find(|i| i.has_id(&self.key, id))
+            .map(|i| &**i)
     }
 }
 
@@ -321,7 +427,7 @@ mod tests {
         assert_eq!(k, ServiceKey::new("public", "g1", "svc"));
         assert_eq!(k.grouped_name(), "g1@@svc");
         let k = ServiceKey::parse_grouped("public", "svc", "other");
-        assert_eq!(k.group, "other");
+        assert_eq!(&*k.group, "other");
     }
 
     #[test]
@@ -329,14 +435,19 @@ mod tests {
         let key = ServiceKey::simple("s");
         let mut i = Instance::new(&key, "10.0.0.1", 80, DEFAULT_CLUSTER);
         assert_eq!(i.timings(&BeatTimings::default()), BeatTimings::default());
-        i.metadata.insert(META_BEAT_INTERVAL.into(), "1000".into());
-        i.metadata.insert(META_BEAT_TIMEOUT.into(), "3000".into());
-        i.metadata
-            .insert(META_DELETE_TIMEOUT.into(), "bogus".into());
+        let m = Arc::make_mut(&mut i.metadata);
+        m.insert(META_BEAT_INTERVAL.into(), "1000".into());
+        m.insert(META_BEAT_TIMEOUT.into(), "3000".into());
+        m.insert(META_DELETE_TIMEOUT.into(), "bogus".into());
         let t = i.timings(&BeatTimings::default());
         assert_eq!(t.interval_ms, 1000);
         assert_eq!(t.unhealthy_after_ms, 3000);
         assert_eq!(t.delete_after_ms, 30_000);
-        assert_eq!(i.id, "10.0.0.1#80#DEFAULT#DEFAULT_GROUP@@s");
+        assert_eq!(i.id(&key), "10.0.0.1#80#DEFAULT#DEFAULT_GROUP@@s");
+        assert!(i.has_id(&key, "10.0.0.1#80#DEFAULT#DEFAULT_GROUP@@s"));
+        assert!(!i.has_id(&key, "10.0.0.2#80#DEFAULT#DEFAULT_GROUP@@s"));
+        assert!(!i.has_id(&key, "x10.0.0.1#80#DEFAULT#DEFAULT_GROUP@@s"));
+        i.id = Some(name("web-1"));
+        assert_eq!(i.id(&key), "web-1");
     }
 }

@@ -190,12 +190,16 @@ impl Naming {
     /// Applies one op. The only function that mutates the naming state.
     pub fn apply(&mut self, op: Op) -> Result<Applied, NamingError> {
         match op {
-            Op::Register { service, instance } => {
+            Op::Register {
+                service,
+                mut instance,
+            } => {
                 let current = self.services.get(&service).cloned();
                 let mut svc = current
                     .as_deref()
                     .cloned()
                     .unwrap_or_else(|| Service::new(service.clone()));
+                compact(&svc, &instance.key(), &mut instance);
                 let instance = Arc::new(instance);
                 let previous = svc.instances.insert(instance.key(), instance.clone());
                 if current.is_some() && previous.as_deref() == Some(&*instance) {
@@ -206,12 +210,17 @@ impl Naming {
                 }
                 Ok(self.commit(svc, previous))
             }
-            Op::Update { service, instance } => {
+            Op::Update {
+                service,
+                mut instance,
+            } => {
                 let mut svc = self.existing(&service)?;
                 let key = instance.key();
                 if !svc.instances.contains_key(&key) {
                     return Err(not_found(&service, &key));
                 }
+                compact(&svc, &key, &mut instance);
+                let key = instance.key();
                 let instance = Arc::new(instance);
                 let previous = svc.instances.insert(key, instance.clone());
                 if previous.as_deref() == Some(&*instance) {
@@ -309,7 +318,7 @@ impl Naming {
                 let keys: Vec<InstanceKey> = svc
                     .instances
                     .iter()
-                    .filter(|(k, i)| k.cluster == cluster && !i.ephemeral)
+                    .filter(|(k, i)| *k.cluster == *cluster && !i.ephemeral)
                     .map(|(k, _)| k.clone())
                     .collect();
                 for key in keys {
@@ -459,12 +468,59 @@ impl Naming {
     }
 }
 
+/// Trims what an instance about to be stored at `key` holds on its own: its metadata map
+/// and cluster name are shared with the instance it replaces or its neighbours in key
+/// order when equal (replicas of one deployment register side by side with the same
+/// metadata), and an id equal to the derived Nacos id is dropped. Costs O(log n)
+/// lookups; at a million instances it is most of the difference between one metadata
+/// map per instance and a handful per service.
+fn compact(svc: &Service, key: &InstanceKey, instance: &mut Instance) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    if let Some(id) = &instance.id
+        && **id
+            == *crate::model::nacos_instance_id(
+                &instance.ip,
+                instance.port,
+                &instance.cluster,
+                &svc.key,
+            )
+    {
+        instance.id = None;
+    }
+    let neighbours = svc
+        .instances
+        .get(key)
+        .into_iter()
+        .chain(svc.instances.range(..key).next_back().map(|(_, i)| i))
+        .chain(
+            svc.instances
+                .range((Excluded(key), Unbounded))
+                .next()
+                .map(|(_, i)| i),
+        );
+    let mut metadata_shared = false;
+    let mut cluster_shared = false;
+    for n in neighbours {
+        if !metadata_shared && n.metadata == instance.metadata {
+            instance.metadata = n.metadata.clone();
+            metadata_shared = true;
+        }
+        if !cluster_shared && n.cluster == instance.cluster {
+            instance.cluster = n.cluster.clone();
+            cluster_shared = true;
+        }
+        if metadata_shared && cluster_shared {
+            break;
+        }
+    }
+}
+
 fn not_found(service: &ServiceKey, key: &InstanceKey) -> NamingError {
     NamingError::InstanceNotFound {
         service: service.to_string(),
-        ip: key.ip.clone(),
+        ip: key.ip.to_string(),
         port: key.port,
-        cluster: key.cluster.clone(),
+        cluster: key.cluster.to_string(),
     }
 }
 
@@ -675,6 +731,61 @@ mod tests {
         assert!(
             n.apply_expiry(&ServiceKey::simple("none"), &verdicts)
                 .0
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn equal_metadata_is_shared_and_derivable_ids_are_not_stored() {
+        let mut n = Naming::default();
+        let a = ServiceKey::simple("a");
+        let with_meta = |ip: &str, v: &str| {
+            let mut i = Instance::new(&a, ip, 80, DEFAULT_CLUSTER);
+            i.metadata = Arc::new(BTreeMap::from([("version".into(), v.into())]));
+            i
+        };
+        for (ip, v) in [("10.0.0.1", "1"), ("10.0.0.2", "1"), ("10.0.0.3", "2")] {
+            n.apply(Op::Register {
+                service: a.clone(),
+                instance: with_meta(ip, v),
+            })
+            .unwrap();
+        }
+        let svc = n.get(&a).unwrap();
+        let meta = |ip: &str| {
+            svc.instances[&InstanceKey::new(ip, 80, DEFAULT_CLUSTER)]
+                .metadata
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&meta("10.0.0.1"), &meta("10.0.0.2")));
+        assert!(!Arc::ptr_eq(&meta("10.0.0.2"), &meta("10.0.0.3")));
+        assert_eq!(meta("10.0.0.3")["version"], "2");
+
+        // An id equal to the one Nacos derives is dropped; any other id is kept.
+        let mut same = Instance::new(&a, "10.0.0.4", 80, DEFAULT_CLUSTER);
+        same.id = Some("10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a".into());
+        let mut own = Instance::new(&a, "10.0.0.5", 80, DEFAULT_CLUSTER);
+        own.id = Some("web-5".into());
+        for i in [same, own] {
+            n.apply(Op::Register {
+                service: a.clone(),
+                instance: i,
+            })
+            .unwrap();
+        }
+        let svc = n.get(&a).unwrap();
+        let stored = &svc.instances[&InstanceKey::new("10.0.0.4", 80, DEFAULT_CLUSTER)];
+        assert_eq!(stored.id, None);
+        assert_eq!(stored.id(&a), "10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a");
+        assert_eq!(
+            svc.find_by_id("10.0.0.4#80#DEFAULT#DEFAULT_GROUP@@a")
+                .unwrap()
+                .port,
+            80
+        );
+        assert_eq!(&*svc.find_by_id("web-5").unwrap().ip, "10.0.0.5");
+        assert!(
+            svc.find_by_id("10.0.0.5#80#DEFAULT#DEFAULT_GROUP@@a")
                 .is_none()
         );
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
@@ -146,12 +146,14 @@ impl PushService {
         subs.retain(|_, m| !m.is_empty());
     }
 
-    /// Runs until the registry goes away: pushes changes, reads acks, prunes.
+    /// Runs until the registry goes away: pushes changes and prunes, while a task of its
+    /// own reads acks. A push to a thousand subscribers brings a thousand acks back; read
+    /// in this loop they would hold the next change up behind them.
     pub async fn run(self: Arc<Self>, registry: Registry) {
         let mut changes = registry.changes();
         let mut prune =
             tokio::time::interval(self.options.subscriber_ttl.min(Duration::from_secs(5)));
-        let mut buf = vec![0u8; 64 * 1024];
+        let acks = tokio::spawn(self.clone().read_acks());
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
@@ -165,27 +167,33 @@ impl PushService {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
-                        self.handle_ack(&buf[..n], from);
-                    }
-                }
                 _ = prune.tick() => self.prune(Instant::now()),
+            }
+        }
+        acks.abort();
+    }
+
+    async fn read_acks(self: Arc<Self>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf).await {
+                self.handle_ack(&buf[..n], from);
             }
         }
     }
 
     fn handle_ack(&self, packet: &[u8], from: SocketAddr) {
-        let Ok(v) = serde_json::from_slice::<Value>(packet) else {
+        // A thousand acks follow every push: read the two fields, build no tree.
+        let Ok(ack) = serde_json::from_slice::<Ack<'_>>(packet) else {
             return;
         };
-        if v.get("type").and_then(Value::as_str) != Some("push-ack") {
+        if ack.kind != "push-ack" {
             return;
         }
-        let nonce = match v.get("lastRefTime") {
-            Some(Value::String(s)) => s.parse::<u64>().ok(),
-            Some(Value::Number(n)) => n.as_u64(),
-            _ => None,
+        let nonce = match ack.last_ref_time {
+            Some(Nonce::Text(s)) => s.parse::<u64>().ok(),
+            Some(Nonce::Number(n)) => Some(n),
+            None => None,
         };
         let Some(batch) = nonce.and_then(|n| {
             self.pending
@@ -252,9 +260,19 @@ impl PushService {
                 break;
             }
             batch.mark_sent();
+            // A tight loop of non-blocking sends: a subscriber's packet never waits on a
+            // task switch per earlier subscriber. Only a full socket buffer awaits.
+            self.stats
+                .sent
+                .fetch_add(unacked.len() as u64, Ordering::Relaxed);
             for target in unacked {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.socket.send_to(&packet, target).await {
+                let sent = match self.socket.try_send_to(&packet, target) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.socket.send_to(&packet, target).await
+                    }
+                    other => other,
+                };
+                if let Err(e) = sent {
                     tracing::debug!(%target, error = %e, "push send failed");
                 }
             }
@@ -270,6 +288,24 @@ impl PushService {
             self.drop_subscriber(&key, target);
         }
     }
+}
+
+/// The fields of a client's `push-ack` the server reads.
+#[derive(serde::Deserialize)]
+struct Ack<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "lastRefTime", borrow, default)]
+    last_ref_time: Option<Nonce<'a>>,
+}
+
+/// Clients echo `lastRefTime` as a number or as a string.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Nonce<'a> {
+    Number(u64),
+    #[serde(borrow)]
+    Text(std::borrow::Cow<'a, str>),
 }
 
 /// One packet on its way to several subscribers: who still owes an ack.
@@ -367,7 +403,18 @@ fn nacos_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::io::Read;
+
+    #[test]
+    fn acks_are_read_with_either_nonce_form() {
+        let n: Ack =
+            serde_json::from_slice(br#"{"type":"push-ack","lastRefTime":"12","data":""}"#).unwrap();
+        assert!(matches!(n.last_ref_time, Some(Nonce::Text(t)) if t == "12"));
+        let n: Ack = serde_json::from_slice(br#"{"type":"push-ack","lastRefTime":12}"#).unwrap();
+        assert!(matches!(n.last_ref_time, Some(Nonce::Number(12))));
+        assert!(serde_json::from_slice::<Ack>(b"{").is_err());
+    }
 
     #[test]
     fn small_packets_are_plain_and_big_ones_gzipped() {

@@ -11,7 +11,7 @@ use berth_util::shutdown::Shutdown;
 async fn register(handle: &berth_registry::RegistryHandle, name: &str, port: u16) {
     let key = ServiceKey::simple(name);
     let mut i = Instance::new(&key, "127.0.0.1", port, DEFAULT_CLUSTER);
-    i.metadata
+    std::sync::Arc::make_mut(&mut i.metadata)
         .insert("berth.routes".into(), format!("{name}.example"));
     handle
         .registry()

@@ -262,7 +262,7 @@ pub fn parse_registration(body: &[u8]) -> Result<(ServiceKey, Instance), ApiErro
     }
     let key = ServiceKey::new(DEFAULT_NAMESPACE, DEFAULT_GROUP, name);
     let mut i = Instance::new(&key, address, port, DEFAULT_CLUSTER);
-    i.id = id;
+    i.id = Some(id.into());
     i.ephemeral = false;
     i.weight = weight;
     i.tags = tags;
@@ -280,13 +280,13 @@ pub fn parse_registration(body: &[u8]) -> Result<(ServiceKey, Instance), ApiErro
             i.status = HealthStatus::Passing;
         }
     }
-    i.metadata = metadata;
+    i.metadata = Arc::new(metadata);
     Ok((key, i))
 }
 
 fn consul_name(key: &ServiceKey) -> String {
-    if key.group == DEFAULT_GROUP {
-        key.name.clone()
+    if &*key.group == DEFAULT_GROUP {
+        key.name.to_string()
     } else {
         key.grouped_name()
     }
@@ -302,10 +302,12 @@ fn find_by_id(registry: &Registry, id: &str) -> Option<(ServiceKey, Instance)> {
     let sid = id.strip_prefix("service:").unwrap_or(id);
     for s in services
         .iter()
-        .filter(|s| s.key.namespace == DEFAULT_NAMESPACE)
+        .filter(|s| &*s.key.namespace == DEFAULT_NAMESPACE)
     {
         if let Some(i) = s.instances.values().find(|i| {
-            i.id == sid || i.id == id || i.metadata.get(META_CHECK_ID).is_some_and(|c| c == id)
+            i.has_id(&s.key, sid)
+                || i.has_id(&s.key, id)
+                || i.metadata.get(META_CHECK_ID).is_some_and(|c| c == id)
         }) {
             return Some((s.key.clone(), (**i).clone()));
         }
@@ -320,7 +322,7 @@ fn empty_ok() -> Response {
 async fn register(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
     let (key, instance) = parse_registration(&p.body)?;
     // A re-registration under a new address replaces the old one with the same id.
-    if let Some((old_key, old)) = find_by_id(&s.registry, &instance.id)
+    if let Some((old_key, old)) = find_by_id(&s.registry, &instance.id(&key))
         && (old_key != key || old.key() != instance.key())
     {
         s.registry
@@ -391,9 +393,9 @@ async fn check_update(
         s.registry
             .beat(
                 key,
-                instance.ip.clone(),
+                instance.ip.to_string(),
                 instance.port,
-                Some(instance.cluster.clone()),
+                Some(instance.cluster.to_string()),
                 status,
             )
             .await?;
@@ -403,7 +405,7 @@ async fn check_update(
 
 fn service_json(key: &ServiceKey, i: &Instance) -> Value {
     json!({
-        "ID": i.id,
+        "ID": i.id(key),
         "Service": consul_name(key),
         "Tags": i.tags,
         "Meta": i.metadata,
@@ -437,7 +439,7 @@ fn check_json(key: &ServiceKey, i: &Instance) -> Value {
         .metadata
         .get(META_CHECK_ID)
         .cloned()
-        .unwrap_or_else(|| format!("service:{}", i.id));
+        .unwrap_or_else(|| format!("service:{}", i.id(key)));
     json!({
         "Node": NODE,
         "CheckID": id,
@@ -445,7 +447,7 @@ fn check_json(key: &ServiceKey, i: &Instance) -> Value {
         "Status": i.status.as_str(),
         "Notes": "",
         "Output": output,
-        "ServiceID": i.id,
+        "ServiceID": i.id(key),
         "ServiceName": consul_name(key),
         "ServiceTags": i.tags,
         "Type": kind,
@@ -515,7 +517,7 @@ fn service_index(registry: &Registry, key: &ServiceKey) -> u64 {
 
 fn consul_services(registry: &Registry) -> Vec<Arc<Service>> {
     let (_, mut services) = registry.snapshot();
-    services.retain(|s| s.key.namespace == DEFAULT_NAMESPACE && !s.instances.is_empty());
+    services.retain(|s| &*s.key.namespace == DEFAULT_NAMESPACE && !s.instances.is_empty());
     services.sort_by(|a, b| a.key.cmp(&b.key));
     services
 }
@@ -525,7 +527,7 @@ async fn agent_services(State(s): State<AppState>, p: Params) -> Result<Response
     let mut out = Map::new();
     for svc in consul_services(&s.registry) {
         for i in svc.instances.values() {
-            out.insert(i.id.clone(), service_json(&svc.key, i));
+            out.insert(i.id(&svc.key).into_owned(), service_json(&svc.key, i));
         }
     }
     Ok(index_response(index, Value::Object(out)))
@@ -611,7 +613,7 @@ async fn catalog_service(
                 "TaggedAddresses": {"lan": NODE_ADDRESS, "wan": NODE_ADDRESS},
                 "NodeMeta": {},
                 "ServiceKind": "",
-                "ServiceID": i.id,
+                "ServiceID": i.id(&key),
                 "ServiceName": consul_name(&key),
                 "ServiceTags": i.tags,
                 "ServiceAddress": i.ip,
@@ -703,8 +705,8 @@ mod tests {
                  "check":{"ttl":"5s","deregistercriticalserviceafter":"1m"}}"#,
         )
         .unwrap();
-        assert_eq!(key.name, "web");
-        assert_eq!(i.id, "web-1");
+        assert_eq!(&*key.name, "web");
+        assert_eq!(i.id(&key), "web-1");
         assert_eq!(i.port, 8080);
         assert_eq!(i.check, Some(CheckSpec::Ttl { ttl_ms: 5000 }));
         assert_eq!(i.deregister_critical_after_ms, Some(60_000));

@@ -123,9 +123,9 @@ fn instance_from(
     let ip = p.ip("ip")?;
     let port = p.port("port")?;
     let cluster = cluster_param(p)?
-        .map(str::to_string)
+        .map(crate::model::name)
         .or_else(|| base.map(|b| b.cluster.clone()))
-        .unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
+        .unwrap_or_else(|| crate::model::name(DEFAULT_CLUSTER));
     let mut i = match base {
         Some(b) => b.clone(),
         None => Instance::new(key, ip, port, &cluster),
@@ -143,10 +143,10 @@ fn instance_from(
         i.ephemeral = e;
     }
     if let Some(m) = metadata_param(p)? {
-        i.metadata = m;
+        i.metadata = std::sync::Arc::new(m);
     }
     let cluster_check = svc
-        .and_then(|s| s.clusters.get(&i.cluster))
+        .and_then(|s| s.clusters.get(&*i.cluster))
         .map(|c| c.check.clone());
     i.check = if i.ephemeral {
         None
@@ -162,7 +162,13 @@ fn instance_from(
 
 async fn register(State(s): State<AppState>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
-    let svc = s.registry.get(&key);
+    // The service's cluster settings only matter to a persistent instance (its check):
+    // an ephemeral registration skips the lookup and the read lock it contends for.
+    let svc = if p.bool("ephemeral")?.unwrap_or(true) {
+        None
+    } else {
+        s.registry.get(&key)
+    };
     let instance = instance_from(&p, &key, None, svc.as_deref())?;
     s.registry
         .submit(Op::Register {
@@ -333,7 +339,7 @@ async fn beat(State(s): State<AppState>, p: Params) -> Result<Response, ApiError
                 i.weight = w;
             }
             if let Some(m) = b.metadata {
-                i.metadata = m;
+                i.metadata = std::sync::Arc::new(m);
             }
             i.ephemeral = b.ephemeral.unwrap_or(true);
             if !i.ephemeral {
@@ -481,8 +487,8 @@ async fn list_services(State(s): State<AppState>, p: Params) -> Result<Response,
     let (_, services) = s.registry.snapshot();
     let mut names: Vec<String> = services
         .iter()
-        .filter(|svc| svc.key.namespace == namespace && svc.key.group == group)
-        .map(|svc| svc.key.name.clone())
+        .filter(|svc| &*svc.key.namespace == namespace && &*svc.key.group == group)
+        .map(|svc| svc.key.name.to_string())
         .collect();
     names.sort();
     let count = names.len();

@@ -20,7 +20,7 @@ pub fn now_millis() -> u64 {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Host<'a> {
-    instance_id: &'a str,
+    instance_id: InstanceId<'a>,
     ip: &'a str,
     port: u16,
     weight: f64,
@@ -40,7 +40,10 @@ impl<'a> Host<'a> {
     fn new(service_name: &'a str, i: &'a Instance, defaults: &BeatTimings) -> Self {
         let t = i.timings(defaults);
         Self {
-            instance_id: &i.id,
+            instance_id: InstanceId {
+                instance: i,
+                grouped_name: service_name,
+            },
             ip: &i.ip,
             port: i.port,
             weight: i.weight,
@@ -55,6 +58,31 @@ impl<'a> Host<'a> {
             ip_delete_timeout: t.delete_after_ms,
             instance_id_generator: "simple",
         }
+    }
+}
+
+/// An instance's id written straight into the output: Nacos ids are derived, not stored
+/// (see [`Instance::id`]), and building each one as a `String` first would cost a list
+/// one allocation per host.
+struct InstanceId<'a> {
+    instance: &'a Instance,
+    /// "group@@service".
+    grouped_name: &'a str,
+}
+
+impl std::fmt::Display for InstanceId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = self.instance;
+        match &i.id {
+            Some(id) => f.write_str(id),
+            None => write!(f, "{}#{}#{}#{}", i.ip, i.port, i.cluster, self.grouped_name),
+        }
+    }
+}
+
+impl Serialize for InstanceId<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -111,7 +139,7 @@ impl ListFilter {
         // Nacos 1.x never hands out disabled instances.
         i.enabled
             && (!self.healthy_only || i.healthy())
-            && (self.clusters.is_empty() || self.clusters.contains(&i.cluster))
+            && (self.clusters.is_empty() || self.clusters.iter().any(|c| **c == *i.cluster))
     }
 }
 
@@ -167,7 +195,7 @@ pub fn instance_detail(key: &ServiceKey, i: &Instance) -> Value {
         "clusterName": i.cluster,
         "weight": i.weight,
         "healthy": i.healthy(),
-        "instanceId": i.id,
+        "instanceId": i.id(key),
         "metadata": i.metadata,
     })
 }
@@ -180,7 +208,7 @@ fn health_checker(s: &Service, cluster: &str) -> Value {
         .or_else(|| {
             s.instances
                 .values()
-                .find(|i| i.cluster == cluster && !i.ephemeral)
+                .find(|i| &*i.cluster == cluster && !i.ephemeral)
                 .and_then(|i| i.check.clone())
         });
     match check {

@@ -42,7 +42,13 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
     let view = c.members.view();
     let (_, services) = c.registry.snapshot();
     let mut owned = std::collections::HashMap::<String, u64>::new();
+    // One checksum of everything held (anti-entropy's per-service checksums added up):
+    // two members with the same value hold the same services.
+    let mut checksum = 0u64;
+    let mut instances = 0usize;
     for s in &services {
+        checksum = checksum.wrapping_add(c.checksums.checksum(s));
+        instances += s.instances.len();
         if let Some(o) = ownership::owner(&s.key, &view) {
             *owned.entry(o.to_string()).or_default() += 1;
         }
@@ -93,6 +99,8 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
         "view": view.as_ref(),
         "members": members,
         "services": services.len(),
+        "instances": instances,
+        "checksum": format!("{checksum:016x}"),
         "stats": {
             "forwardedOut": load(&st.forwarded_out),
             "forwardFailures": load(&st.forward_failures),

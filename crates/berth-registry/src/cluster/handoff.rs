@@ -34,45 +34,55 @@ pub struct Entry {
     pub since: Instant,
 }
 
-/// A sequence number this member has not finished with: the owner keeps its record of
-/// numbers at or above the lowest one still in flight ([`Seqs::low`]).
+/// A sequence number of a write for one owner that this member has not finished with:
+/// that owner keeps its record of numbers at or above the lowest one still in flight
+/// for it ([`Seqs::low`]), so a write stuck for a dead owner holds no other owner's
+/// record open. A write that moves to another owner gets a new number there.
 pub struct InFlight {
     pub seq: u64,
+    pub owner: String,
     seqs: Arc<Seqs>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.seqs.lock().remove(&self.seq);
+        let mut open = self.seqs.lock();
+        if let Some(set) = open.get_mut(&self.owner) {
+            set.remove(&self.seq);
+            if set.is_empty() {
+                open.remove(&self.owner);
+            }
+        }
     }
 }
 
-/// Sequence numbers of forwarded writes, and those not finished yet.
+/// Sequence numbers of forwarded writes, and those not finished yet, by owner.
 #[derive(Default)]
 pub struct Seqs {
     next: std::sync::atomic::AtomicU64,
-    open: Mutex<BTreeSet<u64>>,
+    open: Mutex<HashMap<String, BTreeSet<u64>>>,
 }
 
 impl Seqs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<u64>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub fn start(self: &Arc<Self>, owner: &str) -> InFlight {
         let seq = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(seq);
+        self.lock().entry(owner.to_string()).or_default().insert(seq);
         InFlight {
             seq,
+            owner: owner.to_string(),
             seqs: self.clone(),
         }
     }
 
-    /// Every number below this one is finished: it will never be sent again.
-    pub fn low(&self) -> u64 {
+    /// Every number for `owner` below this one is finished: never sent again.
+    pub fn low(&self, owner: &str) -> u64 {
         let open = self.lock();
-        open.first()
-            .copied()
+        open.get(owner)
+            .and_then(|s| s.first().copied())
             .unwrap_or_else(|| self.next.load(Ordering::Relaxed) + 1)
     }
 }
@@ -104,6 +114,7 @@ pub struct Handoff {
     state: Mutex<State>,
     pub(crate) notify: Notify,
     limit: usize,
+    pub(crate) seqs: Arc<Seqs>,
 }
 
 /// What [`Handoff::push`] did.
@@ -128,6 +139,7 @@ impl Handoff {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             limit: limit.max(1),
+            seqs: Arc::default(),
         }
     }
 
@@ -166,10 +178,15 @@ impl Handoff {
         Pushed::Queued
     }
 
-    /// The oldest write waiting for `owner`: its number and a copy to send.
+    /// The oldest write waiting for `owner`: its number and a copy to send. A write
+    /// numbered for another owner (it moved, or joined its service's queue) is
+    /// renumbered for this one.
     fn front(&self, owner: &str) -> Option<(u64, Forwarded)> {
-        let st = self.lock();
-        let e = st.queues.get(owner)?.front()?;
+        let mut st = self.lock();
+        let e = st.queues.get_mut(owner)?.front_mut()?;
+        if e.seq.owner != owner {
+            e.seq = self.seqs.start(owner);
+        }
         Some((e.seq.seq, e.write.clone()))
     }
 
@@ -271,7 +288,7 @@ pub async fn run(c: Arc<Cluster>, e: Arc<PeerEntry>) {
                 continue;
             }
         }
-        match c.send_forward(&e.peer, seq, &write, timeout).await {
+        match c.send_forward(&id, &e.peer, seq, &write, timeout).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(50);
                 c.stats.handoff_delivered.fetch_add(1, Ordering::Relaxed);

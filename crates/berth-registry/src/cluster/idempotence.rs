@@ -21,8 +21,9 @@ pub type Answer = watch::Receiver<Option<Arc<pb::ForwardReply>>>;
 
 /// A sender life silent this long is forgotten (it restarted or left).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// Safety bound per sender life, in case a sender never advances `low`.
-const MAX_PER_SENDER: usize = 1 << 20;
+/// Safety bound per sender life, in case a sender never advances `low` (each record
+/// holds a short answer, a few hundred bytes).
+const MAX_PER_SENDER: usize = 1 << 17;
 
 struct Record {
     /// Every number below this is finished at the sender.

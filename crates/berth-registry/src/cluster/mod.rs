@@ -135,7 +135,6 @@ pub struct Cluster {
     stamps: Mutex<HashMap<ServiceKey, Stamp>>,
     pub(crate) checksums: antientropy::Cache,
     pub(crate) handoff: handoff::Handoff,
-    seqs: Arc<handoff::Seqs>,
     pub(crate) once: idempotence::Once,
     /// This member itself, for futures that outlive a borrow of it.
     me: std::sync::Weak<Cluster>,
@@ -150,7 +149,6 @@ impl Cluster {
         let handoff = handoff::Handoff::new(options.handoff_limit);
         Arc::new_cyclic(|me| Self {
             handoff,
-            seqs: Arc::default(),
             once: idempotence::Once::default(),
             me: me.clone(),
             options,
@@ -384,12 +382,13 @@ impl Cluster {
     /// Sends one write to `peer` (its key's owner) and applies what the owner changed.
     pub(crate) async fn send_forward(
         &self,
+        peer_id: &str,
         peer: &peer::Peer,
         seq: u64,
         write: &Forwarded,
         timeout: Duration,
     ) -> Result<ForwardedReply, ClusterError> {
-        let numbering = (self.incarnation, seq, self.seqs.low());
+        let numbering = (self.incarnation, seq, self.handoff.seqs.low(&peer_id));
         let (reply, raw) = peer.forward(self.id(), numbering, write, timeout).await?;
         self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
         // The owner's change, applied here before the client hears back: it then reads
@@ -462,7 +461,7 @@ impl Cluster {
     async fn forward_write(self: Arc<Self>, write: Forwarded) -> Option<ForwardedReply> {
         let key = write.service().clone();
         let owner = self.owner_of(&key)?;
-        let seq = self.seqs.start();
+        let seq = self.handoff.seqs.start(&owner);
         let queue = if owner == self.id() {
             // Owned here, but earlier writes of the service still wait in a queue:
             // this one goes behind them.
@@ -471,7 +470,7 @@ impl Cluster {
             if !self.handoff.holds(&key) {
                 let peer = self.members.peer_by_id(&owner)?;
                 match self
-                    .send_forward(&peer, seq.seq, &write, self.options.rpc_timeout)
+                    .send_forward(&owner, &peer, seq.seq, &write, self.options.rpc_timeout)
                     .await
                 {
                     Ok(reply) => return Some(reply),

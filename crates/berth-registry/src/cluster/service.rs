@@ -76,7 +76,7 @@ impl ClusterRpc for PeerService {
             .map_err(|e| Status::invalid_argument(format!("field 'request': {e}")))?;
         let c = &self.cluster;
         c.stats.forwarded_in.fetch_add(1, Ordering::Relaxed);
-        let (mut answer, first) = match c.once.admit(&req.from, req.incarnation, req.seq, req.low) {
+        let mut answer = match c.once.admit(&req.from, req.incarnation, req.seq, req.low) {
             Admit::Stale => {
                 return Err(Status::already_exists(format!(
                     "write {} of {} was finished before; this copy is late",
@@ -85,19 +85,26 @@ impl ClusterRpc for PeerService {
             }
             Admit::Again(answer) => {
                 c.stats.forwarded_again.fetch_add(1, Ordering::Relaxed);
-                (answer, false)
+                answer
             }
             Admit::First(tx) => {
                 // Applied on its own task: a sender that stops waiting (its deadline
-                // passed) must not cancel a write half-way; its next copy gets this
-                // answer instead of applying again.
-                let answer = tx.subscribe();
+                // passed) must not cancel a write half-way; its next copy gets the
+                // answer kept here instead of applying again. Only the answer is kept,
+                // not what changed (another copy carried that back already, and it may
+                // be stale by then).
                 let c = c.clone();
-                tokio::spawn(async move {
-                    let reply = c.apply_forwarded(write).await;
-                    tx.send_replace(Some(Arc::new(reply)));
+                let task = tokio::spawn(async move {
+                    let full = c.apply_forwarded(write).await;
+                    tx.send_replace(Some(Arc::new(pb::ForwardReply {
+                        reply: full.reply.clone(),
+                        ..Default::default()
+                    })));
+                    full
                 });
-                (answer, true)
+                return task.await.map(Response::new).map_err(|_| {
+                    Status::unavailable("the write was interrupted; send it again")
+                });
             }
         };
         let reply = answer
@@ -106,13 +113,7 @@ impl ClusterRpc for PeerService {
             .ok()
             .and_then(|r| r.clone())
             .ok_or_else(|| Status::unavailable("the write was interrupted; send it again"))?;
-        let mut reply = (*reply).clone();
-        if !first {
-            // Another copy already carried the change back; this one's may be stale.
-            reply.state = None;
-            reply.delta = None;
-        }
-        Ok(Response::new(reply))
+        Ok(Response::new((*reply).clone()))
     }
 
     async fn replicate(

@@ -130,9 +130,12 @@ impl Link {
 }
 
 /// Two members: the first dials the second through a [`Link`], the second dials the
-/// first directly. Heartbeats are tolerant (50 missed) so a short cut only makes calls
-/// time out, without moving ownership.
-async fn linked_pair(shutdown: &Shutdown) -> (Vec<RegistryHandle>, Link, Vec<tempfile::TempDir>) {
+/// first directly. Heartbeats every 100 ms; with 50 missed allowed a short cut only
+/// makes calls time out, without moving ownership.
+async fn linked_pair(
+    shutdown: &Shutdown,
+    missed_beats: u32,
+) -> (Vec<RegistryHandle>, Link, Vec<tempfile::TempDir>) {
     let ports = [free_port().await, free_port().await];
     let addrs: Vec<SocketAddr> = ports
         .iter()
@@ -153,7 +156,7 @@ async fn linked_pair(shutdown: &Shutdown) -> (Vec<RegistryHandle>, Link, Vec<tem
         config.cluster.advertise = Some(a.to_string());
         config.cluster.secret = Some(SECRET.into());
         config.cluster.heartbeat = Duration::from_millis(100);
-        config.cluster.missed_beats = 50;
+        config.cluster.missed_beats = missed_beats;
         config.cluster.sync_interval = Duration::from_millis(300);
         config.cluster.replicate_delay = Duration::from_millis(20);
         config.cluster.rpc_timeout = Duration::from_millis(300);
@@ -195,7 +198,7 @@ fn ports_of(h: &RegistryHandle, s: &ServiceKey) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_whose_owner_does_not_answer_are_handed_off_in_order_and_land_everywhere() {
     let shutdown = Shutdown::new();
-    let (h, link, _dirs) = linked_pair(&shutdown).await;
+    let (h, link, _dirs) = linked_pair(&shutdown, 50).await;
     let s = owned_by(&h[0], &h[1]);
     link.cut();
     // Three writes through the non-owner while its owner is silent: register 1,
@@ -249,7 +252,7 @@ async fn writes_whose_owner_does_not_answer_are_handed_off_in_order_and_land_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reported() {
     let shutdown = Shutdown::new();
-    let (h, _link, _dirs) = linked_pair(&shutdown).await;
+    let (h, _link, _dirs) = linked_pair(&shutdown, 50).await;
     let s = owned_by(&h[0], &h[1]);
     let owner = h[1].cluster().unwrap();
     let peer = Peer::new(owner.id(), SECRET, Duration::from_secs(2), Duration::from_secs(1)).unwrap();
@@ -314,7 +317,7 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_to_existing_services_replicate_as_deltas() {
     let shutdown = Shutdown::new();
-    let (h, _link, _dirs) = linked_pair(&shutdown).await;
+    let (h, _link, _dirs) = linked_pair(&shutdown, 50).await;
     let s = owned_by(&h[0], &h[1]);
     for port in 1..=20u16 {
         h[0].registry()
@@ -339,5 +342,38 @@ async fn changes_to_existing_services_replicate_as_deltas() {
     .await;
     assert!(stat(&h[1], "deltasSent") >= 1, "{}", describe(h[1].cluster().unwrap(), None));
     assert!(stat(&h[0], "deltasApplied") >= 1);
+    shutdown.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_for_an_owner_that_leaves_is_applied_by_its_new_owner() {
+    let shutdown = Shutdown::new();
+    let (h, link, _dirs) = linked_pair(&shutdown, 5).await;
+    let s = owned_by(&h[0], &h[1]);
+    link.cut();
+    h[0].registry()
+        .submit(Op::Register {
+            service: s.clone(),
+            instance: Instance::new(&s, "10.0.0.1", 1, DEFAULT_CLUSTER),
+        })
+        .await
+        .unwrap();
+    // Five missed heartbeats later the first member owns the key and applies the write
+    // itself, and writes after it go straight in.
+    wait("the new owner applied the waiting write", || {
+        ports_of(&h[0], &s) == vec![1]
+    })
+    .await;
+    assert_eq!(stat(&h[0], "handoffAppliedHere"), 1);
+    assert_eq!(stat(&h[0], "handoffWaiting"), 0);
+    h[0].registry()
+        .submit(Op::Register {
+            service: s.clone(),
+            instance: Instance::new(&s, "10.0.0.1", 2, DEFAULT_CLUSTER),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ports_of(&h[0], &s), vec![1, 2]);
+    link.heal();
     shutdown.trigger();
 }

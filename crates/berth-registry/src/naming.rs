@@ -481,7 +481,11 @@ impl Naming {
         if touched.is_empty() {
             return (None, false);
         }
-        (self.commit(svc, None, Touched::Instances(touched.into())).change, durable)
+        (
+            self.commit(svc, None, Touched::Instances(touched.into()))
+                .change,
+            durable,
+        )
     }
 
     fn existing(&self, key: &ServiceKey) -> Result<Service, NamingError> {

@@ -232,9 +232,10 @@ async fn writes_whose_owner_does_not_answer_are_handed_off_in_order_and_land_eve
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(stat(&h[0], "handoffRetries") >= 1);
     link.heal();
-    wait("the writes reach the owner, in order, and every member", || {
-        stat(&h[0], "handoffWaiting") == 0 && h.iter().all(|h| ports_of(h, &s) == vec![2])
-    })
+    wait(
+        "the writes reach the owner, in order, and every member",
+        || stat(&h[0], "handoffWaiting") == 0 && h.iter().all(|h| ports_of(h, &s) == vec![2]),
+    )
     .await;
     assert_eq!(
         stat(&h[0], "handoffDelivered"),
@@ -244,7 +245,10 @@ async fn writes_whose_owner_does_not_answer_are_handed_off_in_order_and_land_eve
     );
     // Anti-entropy rounds later, nothing was overwritten.
     let rounds = stat(&h[1], "syncRounds");
-    wait("two anti-entropy rounds", || stat(&h[1], "syncRounds") >= rounds + 2).await;
+    wait("two anti-entropy rounds", || {
+        stat(&h[1], "syncRounds") >= rounds + 2
+    })
+    .await;
     assert!(h.iter().all(|h| ports_of(h, &s) == vec![2]));
     shutdown.trigger();
 }
@@ -255,13 +259,22 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
     let (h, _link, _dirs) = linked_pair(&shutdown, 50).await;
     let s = owned_by(&h[0], &h[1]);
     let owner = h[1].cluster().unwrap();
-    let peer = Peer::new(owner.id(), SECRET, Duration::from_secs(2), Duration::from_secs(1)).unwrap();
+    let peer = Peer::new(
+        owner.id(),
+        SECRET,
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .unwrap();
     let register = Forwarded::Op(Op::Register {
         service: s.clone(),
         instance: Instance::new(&s, "10.0.0.9", 9, DEFAULT_CLUSTER),
     });
     let timeout = Duration::from_secs(2);
-    let (reply, _) = peer.forward("tester:1", (5, 1, 1), &register, timeout).await.unwrap();
+    let (reply, _) = peer
+        .forward("tester:1", (5, 1, 1), &register, timeout)
+        .await
+        .unwrap();
     assert!(matches!(reply, ForwardedReply::Op(Ok(()))));
     assert_eq!(ports_of(&h[1], &s), vec![9]);
     h[1].registry()
@@ -272,7 +285,10 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
         .await
         .unwrap();
     // The same write again (its first answer was lost): answered, not re-applied.
-    let (reply, raw) = peer.forward("tester:1", (5, 1, 1), &register, timeout).await.unwrap();
+    let (reply, raw) = peer
+        .forward("tester:1", (5, 1, 1), &register, timeout)
+        .await
+        .unwrap();
     assert!(matches!(reply, ForwardedReply::Op(Ok(()))));
     assert!(raw.delta.is_none() && raw.state.is_none());
     assert!(ports_of(&h[1], &s).is_empty());
@@ -282,8 +298,12 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
         service: s.clone(),
         instance: Instance::new(&s, "10.0.0.9", 8, DEFAULT_CLUSTER).key(),
     });
-    peer.forward("tester:1", (5, 2, 2), &later, timeout).await.unwrap();
-    let stale = peer.forward("tester:1", (5, 1, 2), &register, timeout).await;
+    peer.forward("tester:1", (5, 2, 2), &later, timeout)
+        .await
+        .unwrap();
+    let stale = peer
+        .forward("tester:1", (5, 1, 2), &register, timeout)
+        .await;
     assert!(stale.is_err(), "{stale:?}");
     assert!(ports_of(&h[1], &s).is_empty());
 
@@ -291,7 +311,8 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
     let other = ServiceKey::simple("gap");
     let mut svc = berth_registry::Service::new(other.clone());
     let i = Instance::new(&other, "10.0.0.1", 1, DEFAULT_CLUSTER);
-    svc.instances.insert(i.key(), std::sync::Arc::new(i.clone()));
+    svc.instances
+        .insert(i.key(), std::sync::Arc::new(i.clone()));
     let stamp = Stamp {
         origin: "tester:1".into(),
         incarnation: 5,
@@ -340,7 +361,11 @@ async fn changes_to_existing_services_replicate_as_deltas() {
         h.iter().all(|h| ports_of(h, &s) == want)
     })
     .await;
-    assert!(stat(&h[1], "deltasSent") >= 1, "{}", describe(h[1].cluster().unwrap(), None));
+    assert!(
+        stat(&h[1], "deltasSent") >= 1,
+        "{}",
+        describe(h[1].cluster().unwrap(), None)
+    );
     assert!(stat(&h[0], "deltasApplied") >= 1);
     shutdown.trigger();
 }

@@ -70,7 +70,10 @@ impl Seqs {
 
     pub fn start(self: &Arc<Self>, owner: &str) -> InFlight {
         let seq = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().entry(owner.to_string()).or_default().insert(seq);
+        self.lock()
+            .entry(owner.to_string())
+            .or_default()
+            .insert(seq);
         InFlight {
             seq,
             owner: owner.to_string(),
@@ -240,7 +243,9 @@ impl Handoff {
         };
         Backlog {
             waiting: q.len(),
-            oldest_ms: q.front().map_or(0, |e| e.since.elapsed().as_millis() as u64),
+            oldest_ms: q
+                .front()
+                .map_or(0, |e| e.since.elapsed().as_millis() as u64),
         }
     }
 }

@@ -319,7 +319,9 @@ impl Cluster {
     /// instances are applied even over an unknown base, so the client reads its own
     /// write here; the stamp then stays put and replication brings the rest.
     pub(crate) async fn apply_delta(&self, d: wire::Delta, overlay: bool) -> DeltaOutcome {
-        if self.is_loaded() && self.registry.owns(&d.key) && self.members.since_change() > self.handover()
+        if self.is_loaded()
+            && self.registry.owns(&d.key)
+            && self.members.since_change() > self.handover()
         {
             self.stats
                 .replicated_ignored
@@ -388,7 +390,7 @@ impl Cluster {
         write: &Forwarded,
         timeout: Duration,
     ) -> Result<ForwardedReply, ClusterError> {
-        let numbering = (self.incarnation, seq, self.handoff.seqs.low(&peer_id));
+        let numbering = (self.incarnation, seq, self.handoff.seqs.low(peer_id));
         let (reply, raw) = peer.forward(self.id(), numbering, write, timeout).await?;
         self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
         // The owner's change, applied here before the client hears back: it then reads
@@ -517,12 +519,14 @@ impl Cluster {
     /// The answer for a write still waiting for its owner: it is accepted (it will be
     /// delivered), and a beat is answered from this member's copy.
     fn provisional(&self, write: &Forwarded) -> ForwardedReply {
-        let found = |service: &ServiceKey, f: &dyn Fn(&crate::model::Service) -> Option<crate::model::Instance>| {
-            match self.registry.get(service).and_then(|s| f(&s)) {
-                Some(i) => crate::core::BeatResult::Alive(i),
-                None => crate::core::BeatResult::NotFound,
-            }
-        };
+        let found =
+            |service: &ServiceKey,
+             f: &dyn Fn(&crate::model::Service) -> Option<crate::model::Instance>| {
+                match self.registry.get(service).and_then(|s| f(&s)) {
+                    Some(i) => crate::core::BeatResult::Alive(i),
+                    None => crate::core::BeatResult::NotFound,
+                }
+            };
         match write {
             Forwarded::Op(_) => ForwardedReply::Op(Ok(())),
             Forwarded::Beat {
@@ -532,11 +536,13 @@ impl Cluster {
                 cluster,
                 ..
             } => ForwardedReply::Beat(Ok(found(service, &|s| {
-                s.find(ip, *port, cluster.as_deref()).map(|i| i.clone())
+                s.find(ip, *port, cluster.as_deref()).cloned()
             }))),
-            Forwarded::Fail { service, instance } => ForwardedReply::Beat(Ok(found(service, &|s| {
-                s.instances.get(instance).map(|i| (**i).clone())
-            }))),
+            Forwarded::Fail { service, instance } => {
+                ForwardedReply::Beat(Ok(found(service, &|s| {
+                    s.instances.get(instance).map(|i| (**i).clone())
+                })))
+            }
         }
     }
 }

@@ -12,8 +12,8 @@ use berth_proto::registry::v1::cluster_server::{Cluster as ClusterRpc, ClusterSe
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::peer::{MAX_MESSAGE, SECRET_HEADER};
 use super::idempotence::Admit;
+use super::peer::{MAX_MESSAGE, SECRET_HEADER};
 use super::{Cluster, DeltaOutcome, antientropy, membership, snapshot, wire};
 use crate::core::Forwarded;
 
@@ -102,9 +102,10 @@ impl ClusterRpc for PeerService {
                     })));
                     full
                 });
-                return task.await.map(Response::new).map_err(|_| {
-                    Status::unavailable("the write was interrupted; send it again")
-                });
+                return task
+                    .await
+                    .map(Response::new)
+                    .map_err(|_| Status::unavailable("the write was interrupted; send it again"));
             }
         };
         let reply = answer

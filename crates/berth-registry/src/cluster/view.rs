@@ -65,7 +65,10 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
     for e in c.members.others() {
         let s = e.state().clone();
         let (pending, oldest_ms) = e.queue.backlog();
-        let handoff = s.id.as_deref().map(|id| c.handoff.backlog(id)).unwrap_or_default();
+        let handoff =
+            s.id.as_deref()
+                .map(|id| c.handoff.backlog(id))
+                .unwrap_or_default();
         let state = match (s.healthy, s.loaded, s.id.is_some()) {
             (true, true, _) => "healthy",
             (true, false, _) => "loading",

@@ -69,11 +69,12 @@ impl Seqs {
     }
 
     pub fn start(self: &Arc<Self>, owner: &str) -> InFlight {
+        // Numbered under the lock that [`Seqs::low`] reads: a number is never handed
+        // out that a concurrent `low` already declared finished.
+        let mut open = self.lock();
         let seq = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock()
-            .entry(owner.to_string())
-            .or_default()
-            .insert(seq);
+        open.entry(owner.to_string()).or_default().insert(seq);
+        drop(open);
         InFlight {
             seq,
             owner: owner.to_string(),

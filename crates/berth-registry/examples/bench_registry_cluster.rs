@@ -68,10 +68,21 @@ async fn call(
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .expect("valid request");
-    let resp = sender.send_request(req).await.ok()?;
-    let ok = resp.status().is_success();
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!("request failed: {e}");
+            }
+            return None;
+        }
+    };
+    let status = resp.status();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
-    ok.then_some(body)
+    if !status.is_success() && std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("answer {status}: {}", String::from_utf8_lossy(&body));
+    }
+    status.is_success().then_some(body)
 }
 
 async fn load(addrs: Vec<SocketAddr>, instances: u64, concurrency: usize) {
@@ -125,6 +136,7 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
     let _snapshot = stream.message().await.expect("stream").expect("snapshot");
     let mut sender = connect(write).await;
     let mut lat = Vec::with_capacity(n);
+    let mut refused = 0;
     for k in 0..n {
         let port = 30_000 + k as u16;
         let svc = format!("lag-{}", k % 50);
@@ -132,7 +144,14 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
         let path = format!(
             "/nacos/v1/ns/instance?serviceName={svc}&ip=10.77.0.1&port={port}&ephemeral=true"
         );
-        call(&mut sender, write, hyper::Method::POST, path).await;
+        if call(&mut sender, write, hyper::Method::POST, path)
+            .await
+            .is_none()
+        {
+            refused += 1;
+            eprintln!("lag write {k} (port {port}) got no success answer");
+            sender = connect(write).await;
+        }
         let seen = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let e = stream.message().await.ok()??;
@@ -156,7 +175,7 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
             .unwrap_or(f64::NAN)
     };
     println!(
-        "{{\"phase\":\"lag\",\"samples\":{},\"missed\":{},\"p50_ms\":{:.1},\"p99_ms\":{:.1}}}",
+        "{{\"phase\":\"lag\",\"samples\":{},\"missed\":{},\"refused\":{refused},\"p50_ms\":{:.1},\"p99_ms\":{:.1}}}",
         lat.len(),
         n - lat.len(),
         pct(0.5),

@@ -5,8 +5,9 @@
 //!   per phase with ops/s.
 //! - `lag WRITE_ADDR WATCH_GRPC_ADDR N`: N registrations through one member, each timed
 //!   until a watch stream on another member shows it; p50/p99 in ms.
-//! - `converge HTTP_ADDR INSTANCES`: waits until the member is loaded and lists
-//!   INSTANCES instances; prints the seconds it took.
+//! - `converge HTTP_ADDR REFERENCE_ADDRS`: waits until the member is loaded and the
+//!   checksum of everything it holds (`/v1/cluster`) equals each reference member's;
+//!   prints the seconds each took and the instance count.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,10 +68,21 @@ async fn call(
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())
         .expect("valid request");
-    let resp = sender.send_request(req).await.ok()?;
-    let ok = resp.status().is_success();
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!("request failed: {e}");
+            }
+            return None;
+        }
+    };
+    let status = resp.status();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
-    ok.then_some(body)
+    if !status.is_success() && std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("answer {status}: {}", String::from_utf8_lossy(&body));
+    }
+    status.is_success().then_some(body)
 }
 
 async fn load(addrs: Vec<SocketAddr>, instances: u64, concurrency: usize) {
@@ -124,6 +136,7 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
     let _snapshot = stream.message().await.expect("stream").expect("snapshot");
     let mut sender = connect(write).await;
     let mut lat = Vec::with_capacity(n);
+    let mut refused = 0;
     for k in 0..n {
         let port = 30_000 + k as u16;
         let svc = format!("lag-{}", k % 50);
@@ -131,7 +144,14 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
         let path = format!(
             "/nacos/v1/ns/instance?serviceName={svc}&ip=10.77.0.1&port={port}&ephemeral=true"
         );
-        call(&mut sender, write, hyper::Method::POST, path).await;
+        if call(&mut sender, write, hyper::Method::POST, path)
+            .await
+            .is_none()
+        {
+            refused += 1;
+            eprintln!("lag write {k} (port {port}) got no success answer");
+            sender = connect(write).await;
+        }
         let seen = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let e = stream.message().await.ok()??;
@@ -155,7 +175,7 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
             .unwrap_or(f64::NAN)
     };
     println!(
-        "{{\"phase\":\"lag\",\"samples\":{},\"missed\":{},\"p50_ms\":{:.1},\"p99_ms\":{:.1}}}",
+        "{{\"phase\":\"lag\",\"samples\":{},\"missed\":{},\"refused\":{refused},\"p50_ms\":{:.1},\"p99_ms\":{:.1}}}",
         lat.len(),
         n - lat.len(),
         pct(0.5),
@@ -163,47 +183,47 @@ async fn lag(write: SocketAddr, watch: SocketAddr, n: usize) {
     );
 }
 
-async fn converge(addr: SocketAddr, instances: u64) {
+/// A member's `/v1/cluster` view, on a fresh connection (the member may be restarting).
+async fn cluster_view(addr: SocketAddr) -> Option<serde_json::Value> {
+    TcpStream::connect(addr).await.ok()?;
+    let mut sender = connect(addr).await;
+    let body = call(&mut sender, addr, hyper::Method::GET, "/v1/cluster".into()).await?;
+    serde_json::from_slice(&body).ok()
+}
+
+async fn converge(addr: SocketAddr, refs: Vec<SocketAddr>) {
     let t0 = Instant::now();
     let mut loaded_at = None;
     loop {
-        let mut sender = match TcpStream::connect(addr).await {
-            Ok(_) => connect(addr).await,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+        if let Some(v) = cluster_view(addr).await {
+            if loaded_at.is_none() && v["loaded"] == true {
+                loaded_at = Some(t0.elapsed().as_secs_f64());
             }
-        };
-        if loaded_at.is_none()
-            && let Some(b) = call(&mut sender, addr, hyper::Method::GET, "/v1/cluster".into()).await
-            && serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|v| v["loaded"] == true)
-        {
-            loaded_at = Some(t0.elapsed().as_secs_f64());
-        }
-        if let Some(b) = call(&mut sender, addr, hyper::Method::GET, "/metrics".into()).await {
-            let text = String::from_utf8_lossy(&b);
-            let count = text
-                .lines()
-                .find_map(|l| l.strip_prefix("berth_registry_instances "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            if count >= instances && loaded_at.is_some() {
-                println!(
-                    "{{\"phase\":\"converge\",\"instances\":{count},\"loaded_secs\":{:.2},\"converged_secs\":{:.2}}}",
-                    loaded_at.unwrap_or(0.0),
-                    t0.elapsed().as_secs_f64()
-                );
-                return;
+            if let Some(loaded) = loaded_at {
+                let mut same = true;
+                for r in &refs {
+                    let other = cluster_view(*r).await;
+                    same &= other.is_some_and(|o| o["checksum"] == v["checksum"]);
+                }
+                if same {
+                    println!(
+                        "{{\"phase\":\"converge\",\"instances\":{},\"checksum\":{},\"loaded_secs\":{loaded:.2},\"converged_secs\":{:.2}}}",
+                        v["instances"],
+                        v["checksum"],
+                        t0.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_registry_cluster load ADDRS INSTANCES CONCURRENCY | lag WRITE_ADDR WATCH_GRPC N | converge ADDR INSTANCES";
+    let usage = "usage: bench_registry_cluster load ADDRS INSTANCES CONCURRENCY | lag WRITE_ADDR WATCH_GRPC N | converge ADDR REFERENCE_ADDRS";
     let arg = |i: usize| {
         args.get(i)
             .map(String::as_str)
@@ -233,7 +253,10 @@ async fn main() {
         "converge" => {
             converge(
                 arg(2).parse().expect("ADDR"),
-                arg(3).parse().expect("INSTANCES"),
+                arg(3)
+                    .split(',')
+                    .map(|a| a.parse().expect("REFERENCE_ADDRS as ip:port,..."))
+                    .collect(),
             )
             .await
         }

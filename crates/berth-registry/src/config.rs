@@ -36,6 +36,8 @@ pub const MIN_SECRET: usize = 32;
 /// - `cluster_rpc_timeout` (2s): deadline of one peer call.
 /// - `cluster_startup_attempts` (3): snapshot rounds before a member with no loaded
 ///   peer may declare itself loaded.
+/// - `cluster_handoff_limit` (100000): writes that may wait in all for owners that do
+///   not answer; past it such writes are refused (503) until the queues drain.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
@@ -66,6 +68,7 @@ pub struct ClusterConfig {
     pub replicate_delay: Duration,
     pub rpc_timeout: Duration,
     pub startup_attempts: u32,
+    pub handoff_limit: usize,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +83,7 @@ impl Default for ClusterConfig {
             replicate_delay: Duration::from_millis(200),
             rpc_timeout: Duration::from_secs(2),
             startup_attempts: 3,
+            handoff_limit: 100_000,
         }
     }
 }
@@ -114,6 +118,7 @@ impl ClusterConfig {
             replicate_delay: layers.get_or("cluster_replicate_delay", d.replicate_delay)?,
             rpc_timeout: layers.get_or("cluster_rpc_timeout", d.rpc_timeout)?,
             startup_attempts: layers.get_or("cluster_startup_attempts", d.startup_attempts)?,
+            handoff_limit: layers.get_or("cluster_handoff_limit", d.handoff_limit)?,
         };
         Ok(c)
     }

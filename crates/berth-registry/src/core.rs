@@ -100,8 +100,14 @@ struct Shared {
 pub trait ClusterLink: Send + Sync + 'static {
     /// True when this node owns `key`: it applies its writes and runs its expiry.
     fn owns(&self, key: &ServiceKey) -> bool;
-    /// Hands a write to `key`'s owner. `None` when no owner took it (unreachable): the
-    /// caller then applies it locally, so a dead owner never blocks a client.
+    /// True when a write to `key` is applied here right away: this node owns the key
+    /// and no earlier write of it still waits to reach a previous owner.
+    fn takes_writes(&self, key: &ServiceKey) -> bool {
+        self.owns(key)
+    }
+    /// Hands a write to `key`'s owner, and answers with the owner's reply, or
+    /// provisionally while the write waits to be delivered. `None`: apply it here (this
+    /// node became the owner).
     fn forward(&self, write: Forwarded) -> BoxFuture<'static, Option<ForwardedReply>>;
     /// A change this node made from a local op, for the replicator to batch.
     fn emitted(&self, change: &Change);
@@ -189,15 +195,15 @@ impl Registry {
     }
 
     /// Sends a write to the owner of `key` when another member owns it: `Some` with the
-    /// owner's reply, `None` when this node applies it (single node, owner here, or the
-    /// owner unreachable). `write` is built only when it is sent.
+    /// owner's reply, `None` when this node applies it (single node, or owner here).
+    /// `write` is built only when it is sent.
     async fn forward(
         &self,
         key: &ServiceKey,
         write: impl FnOnce() -> Forwarded,
     ) -> Option<ForwardedReply> {
         let link = self.shared.link.get()?;
-        if link.owns(key) {
+        if link.takes_writes(key) {
             return None;
         }
         link.forward(write()).await
@@ -210,7 +216,8 @@ impl Registry {
             .forward(op.service(), || Forwarded::Op(op.clone()))
             .await
         {
-            // The owner applied it; the change reaches this node by replication.
+            // The owner applied it (or it waits in the hand-off queue to reach the
+            // owner); the change reaches this node by replication.
             return result.map(|()| Applied {
                 change: None,
                 previous: None,
@@ -566,14 +573,15 @@ impl Writer {
         // Taken before the op moves into the state, so that a registration is never
         // copied: only a replicated state is kept whole (to diff it with the old one).
         let track = Track::of(&op, &self.options.beat);
-        let put = matches!(op, Op::Put { .. }).then(|| op.clone());
+        let put = matches!(op, Op::Put { .. } | Op::Patch { .. }).then(|| op.clone());
         let (applied, save, before) = {
             let mut naming = self
                 .shared
                 .naming
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            // A replicated state replaces a whole service: keep the old one to diff.
+            // A replicated state or patch replaces part of a service: keep the old one
+            // to diff.
             let before = put.as_ref().and_then(|op| naming.get(op.service()));
             let applied = naming.apply(op)?;
             let touched_persistent = applied.previous.as_ref().is_some_and(|p| !p.ephemeral);
@@ -596,6 +604,20 @@ impl Writer {
                     service,
                     before.as_deref(),
                     state.as_ref(),
+                );
+            }
+            Some(Op::Patch {
+                service,
+                put,
+                removed,
+            }) => {
+                crate::cluster::track_patch(
+                    &mut self.liveness,
+                    &self.options.beat,
+                    service,
+                    before.as_deref(),
+                    put,
+                    removed,
                 );
             }
             _ => self.track(track),
@@ -673,7 +695,7 @@ fn needs_persist(op: &Op) -> bool {
         | Op::DeleteService { .. }
         | Op::UpdateCluster { .. } => true,
         // Decided from the states it replaces (`cluster::put_touches_durable`).
-        Op::Deregister { .. } | Op::SetHealth { .. } | Op::Put { .. } => false,
+        Op::Deregister { .. } | Op::SetHealth { .. } | Op::Put { .. } | Op::Patch { .. } => false,
     }
 }
 

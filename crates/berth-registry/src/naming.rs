@@ -62,6 +62,14 @@ pub enum Op {
         service: ServiceKey,
         state: Option<Service>,
     },
+    /// Some instances of a service as its owner replicated them: `put` adds or replaces,
+    /// `removed` drops. Refused when the service is missing (its owner then sends it
+    /// whole). Like `Put`, only a cluster peer sends it.
+    Patch {
+        service: ServiceKey,
+        put: Vec<Arc<Instance>>,
+        removed: Vec<InstanceKey>,
+    },
 }
 
 impl Op {
@@ -75,7 +83,8 @@ impl Op {
             | Op::UpdateService { service, .. }
             | Op::DeleteService { service }
             | Op::UpdateCluster { service, .. }
-            | Op::Put { service, .. } => service,
+            | Op::Put { service, .. }
+            | Op::Patch { service, .. } => service,
         }
     }
 }
@@ -100,6 +109,19 @@ pub enum NamingError {
     ServiceNotEmpty(String),
     #[error("the registry is shutting down; retry against another node")]
     ShuttingDown,
+    #[error(
+        "the member owning service {0} is not answering and too many writes already wait for it here; retry shortly"
+    )]
+    OwnerBusy(String),
+}
+
+/// Which part of a service a change touched: replication sends only that part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// Creation, deletion, settings or clusters: the whole service.
+    Whole,
+    /// These instances only; each now holds its new value in the service, or is gone.
+    Instances(Arc<[InstanceKey]>),
 }
 
 /// A committed change: the service's whole state after it, or `None` when deleted.
@@ -108,6 +130,10 @@ pub struct Change {
     pub revision: u64,
     pub key: ServiceKey,
     pub service: Option<Arc<Service>>,
+    /// The service's revision before this change (0: it did not exist): a replica that
+    /// holds exactly that revision can apply the touched part alone.
+    pub base: u64,
+    pub touched: Touched,
 }
 
 /// What [`Naming::apply`] did.
@@ -208,7 +234,7 @@ impl Naming {
                         previous,
                     });
                 }
-                Ok(self.commit(svc, previous))
+                Ok(self.commit(svc, previous, one(instance.key())))
             }
             Op::Update {
                 service,
@@ -229,7 +255,7 @@ impl Naming {
                         previous,
                     });
                 }
-                Ok(self.commit(svc, previous))
+                Ok(self.commit(svc, previous, one(instance.key())))
             }
             Op::Deregister { service, instance } => {
                 let Some(current) = self.services.get(&service) else {
@@ -246,7 +272,7 @@ impl Naming {
                 }
                 let mut svc = (**current).clone();
                 let previous = svc.instances.remove(&instance);
-                Ok(self.commit(svc, previous))
+                Ok(self.commit(svc, previous, one(instance)))
             }
             Op::SetHealth {
                 service,
@@ -265,7 +291,7 @@ impl Naming {
                     });
                 }
                 Arc::make_mut(inst).status = status;
-                Ok(self.commit(svc, previous))
+                Ok(self.commit(svc, previous, one(instance)))
             }
             Op::CreateService {
                 service,
@@ -280,7 +306,7 @@ impl Naming {
                 svc.metadata = metadata;
                 svc.protect_threshold = protect_threshold;
                 svc.selector = selector;
-                Ok(self.commit(svc, None))
+                Ok(self.commit(svc, None, Touched::Whole))
             }
             Op::UpdateService {
                 service,
@@ -301,7 +327,7 @@ impl Naming {
                 svc.metadata = metadata;
                 svc.protect_threshold = protect_threshold;
                 svc.selector = selector;
-                Ok(self.commit(svc, None))
+                Ok(self.commit(svc, None, Touched::Whole))
             }
             Op::UpdateCluster {
                 service,
@@ -327,9 +353,36 @@ impl Naming {
                     }
                 }
                 svc.clusters.insert(cluster, config);
-                Ok(self.commit(svc, None))
+                Ok(self.commit(svc, None, Touched::Whole))
             }
             Op::Put { service, state } => Ok(self.put(service, state)),
+            Op::Patch {
+                service,
+                put,
+                removed,
+            } => {
+                let mut svc = self.existing(&service)?;
+                let mut touched = Vec::with_capacity(put.len() + removed.len());
+                for instance in put {
+                    let key = instance.key();
+                    if svc.instances.get(&key) != Some(&instance) {
+                        svc.instances.insert(key.clone(), instance);
+                        touched.push(key);
+                    }
+                }
+                for key in removed {
+                    if svc.instances.remove(&key).is_some() {
+                        touched.push(key);
+                    }
+                }
+                if touched.is_empty() {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                }
+                Ok(self.commit(svc, None, Touched::Instances(touched.into())))
+            }
             Op::DeleteService { service } => {
                 let svc = self.existing(&service)?;
                 if !svc.instances.is_empty() {
@@ -341,6 +394,8 @@ impl Naming {
                     revision: self.revision,
                     key: service,
                     service: None,
+                    base: svc.revision,
+                    touched: Touched::Whole,
                 };
                 self.record(change.clone());
                 Ok(Applied {
@@ -360,14 +415,16 @@ impl Naming {
         };
         match state {
             None => {
-                if self.services.remove(&key).is_none() {
+                let Some(gone) = self.services.remove(&key) else {
                     return unchanged;
-                }
+                };
                 self.revision += 1;
                 let change = Change {
                     revision: self.revision,
                     key,
                     service: None,
+                    base: gone.revision,
+                    touched: Touched::Whole,
                 };
                 self.record(change.clone());
                 Applied {
@@ -383,7 +440,7 @@ impl Naming {
                         return unchanged;
                     }
                 }
-                self.commit(svc, None)
+                self.commit(svc, None, Touched::Whole)
             }
         }
     }
@@ -403,7 +460,7 @@ impl Naming {
             return (None, false);
         };
         let mut svc = (**current).clone();
-        let mut changed = false;
+        let mut touched = Vec::new();
         let mut durable = false;
         for op in verdicts {
             match op {
@@ -418,22 +475,26 @@ impl Naming {
                     {
                         durable |= !i.ephemeral;
                         Arc::make_mut(i).status = *status;
-                        changed = true;
+                        touched.push(instance.clone());
                     }
                 }
                 Op::Deregister { instance, .. } => {
                     if let Some(i) = svc.instances.remove(instance) {
                         durable |= !i.ephemeral;
-                        changed = true;
+                        touched.push(instance.clone());
                     }
                 }
                 _ => {}
             }
         }
-        if !changed {
+        if touched.is_empty() {
             return (None, false);
         }
-        (self.commit(svc, None).change, durable)
+        (
+            self.commit(svc, None, Touched::Instances(touched.into()))
+                .change,
+            durable,
+        )
     }
 
     fn existing(&self, key: &ServiceKey) -> Result<Service, NamingError> {
@@ -443,15 +504,25 @@ impl Naming {
             .ok_or_else(|| NamingError::ServiceNotFound(key.to_string()))
     }
 
-    fn commit(&mut self, mut svc: Service, previous: Option<Arc<Instance>>) -> Applied {
+    fn commit(
+        &mut self,
+        mut svc: Service,
+        previous: Option<Arc<Instance>>,
+        touched: Touched,
+    ) -> Applied {
         self.revision += 1;
         svc.revision = self.revision;
         let svc = Arc::new(svc);
-        self.services.insert(svc.key.clone(), svc.clone());
+        let base = self
+            .services
+            .insert(svc.key.clone(), svc.clone())
+            .map_or(0, |old| old.revision);
         let change = Change {
             revision: self.revision,
             key: svc.key.clone(),
             service: Some(svc),
+            base,
+            touched,
         };
         self.record(change.clone());
         Applied {
@@ -513,6 +584,11 @@ fn compact(svc: &Service, key: &InstanceKey, instance: &mut Instance) {
             break;
         }
     }
+}
+
+/// The touched part of a change to one instance.
+fn one(key: InstanceKey) -> Touched {
+    Touched::Instances(Arc::from([key]))
 }
 
 fn not_found(service: &ServiceKey, key: &InstanceKey) -> NamingError {

@@ -45,7 +45,7 @@ pub enum Error {
     #[error("the cluster secret is {0} bytes; use at least {MIN_SECRET} random bytes")]
     WeakClusterSecret(usize),
     #[error("`{0}` must be above zero")]
-    ZeroDuration(&'static str),
+    NotPositive(&'static str),
     #[error(
         "the gRPC listener {0} is a wildcard address peers cannot dial; set --cluster-advertise HOST:PORT"
     )]
@@ -107,8 +107,11 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
             ("cluster_rpc_timeout", cc.rpc_timeout),
         ] {
             if d.is_zero() {
-                return Err(Error::ZeroDuration(key));
+                return Err(Error::NotPositive(key));
             }
+        }
+        if cc.handoff_limit == 0 {
+            return Err(Error::NotPositive("cluster_handoff_limit"));
         }
     }
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
@@ -144,6 +147,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
                 replicate_delay: cc.replicate_delay,
                 rpc_timeout: cc.rpc_timeout,
                 startup_attempts: cc.startup_attempts,
+                handoff_limit: cc.handoff_limit,
             },
             registry.clone(),
         );

@@ -1,11 +1,13 @@
 //! How a replicated service state lands in the core: which liveness entries it starts
 //! or ends, and whether the stored state must be rewritten.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use crate::core::deadlines;
 use crate::liveness::Liveness;
-use crate::model::{BeatTimings, Service, ServiceKey};
+use crate::model::{BeatTimings, Instance, InstanceKey, Service, ServiceKey};
 use crate::naming::Op;
 
 /// Tracks the instances a replicated state brings and forgets those it removed. A newly
@@ -39,11 +41,47 @@ pub fn track_put(
     }
 }
 
+/// Like [`track_put`] for a replicated patch: only the instances it names are looked at.
+pub fn track_patch(
+    liveness: &mut Liveness,
+    defaults: &BeatTimings,
+    service: &ServiceKey,
+    before: Option<&Service>,
+    put: &[Arc<Instance>],
+    removed: &[InstanceKey],
+) {
+    for key in removed {
+        liveness.forget(service, key);
+    }
+    let now = Instant::now();
+    for instance in put {
+        let key = instance.key();
+        if before.and_then(|b| b.instances.get(&key)) == Some(instance) {
+            continue;
+        }
+        match deadlines(instance, defaults) {
+            Some(d) if liveness.contains(service, &key) => liveness.retime(service, &key, d),
+            Some(d) => liveness.track(service, &key, d, now),
+            None => liveness.forget(service, &key),
+        }
+    }
+}
+
 /// True when a replicated state changes what the state file holds: service settings or
 /// persistent instances (ephemeral ones are never stored).
 pub fn put_touches_durable(op: &Op, before: Option<&Service>) -> bool {
-    let Op::Put { state, .. } = op else {
-        return false;
+    let state = match op {
+        Op::Put { state, .. } => state,
+        // A patch touches the file when a persistent instance comes, changes or goes.
+        Op::Patch { put, removed, .. } => {
+            return put.iter().any(|i| !i.ephemeral)
+                || removed.iter().any(|k| {
+                    before
+                        .and_then(|b| b.instances.get(k))
+                        .is_some_and(|i| !i.ephemeral)
+                });
+        }
+        _ => return false,
     };
     let durable = |s: &Service| {
         (

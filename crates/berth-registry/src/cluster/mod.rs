@@ -2,16 +2,21 @@
 //!
 //! Every member holds every service. Each service key is owned by one member, chosen by
 //! rendezvous hashing over the healthy, loaded members ([`ownership`]). The owner applies
-//! the key's writes (others forward them, [`Cluster::forward`]), runs its beat expiry and
-//! server-side checks, and replicates each resulting service state to every peer in
-//! batches ([`replicate`]). Anti-entropy ([`antientropy`]) repairs what replication
-//! missed; a starting member loads a full snapshot from a peer first ([`snapshot`]).
-//! Members watch each other with heartbeats ([`membership`]).
+//! the key's writes (others forward them, [`ClusterLink::forward`]; a forward that gets no
+//! answer waits in a hand-off queue until the owner takes it, [`handoff`], and the owner
+//! applies each forwarded write once, [`idempotence`]), runs its beat expiry and
+//! server-side checks, and replicates what changed to every peer in batches: the touched
+//! instances only, or the whole service when a peer lacks the base ([`replicate`]).
+//! Anti-entropy ([`antientropy`]) repairs what replication missed; a starting member
+//! loads a full snapshot from a peer first ([`snapshot`]). Members watch each other with
+//! heartbeats ([`membership`]).
 //!
 //! The core only sees [`crate::core::ClusterLink`]: a single node never builds any of this.
 
 pub mod antientropy;
 pub mod apply;
+pub mod handoff;
+pub mod idempotence;
 pub mod membership;
 pub mod ownership;
 pub mod peer;
@@ -26,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_proto::registry::v1 as pb;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +40,7 @@ use crate::core::{ClusterLink, Forwarded, ForwardedReply, Registry};
 use crate::model::ServiceKey;
 use crate::naming::Change;
 
-pub use apply::{put_touches_durable, track_put};
+pub use apply::{put_touches_durable, track_patch, track_put};
 pub use membership::Members;
 
 /// Settings of the cluster machinery (see `RegistryConfig` for the keys).
@@ -53,6 +59,8 @@ pub struct ClusterOptions {
     pub rpc_timeout: Duration,
     /// Snapshot rounds before a member with no loaded peer may declare itself loaded.
     pub startup_attempts: u32,
+    /// Writes that may wait in the hand-off queues in all.
+    pub handoff_limit: usize,
 }
 
 /// Why a peer call failed.
@@ -76,6 +84,19 @@ pub struct ClusterStats {
     pub forwarded_out: AtomicU64,
     pub forward_failures: AtomicU64,
     pub forwarded_in: AtomicU64,
+    /// Copies of forwarded writes the owner had already seen (not applied again).
+    pub forwarded_again: AtomicU64,
+    pub handoff_queued: AtomicU64,
+    pub handoff_retries: AtomicU64,
+    pub handoff_delivered: AtomicU64,
+    pub handoff_rerouted: AtomicU64,
+    pub handoff_local: AtomicU64,
+    pub handoff_refused: AtomicU64,
+    pub handoff_dropped: AtomicU64,
+    pub deltas_sent: AtomicU64,
+    pub deltas_applied: AtomicU64,
+    /// Deltas a receiver could not apply (it then got the whole service).
+    pub delta_gaps: AtomicU64,
     pub replicated_sent: AtomicU64,
     pub replicate_failures: AtomicU64,
     pub replicated_applied: AtomicU64,
@@ -113,6 +134,8 @@ pub struct Cluster {
     /// Last stamp applied per key (see [`Stamp`]).
     stamps: Mutex<HashMap<ServiceKey, Stamp>>,
     pub(crate) checksums: antientropy::Cache,
+    pub(crate) handoff: handoff::Handoff,
+    pub(crate) once: idempotence::Once,
     /// This member itself, for futures that outlive a borrow of it.
     me: std::sync::Weak<Cluster>,
 }
@@ -123,7 +146,10 @@ impl Cluster {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let incarnation = rand::random::<u64>() | 1;
         let members = Members::new(&options);
+        let handoff = handoff::Handoff::new(options.handoff_limit);
         Arc::new_cyclic(|me| Self {
+            handoff,
+            once: idempotence::Once::default(),
             me: me.clone(),
             options,
             incarnation,
@@ -155,6 +181,11 @@ impl Cluster {
         }
     }
 
+    /// Sorted ids of the members that own keys now.
+    pub fn view(&self) -> Arc<Vec<String>> {
+        self.members.view()
+    }
+
     /// The owner of `key` in this member's current view (`None`: no loaded member).
     pub fn owner_of(&self, key: &ServiceKey) -> Option<String> {
         ownership::owner(key, &self.members.view()).map(str::to_string)
@@ -177,6 +208,9 @@ impl Cluster {
             Box::pin(antientropy::run(self.clone())),
         ];
         let mut tasks = tasks;
+        for e in self.members.entries() {
+            tasks.push(Box::pin(handoff::run(self.clone(), e.clone())));
+        }
         if let Some(rx) = outbox {
             tasks.push(Box::pin(replicate::run(self.clone(), rx)));
         }
@@ -253,6 +287,266 @@ impl Cluster {
     }
 }
 
+/// What became of a replicated delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    Applied,
+    /// Older than what this member holds, or for a key it owns.
+    Ignored,
+    /// This member lacks the delta's base: it needs the whole service.
+    Gap,
+}
+
+impl Cluster {
+    /// This member's stamp for a revision of one of its services.
+    pub(crate) fn stamp(&self, revision: u64) -> Stamp {
+        Stamp {
+            origin: self.id().to_string(),
+            incarnation: self.incarnation,
+            revision,
+        }
+    }
+
+    /// How long after a view change the previous owner's states are still taken.
+    fn handover(&self) -> Duration {
+        self.options.heartbeat * 2 + self.options.rpc_timeout
+    }
+
+    /// Applies a delta another member replicated, when this member holds the same owner
+    /// life's state at the delta's base or later (the delta carries the final value of
+    /// every instance touched since its base, so it also applies over a later state).
+    /// With `overlay` (the owner's answer to a write forwarded from here) the touched
+    /// instances are applied even over an unknown base, so the client reads its own
+    /// write here; the stamp then stays put and replication brings the rest.
+    pub(crate) async fn apply_delta(&self, d: wire::Delta, overlay: bool) -> DeltaOutcome {
+        if self.is_loaded()
+            && self.registry.owns(&d.key)
+            && self.members.since_change() > self.handover()
+        {
+            self.stats
+                .replicated_ignored
+                .fetch_add(1, Ordering::Relaxed);
+            return DeltaOutcome::Ignored;
+        }
+        let follows = {
+            let stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            match stamps.get(&d.key) {
+                Some(old)
+                    if old.origin == d.stamp.origin && old.incarnation == d.stamp.incarnation =>
+                {
+                    if old.revision >= d.stamp.revision {
+                        self.stats
+                            .replicated_ignored
+                            .fetch_add(1, Ordering::Relaxed);
+                        return DeltaOutcome::Ignored;
+                    }
+                    d.base > 0 && old.revision >= d.base
+                }
+                _ => false,
+            }
+        };
+        if !follows && !overlay {
+            self.stats.delta_gaps.fetch_add(1, Ordering::Relaxed);
+            return DeltaOutcome::Gap;
+        }
+        let (key, stamp) = (d.key.clone(), d.stamp.clone());
+        let op = crate::naming::Op::Patch {
+            service: d.key,
+            put: d.put,
+            removed: d.removed,
+        };
+        match self.registry.submit_local(op).await {
+            Ok(_) => {
+                if follows {
+                    let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(old) = stamps.get_mut(&key)
+                        && old.origin == stamp.origin
+                        && old.incarnation == stamp.incarnation
+                        && old.revision < stamp.revision
+                    {
+                        old.revision = stamp.revision;
+                    }
+                }
+                self.stats.deltas_applied.fetch_add(1, Ordering::Relaxed);
+                DeltaOutcome::Applied
+            }
+            Err(crate::naming::NamingError::ServiceNotFound(_)) => {
+                self.stats.delta_gaps.fetch_add(1, Ordering::Relaxed);
+                DeltaOutcome::Gap
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replicated delta not applied");
+                DeltaOutcome::Ignored
+            }
+        }
+    }
+
+    /// Sends one write to `peer` (its key's owner) and applies what the owner changed.
+    pub(crate) async fn send_forward(
+        &self,
+        peer_id: &str,
+        peer: &peer::Peer,
+        seq: u64,
+        write: &Forwarded,
+        timeout: Duration,
+    ) -> Result<ForwardedReply, ClusterError> {
+        let numbering = (self.incarnation, seq, self.handoff.seqs.low(peer_id));
+        let (reply, raw) = peer.forward(self.id(), numbering, write, timeout).await?;
+        self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+        // The owner's change, applied here before the client hears back: it then reads
+        // its own write on this member.
+        if let Some(state) = raw.state
+            && let Ok((key, svc, stamp)) = wire::decode_state(&state)
+        {
+            self.apply_replicated(key, svc, stamp).await;
+        }
+        if let Some(delta) = raw.delta
+            && let Ok(d) = wire::Delta::decode(&delta)
+        {
+            self.apply_delta(d, true).await;
+        }
+        Ok(reply)
+    }
+
+    /// Applies a write on this member, whoever owns its key.
+    pub(crate) async fn apply_here(&self, write: Forwarded) -> ForwardedReply {
+        let r = &self.registry;
+        match write {
+            Forwarded::Op(op) => ForwardedReply::Op(r.submit_local(op).await.map(|_| ())),
+            Forwarded::Beat {
+                service,
+                ip,
+                port,
+                cluster,
+                status,
+            } => ForwardedReply::Beat(r.beat_local(service, ip, port, cluster, status).await),
+            Forwarded::Fail { service, instance } => {
+                ForwardedReply::Beat(r.fail_local(service, instance).await)
+            }
+        }
+    }
+
+    /// Applies a write another member forwarded, with what it changed for the sender:
+    /// the touched instances, or the whole service when it was created, deleted or
+    /// reconfigured.
+    pub(crate) async fn apply_forwarded(&self, write: Forwarded) -> pb::ForwardReply {
+        let r = &self.registry;
+        let mut out = pb::ForwardReply::default();
+        let reply = match write {
+            Forwarded::Op(op) => ForwardedReply::Op(match r.submit_local(op).await {
+                Ok(applied) => {
+                    if let Some(c) = applied.change {
+                        let stamp = self.stamp(c.revision);
+                        match (&c.service, &c.touched) {
+                            (Some(svc), crate::naming::Touched::Instances(keys)) if c.base > 0 => {
+                                out.delta =
+                                    Some(wire::Delta::of(svc, c.base, stamp, keys.iter()).encode());
+                            }
+                            _ => {
+                                out.state =
+                                    Some(wire::encode_state(&c.key, c.service.as_deref(), &stamp));
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }),
+            other => self.apply_here(other).await,
+        };
+        out.reply = wire::to_json(&reply);
+        out
+    }
+
+    /// Hands a write to its key's owner; see [`handoff`] for what happens when the owner
+    /// does not answer. `None`: this member applies it itself.
+    async fn forward_write(self: Arc<Self>, write: Forwarded) -> Option<ForwardedReply> {
+        let key = write.service().clone();
+        let owner = self.owner_of(&key)?;
+        let seq = self.handoff.seqs.start(&owner);
+        let queue = if owner == self.id() {
+            // Owned here, but earlier writes of the service still wait in a queue:
+            // this one goes behind them.
+            None
+        } else {
+            if !self.handoff.holds(&key) {
+                let peer = self.members.peer_by_id(&owner)?;
+                match self
+                    .send_forward(&owner, &peer, seq.seq, &write, self.options.rpc_timeout)
+                    .await
+                {
+                    Ok(reply) => return Some(reply),
+                    Err(ClusterError::Refused { message, .. }) => {
+                        self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(service = %key, owner = %owner, %message, "owner refused a forwarded write; applying it here");
+                        return None;
+                    }
+                    Err(e) => {
+                        self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(service = %key, error = %e, "forward not acknowledged; handing it off");
+                    }
+                }
+            }
+            Some(owner.as_str())
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let entry = handoff::Entry {
+            seq,
+            write: write.clone(),
+            reply: Some(tx),
+            since: tokio::time::Instant::now(),
+        };
+        match self.handoff.push(queue, entry) {
+            handoff::Pushed::Queued => {
+                self.stats.handoff_queued.fetch_add(1, Ordering::Relaxed);
+            }
+            handoff::Pushed::NoQueue => return None,
+            handoff::Pushed::Full => {
+                self.stats.handoff_refused.fetch_add(1, Ordering::Relaxed);
+                let busy = crate::naming::NamingError::OwnerBusy(key.to_string());
+                return Some(match write {
+                    Forwarded::Op(_) => ForwardedReply::Op(Err(busy)),
+                    _ => ForwardedReply::Beat(Err(busy)),
+                });
+            }
+        }
+        match tokio::time::timeout(self.options.rpc_timeout, rx).await {
+            Ok(Ok(reply)) => Some(reply),
+            _ => Some(self.provisional(&write)),
+        }
+    }
+
+    /// The answer for a write still waiting for its owner: it is accepted (it will be
+    /// delivered), and a beat is answered from this member's copy.
+    fn provisional(&self, write: &Forwarded) -> ForwardedReply {
+        let found =
+            |service: &ServiceKey,
+             f: &dyn Fn(&crate::model::Service) -> Option<crate::model::Instance>| {
+                match self.registry.get(service).and_then(|s| f(&s)) {
+                    Some(i) => crate::core::BeatResult::Alive(i),
+                    None => crate::core::BeatResult::NotFound,
+                }
+            };
+        match write {
+            Forwarded::Op(_) => ForwardedReply::Op(Ok(())),
+            Forwarded::Beat {
+                service,
+                ip,
+                port,
+                cluster,
+                ..
+            } => ForwardedReply::Beat(Ok(found(service, &|s| {
+                s.find(ip, *port, cluster.as_deref()).cloned()
+            }))),
+            Forwarded::Fail { service, instance } => {
+                ForwardedReply::Beat(Ok(found(service, &|s| {
+                    s.instances.get(instance).map(|i| (**i).clone())
+                })))
+            }
+        }
+    }
+}
+
 impl ClusterLink for Cluster {
     fn owns(&self, key: &ServiceKey) -> bool {
         match ownership::owner(key, &self.members.view()) {
@@ -262,37 +556,15 @@ impl ClusterLink for Cluster {
         }
     }
 
+    fn takes_writes(&self, key: &ServiceKey) -> bool {
+        self.owns(key) && !self.handoff.holds(key)
+    }
+
     fn forward(&self, write: Forwarded) -> BoxFuture<'static, Option<ForwardedReply>> {
-        let Some(owner) = self.owner_of(write.service()) else {
+        let Some(me) = self.me.upgrade() else {
             return Box::pin(async { None });
         };
-        let Some(peer) = self.members.peer_by_id(&owner) else {
-            return Box::pin(async { None });
-        };
-        let from = self.id().to_string();
-        let timeout = self.options.rpc_timeout;
-        let stats = self.stats.clone();
-        let me = self.me.clone();
-        Box::pin(async move {
-            match peer.forward(&from, &write, timeout).await {
-                Ok((reply, state)) => {
-                    stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
-                    // The owner's resulting state, applied here before the client hears
-                    // back: it then reads its own write on this member.
-                    if let (Some(state), Some(me)) = (state, me.upgrade())
-                        && let Ok((key, svc, stamp)) = wire::decode_state(&state)
-                    {
-                        me.apply_replicated(key, svc, stamp).await;
-                    }
-                    Some(reply)
-                }
-                Err(e) => {
-                    stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "forward failed; applying locally");
-                    None
-                }
-            }
-        })
+        Box::pin(me.forward_write(write))
     }
 
     fn emitted(&self, change: &Change) {

@@ -69,14 +69,24 @@ impl Peer {
     }
 
     fn status(&self, s: tonic::Status) -> ClusterError {
+        use tonic::Code;
         match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                self.unreachable(s.message())
-            }
-            _ => ClusterError::Refused {
+            // The peer read the call and answered no: the same call would get the same
+            // answer.
+            Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::Unimplemented
+            | Code::NotFound
+            | Code::OutOfRange => ClusterError::Refused {
                 peer: self.dial.clone(),
                 message: format!("{:?}: {}", s.code(), s.message()),
             },
+            // Anything else (unavailable, deadline, a connection torn down mid-call,
+            // which surfaces as Unknown or Internal) may pass next time.
+            _ => self.unreachable(format!("{:?}: {}", s.code(), s.message())),
         }
     }
 
@@ -100,16 +110,23 @@ impl Peer {
         self.call(timeout, c.heartbeat(beat)).await
     }
 
+    /// Sends a write to its owner; `numbering` is the sender's (incarnation, seq, low),
+    /// see [`super::idempotence`]. Returns the owner's answer and what changed.
     pub async fn forward(
         &self,
         from: &str,
+        numbering: (u64, u64, u64),
         write: &Forwarded,
         timeout: Duration,
-    ) -> Result<(ForwardedReply, Option<pb::ServiceState>), ClusterError> {
+    ) -> Result<(ForwardedReply, pb::ForwardReply), ClusterError> {
         let mut c = self.client.clone();
+        let (incarnation, seq, low) = numbering;
         let req = pb::ForwardRequest {
             from: from.to_string(),
             request: wire::to_json(write),
+            incarnation,
+            seq,
+            low,
         };
         let reply = self.call(timeout, c.forward(req)).await?;
         let result = wire::from_json(&reply.reply).map_err(|message| ClusterError::BadPayload {
@@ -117,7 +134,7 @@ impl Peer {
             what: "forward reply",
             message,
         })?;
-        Ok((result, reply.state))
+        Ok((result, reply))
     }
 
     pub async fn replicate(

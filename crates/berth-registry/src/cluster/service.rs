@@ -1,6 +1,7 @@
 //! The peer protocol's server side, on the gRPC listener. Every call must carry the
 //! cluster secret; a forwarded write is applied here whoever owns it (one hop at most,
-//! so two members with different views can never bounce a write between them).
+//! so two members with different views can never bounce a write between them), and
+//! once however often it is sent ([`super::idempotence`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use berth_proto::registry::v1::cluster_server::{Cluster as ClusterRpc, ClusterSe
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::idempotence::Admit;
 use super::peer::{MAX_MESSAGE, SECRET_HEADER};
-use super::{Cluster, Stamp, antientropy, membership, snapshot, wire};
-use crate::core::{Forwarded, ForwardedReply};
+use super::{Cluster, DeltaOutcome, antientropy, membership, snapshot, wire};
+use crate::core::Forwarded;
 
 #[derive(Clone)]
 pub struct PeerService {
@@ -72,42 +74,47 @@ impl ClusterRpc for PeerService {
         let req = req.into_inner();
         let write: Forwarded = wire::from_json(&req.request)
             .map_err(|e| Status::invalid_argument(format!("field 'request': {e}")))?;
-        self.cluster
-            .stats
-            .forwarded_in
-            .fetch_add(1, Ordering::Relaxed);
-        let r = &self.cluster.registry;
-        let mut state = None;
-        let reply = match write {
-            Forwarded::Op(op) => ForwardedReply::Op(match r.submit_local(op).await {
-                Ok(applied) => {
-                    state = applied.change.map(|c| {
-                        let stamp = Stamp {
-                            origin: self.cluster.id().to_string(),
-                            incarnation: self.cluster.incarnation,
-                            revision: c.revision,
-                        };
-                        wire::encode_state(&c.key, c.service.as_deref(), &stamp)
-                    });
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }),
-            Forwarded::Beat {
-                service,
-                ip,
-                port,
-                cluster,
-                status,
-            } => ForwardedReply::Beat(r.beat_local(service, ip, port, cluster, status).await),
-            Forwarded::Fail { service, instance } => {
-                ForwardedReply::Beat(r.fail_local(service, instance).await)
+        let c = &self.cluster;
+        c.stats.forwarded_in.fetch_add(1, Ordering::Relaxed);
+        let mut answer = match c.once.admit(&req.from, req.incarnation, req.seq, req.low) {
+            Admit::Stale => {
+                return Err(Status::already_exists(format!(
+                    "write {} of {} was finished before; this copy is late",
+                    req.seq, req.from
+                )));
+            }
+            Admit::Again(answer) => {
+                c.stats.forwarded_again.fetch_add(1, Ordering::Relaxed);
+                answer
+            }
+            Admit::First(tx) => {
+                // Applied on its own task: a sender that stops waiting (its deadline
+                // passed) must not cancel a write half-way; its next copy gets the
+                // answer kept here instead of applying again. Only the answer is kept,
+                // not what changed (another copy carried that back already, and it may
+                // be stale by then).
+                let c = c.clone();
+                let task = tokio::spawn(async move {
+                    let full = c.apply_forwarded(write).await;
+                    tx.send_replace(Some(Arc::new(pb::ForwardReply {
+                        reply: full.reply.clone(),
+                        ..Default::default()
+                    })));
+                    full
+                });
+                return task
+                    .await
+                    .map(Response::new)
+                    .map_err(|_| Status::unavailable("the write was interrupted; send it again"));
             }
         };
-        Ok(Response::new(pb::ForwardReply {
-            reply: wire::to_json(&reply),
-            state,
-        }))
+        let reply = answer
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone())
+            .ok_or_else(|| Status::unavailable("the write was interrupted; send it again"))?;
+        Ok(Response::new((*reply).clone()))
     }
 
     async fn replicate(
@@ -115,15 +122,26 @@ impl ClusterRpc for PeerService {
         req: Request<pb::StateBatch>,
     ) -> Result<Response<pb::ReplicateAck>, Status> {
         let batch = req.into_inner();
+        let c = &self.cluster;
         let mut applied = 0;
         for (i, s) in batch.states.iter().enumerate() {
             let (key, state, stamp) = wire::decode_state(s)
                 .map_err(|e| Status::invalid_argument(format!("states[{i}]: {e}")))?;
-            if self.cluster.apply_replicated(key, state, stamp).await {
+            if c.apply_replicated(key, state, stamp).await {
                 applied += 1;
             }
         }
-        Ok(Response::new(pb::ReplicateAck { applied }))
+        let mut gaps = Vec::new();
+        for (i, d) in batch.deltas.iter().enumerate() {
+            let delta = wire::Delta::decode(d)
+                .map_err(|e| Status::invalid_argument(format!("deltas[{i}]: {e}")))?;
+            match c.apply_delta(delta, false).await {
+                DeltaOutcome::Applied => applied += 1,
+                DeltaOutcome::Ignored => {}
+                DeltaOutcome::Gap => gaps.push(d.key.clone()),
+            }
+        }
+        Ok(Response::new(pb::ReplicateAck { applied, gaps }))
     }
 
     async fn checksums(

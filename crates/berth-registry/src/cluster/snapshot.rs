@@ -131,6 +131,7 @@ pub fn serve(
         Ok(pb::StateBatch {
             from: id.clone(),
             states,
+            deltas: Vec::new(),
         })
     }))
 }

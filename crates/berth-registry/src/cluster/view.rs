@@ -42,7 +42,13 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
     let view = c.members.view();
     let (_, services) = c.registry.snapshot();
     let mut owned = std::collections::HashMap::<String, u64>::new();
+    // One checksum of everything held (anti-entropy's per-service checksums added up):
+    // two members with the same value hold the same services.
+    let mut checksum = 0u64;
+    let mut instances = 0usize;
     for s in &services {
+        checksum = checksum.wrapping_add(c.checksums.checksum(s));
+        instances += s.instances.len();
         if let Some(o) = ownership::owner(&s.key, &view) {
             *owned.entry(o.to_string()).or_default() += 1;
         }
@@ -59,6 +65,10 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
     for e in c.members.others() {
         let s = e.state().clone();
         let (pending, oldest_ms) = e.queue.backlog();
+        let handoff =
+            s.id.as_deref()
+                .map(|id| c.handoff.backlog(id))
+                .unwrap_or_default();
         let state = match (s.healthy, s.loaded, s.id.is_some()) {
             (true, true, _) => "healthy",
             (true, false, _) => "loading",
@@ -79,6 +89,8 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
             "lastBatchLagMs": s.lag_ms,
             "replicationFailures": s.replicate_failures,
             "syncFailures": s.sync_failures,
+            "handoffWaiting": handoff.waiting,
+            "handoffOldestMs": handoff.oldest_ms,
         }));
     }
     let st = &c.stats;
@@ -90,10 +102,25 @@ pub fn describe(c: &Cluster, service: Option<&ServiceKey>) -> Value {
         "view": view.as_ref(),
         "members": members,
         "services": services.len(),
+        "instances": instances,
+        "checksum": format!("{checksum:016x}"),
         "stats": {
             "forwardedOut": load(&st.forwarded_out),
             "forwardFailures": load(&st.forward_failures),
             "forwardedIn": load(&st.forwarded_in),
+            "forwardedAgain": load(&st.forwarded_again),
+            "forwardsRemembered": c.once.remembered(),
+            "handoffWaiting": c.handoff.depth(),
+            "handoffQueued": load(&st.handoff_queued),
+            "handoffRetries": load(&st.handoff_retries),
+            "handoffDelivered": load(&st.handoff_delivered),
+            "handoffRerouted": load(&st.handoff_rerouted),
+            "handoffAppliedHere": load(&st.handoff_local),
+            "handoffRefused": load(&st.handoff_refused),
+            "handoffDropped": load(&st.handoff_dropped),
+            "deltasSent": load(&st.deltas_sent),
+            "deltasApplied": load(&st.deltas_applied),
+            "deltaGaps": load(&st.delta_gaps),
             "replicatedSent": load(&st.replicated_sent),
             "replicateFailures": load(&st.replicate_failures),
             "replicatedApplied": load(&st.replicated_applied),
@@ -242,7 +269,7 @@ pub fn metrics(c: &Cluster, reg: &mut PromRegistry) {
     counter(
         reg,
         "cluster_replicated_sent",
-        "Service states replicated to peers",
+        "Changed services replicated to peers (deltas and whole states)",
         &st.replicated_sent,
     );
     counter(
@@ -272,8 +299,80 @@ pub fn metrics(c: &Cluster, reg: &mut PromRegistry) {
     counter(
         reg,
         "cluster_forward_failures",
-        "Forwards that failed (applied locally)",
+        "Forwards the owner did not acknowledge in time (handed off)",
         &st.forward_failures,
+    );
+    counter(
+        reg,
+        "cluster_forwarded_again",
+        "Copies of forwarded writes received again (answered, not applied twice)",
+        &st.forwarded_again,
+    );
+    gauge(
+        reg,
+        "cluster_handoff_depth",
+        "Writes waiting in the hand-off queues for their owner",
+        c.handoff.depth() as u64,
+    );
+    counter(
+        reg,
+        "cluster_handoff_queued",
+        "Writes that went into a hand-off queue",
+        &st.handoff_queued,
+    );
+    counter(
+        reg,
+        "cluster_handoff_retries",
+        "Hand-off sends the owner did not acknowledge (retried)",
+        &st.handoff_retries,
+    );
+    counter(
+        reg,
+        "cluster_handoff_delivered",
+        "Handed-off writes the owner acknowledged",
+        &st.handoff_delivered,
+    );
+    counter(
+        reg,
+        "cluster_handoff_rerouted",
+        "Handed-off writes moved to a new owner",
+        &st.handoff_rerouted,
+    );
+    counter(
+        reg,
+        "cluster_handoff_applied_here",
+        "Handed-off writes applied here after this member became the owner",
+        &st.handoff_local,
+    );
+    counter(
+        reg,
+        "cluster_handoff_refused",
+        "Writes refused because the hand-off queues were full",
+        &st.handoff_refused,
+    );
+    counter(
+        reg,
+        "cluster_handoff_dropped",
+        "Handed-off writes the owner refused outright (dropped)",
+        &st.handoff_dropped,
+    );
+    counter(
+        reg,
+        "cluster_deltas_sent",
+        "Per-instance deltas replicated to peers",
+        &st.deltas_sent,
+    );
+    counter(
+        reg,
+        "cluster_deltas_applied",
+        "Replicated deltas applied here",
+        &st.deltas_applied,
+    );
+    counter(
+        reg,
+        "cluster_delta_gaps",
+        "Replicated deltas whose base this member lacked (whole service asked for)",
+        &st.delta_gaps,
     );
     counter(
         reg,

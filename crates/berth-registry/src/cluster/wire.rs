@@ -5,8 +5,10 @@ use berth_proto::registry::v1 as pb;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use super::Stamp;
-use crate::model::{Service, ServiceKey};
+use crate::model::{Instance, InstanceKey, Service, ServiceKey};
 
 pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Every type sent here has string map keys only ([`WireService`] turns the instance
@@ -99,6 +101,70 @@ pub fn decode_state(s: &pb::ServiceState) -> Result<(ServiceKey, Option<Service>
     ))
 }
 
+/// Some instances of one service, as an owner changed them after revision `base`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub key: ServiceKey,
+    /// The owner life and the revision the delta leads to.
+    pub stamp: Stamp,
+    pub base: u64,
+    pub put: Vec<Arc<Instance>>,
+    pub removed: Vec<InstanceKey>,
+}
+
+impl Delta {
+    /// The delta taking a replica from `base` to `service`'s state for the `touched`
+    /// instances: those still in `service` are put, the others removed.
+    pub fn of<'a>(
+        service: &Service,
+        base: u64,
+        stamp: Stamp,
+        touched: impl IntoIterator<Item = &'a InstanceKey>,
+    ) -> Self {
+        let (mut put, mut removed) = (Vec::new(), Vec::new());
+        for key in touched {
+            match service.instances.get(key) {
+                Some(i) => put.push(i.clone()),
+                None => removed.push(key.clone()),
+            }
+        }
+        Self {
+            key: service.key.clone(),
+            stamp,
+            base,
+            put,
+            removed,
+        }
+    }
+
+    pub fn encode(&self) -> pb::ServiceDelta {
+        pb::ServiceDelta {
+            key: to_json(&self.key),
+            origin: self.stamp.origin.clone(),
+            incarnation: self.stamp.incarnation,
+            base: self.base,
+            revision: self.stamp.revision,
+            put: to_json(&self.put),
+            removed: to_json(&self.removed),
+        }
+    }
+
+    /// Decodes a delta; the error names the field.
+    pub fn decode(d: &pb::ServiceDelta) -> Result<Self, String> {
+        Ok(Self {
+            key: from_json(&d.key).map_err(|e| format!("field 'key': {e}"))?,
+            stamp: Stamp {
+                origin: d.origin.clone(),
+                incarnation: d.incarnation,
+                revision: d.revision,
+            },
+            base: d.base,
+            put: from_json(&d.put).map_err(|e| format!("field 'put': {e}"))?,
+            removed: from_json(&d.removed).map_err(|e| format!("field 'removed': {e}"))?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +192,26 @@ mod tests {
         let mut bad = wire;
         bad.service = b"{".to_vec();
         assert!(decode_state(&bad).unwrap_err().contains("'service'"));
+    }
+
+    #[test]
+    fn a_delta_puts_present_instances_removes_gone_ones_and_round_trips() {
+        let key = ServiceKey::simple("orders");
+        let mut svc = Service::new(key.clone());
+        let kept = Instance::new(&key, "10.0.0.1", 1, DEFAULT_CLUSTER);
+        let gone = Instance::new(&key, "10.0.0.1", 2, DEFAULT_CLUSTER).key();
+        svc.instances.insert(kept.key(), Arc::new(kept.clone()));
+        let stamp = Stamp {
+            origin: "a:1".into(),
+            incarnation: 3,
+            revision: 9,
+        };
+        let d = Delta::of(&svc, 7, stamp, [&kept.key(), &gone]);
+        assert_eq!(d.put, vec![Arc::new(kept)]);
+        assert_eq!(d.removed, vec![gone]);
+        assert_eq!(Delta::decode(&d.encode()).unwrap(), d);
+        let mut bad = d.encode();
+        bad.removed = b"[1]".to_vec();
+        assert!(Delta::decode(&bad).unwrap_err().contains("'removed'"));
     }
 }

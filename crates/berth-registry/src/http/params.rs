@@ -61,7 +61,7 @@ impl From<crate::naming::NamingError> for ApiError {
         let status = match e {
             E::ServiceNotFound(_) | E::InstanceNotFound { .. } => StatusCode::NOT_FOUND,
             E::ServiceExists(_) | E::ServiceNotEmpty(_) => StatusCode::BAD_REQUEST,
-            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::OwnerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self {
             status,

@@ -80,6 +80,9 @@ pub struct Args {
     /// Snapshot rounds before a member with no loaded peer declares itself loaded [default: 3].
     #[arg(long, value_name = "N")]
     cluster_startup_attempts: Option<u32>,
+    /// Writes that may wait in all for owners that do not answer [default: 100000].
+    #[arg(long, value_name = "N")]
+    cluster_handoff_limit: Option<usize>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -111,7 +114,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("cluster_sync_interval", args.cluster_sync_interval)
         .set("cluster_replicate_delay", args.cluster_replicate_delay)
         .set("cluster_rpc_timeout", args.cluster_rpc_timeout)
-        .set("cluster_startup_attempts", args.cluster_startup_attempts);
+        .set("cluster_startup_attempts", args.cluster_startup_attempts)
+        .set("cluster_handoff_limit", args.cluster_handoff_limit);
     let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
     let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

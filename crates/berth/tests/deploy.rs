@@ -503,7 +503,8 @@ async fn a_version_that_never_gets_healthy_rolls_back_and_changes_wait_their_tur
     let (ok, out, err) = dev.cli(&["deployments", "rm", &id, "--force"]).await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("stopped where it stood"), "{out}");
-    assert_eq!(dev.deployment(&id).await["state"], "cancelled");
+    // The stop is recorded by the deployment's own task, a moment after the answer.
+    dev.wait_deployment(&id, "cancelled").await;
     let app = dev.get(&format!("/v1/apps/{APP}")).await;
     assert_eq!(app["config_version"].as_u64(), Some(v2));
     let (ok, list, err) = dev.cli(&["deployments", "list", "--app", APP]).await;

@@ -226,20 +226,29 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
         "!!document.getElementById('diag-run')",
     )
     .await;
-    page.execute("document.getElementById('diag-op').value = 'ps';", vec![])
+    // Run until both instances answer (the second may still be starting): as a user
+    // would press Run again.
+    wait_until("both instances' processes listed", WAIT, || async {
+        let listed = eval(
+            &page,
+            "document.getElementById('diag-status').textContent === 'done' && (document.getElementById('diag-output').textContent.match(/hello-app/g) || []).length >= 2",
+        )
         .await
-        .unwrap();
-    page.find(Locator::Id("diag-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_page(
-        &page,
-        "both instances' processes listed",
-        "document.getElementById('diag-status').textContent === 'done' && (document.getElementById('diag-output').textContent.match(/hello-app/g) || []).length === 2",
-    )
+            == json!(true);
+        if !listed {
+            let running = eval(&page, "document.getElementById('diag-status')?.textContent === 'running'").await;
+            if running != json!(true) {
+                let _ = page
+                    .execute(
+                        "document.getElementById('diag-op').value = 'ps'; document.getElementById('diag-run').click();",
+                        vec![],
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        listed
+    })
     .await;
     page.execute(
         "document.getElementById('diag-op').value = 'grep'; document.getElementById('diag-pattern').value = '(unclosed';",

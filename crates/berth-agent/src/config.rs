@@ -142,7 +142,10 @@ impl AgentConfig {
         let d = Self::new(Vec::new(), &data_dir);
         config.registry = layers.get("registry")?;
         config.registry_http = layers
-            .get_or("registry_http", RegistryHttp(d.registry_http))?
+            .get_or(
+                "registry_http",
+                berth_util::config::AddrOrOff(d.registry_http),
+            )?
             .0;
         config.node_id = layers.get::<NodeId>("node_id")?.map(|id| id.0);
         config.labels = layers.get_or("labels", Labels::default())?.0;
@@ -210,20 +213,6 @@ impl FromConfigValue for Labels {
     fn parse_value(raw: &str) -> Option<Self> {
         let entries: Vec<String> = raw.split(',').map(str::to_string).collect();
         parse_labels(&entries).ok().map(Labels)
-    }
-}
-
-struct RegistryHttp(Option<SocketAddr>);
-
-impl FromConfigValue for RegistryHttp {
-    fn expected() -> String {
-        "the registry's HTTP address such as 127.0.0.1:8848, or `off`".into()
-    }
-    fn parse_value(raw: &str) -> Option<Self> {
-        match raw.trim() {
-            "off" | "none" => Some(Self(None)),
-            addr => addr.parse().ok().map(|a| Self(Some(a))),
-        }
     }
 }
 

@@ -40,21 +40,6 @@ impl Default for DiagConfig {
     }
 }
 
-/// `off` or an address.
-struct RegistryHttp(Option<SocketAddr>);
-
-impl berth_util::config::FromConfigValue for RegistryHttp {
-    fn expected() -> String {
-        "host:port of the registry's HTTP API, or `off`".into()
-    }
-    fn parse_value(raw: &str) -> Option<Self> {
-        match raw.trim() {
-            "off" => Some(Self(None)),
-            addr => addr.parse().ok().map(|a| Self(Some(a))),
-        }
-    }
-}
-
 impl DiagConfig {
     pub fn from_layers(layers: &mut Layers) -> Result<Self, ConfigError> {
         let d = Self::default();
@@ -62,7 +47,7 @@ impl DiagConfig {
             listen: layers.get_or("listen", d.listen)?,
             advertise: layers.get("advertise")?,
             registry_http: layers
-                .get::<RegistryHttp>("registry_http")?
+                .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
             secret: layers.secret("secret")?,
             window: layers.get_or("window", d.window)?,

@@ -66,6 +66,17 @@ impl AgentConn {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<pb::Chunk>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Ends every request in flight on this stream; their users see `why`.
+    fn fail_all(&self, why: &str) {
+        for (_, sender) in self.pending().drain() {
+            let _ = sender.try_send(pb::Chunk {
+                done: true,
+                error: why.to_string(),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 impl Gateway {
@@ -167,14 +178,7 @@ impl Gateway {
                 _ => false,
             }
         };
-        // Requests in flight end: their senders drop, their users see the end with an error.
-        for (_, sender) in conn.pending().drain() {
-            let _ = sender.try_send(pb::Chunk {
-                done: true,
-                error: format!("the agent of node {} went away", conn.node),
-                ..Default::default()
-            });
-        }
+        conn.fail_all(&format!("the agent of node {} went away", conn.node));
         if removed {
             tracing::info!(node = %conn.node, "agent detached");
             if let Some(registrar) = &self.inner.registrar {
@@ -245,13 +249,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
         let replaced = self.agents().insert(conn.node.clone(), conn.clone());
         if let Some(old) = replaced {
             // The old stream's reader ends on its own; its requests fail now.
-            for (_, sender) in old.pending().drain() {
-                let _ = sender.try_send(pb::Chunk {
-                    done: true,
-                    error: "the agent reconnected".into(),
-                    ..Default::default()
-                });
-            }
+            old.fail_all("the agent reconnected");
         }
         tracing::info!(node = %conn.node, version = %hello.version, "agent attached");
         if let Some(registrar) = &self.inner.registrar {

@@ -60,21 +60,6 @@ pub struct ServerConfig {
     pub diag_secret: Option<berth_util::config::Secret>,
 }
 
-/// `off` or an address.
-struct RegistryHttp(Option<SocketAddr>);
-
-impl berth_util::config::FromConfigValue for RegistryHttp {
-    fn expected() -> String {
-        "host:port of the registry's HTTP API, or `off`".into()
-    }
-    fn parse_value(raw: &str) -> Option<Self> {
-        match raw.trim() {
-            "off" => Some(Self(None)),
-            addr => addr.parse().ok().map(|a| Self(Some(a))),
-        }
-    }
-}
-
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:7071";
 
@@ -104,7 +89,7 @@ impl ServerConfig {
             advertise_url: layers.get("advertise_url")?,
             advertise_agent: layers.get("advertise_agent")?,
             registry_http: layers
-                .get::<RegistryHttp>("registry_http")?
+                .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
             diag_secret: layers
                 .secret("diag_secret")?

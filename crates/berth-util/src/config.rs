@@ -159,6 +159,23 @@ from_str_value! {
     SocketAddr => "an IP address and port such as 127.0.0.1:8080 or [::1]:8080",
 }
 
+/// An address that can be switched off: `host:port`, or `off` (also `none`). Used by
+/// every role's `registry_http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrOrOff(pub Option<std::net::SocketAddr>);
+
+impl FromConfigValue for AddrOrOff {
+    fn expected() -> String {
+        "an address such as 127.0.0.1:8848, or `off`".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "off" | "none" => Some(Self(None)),
+            addr => addr.parse().ok().map(|a| Self(Some(a))),
+        }
+    }
+}
+
 impl FromConfigValue for String {
     fn expected() -> String {
         "a string".into()

@@ -5,6 +5,7 @@ pub mod access;
 pub mod body;
 pub mod fast;
 pub mod headers;
+mod idle;
 pub mod pool;
 pub mod reject;
 mod upgrade;

@@ -91,7 +91,7 @@ impl Http1Pool {
         });
         // Close connections idle past the limit even when their backend sees no traffic.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(reap(Arc::downgrade(&inner)));
+            rt.spawn(super::idle::reap_every(Arc::downgrade(&inner)));
         }
         Http1Pool { inner }
     }
@@ -196,20 +196,12 @@ impl Inner {
     }
 }
 
-async fn reap(pool: Weak<Inner>) {
-    let every = pool
-        .upgrade()
-        .map(|p| (p.idle_timeout / 2).max(Duration::from_millis(100)))
-        .unwrap_or_default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(p) => p.reap(),
-            None => return,
-        }
+impl super::idle::Reap for Inner {
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+    fn reap(&self) {
+        Inner::reap(self)
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ impl RawPool {
         });
         // Close connections idle past the limit even when their backend sees no traffic.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(reap(Arc::downgrade(&inner)));
+            rt.spawn(crate::proxy::idle::reap_every(Arc::downgrade(&inner)));
         }
         RawPool { inner }
     }
@@ -195,19 +195,11 @@ impl Inner {
     }
 }
 
-async fn reap(pool: Weak<Inner>) {
-    let every = pool
-        .upgrade()
-        .map(|p| (p.idle_timeout / 2).max(Duration::from_millis(100)))
-        .unwrap_or_default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(p) => p.reap(),
-            None => return,
-        }
+impl crate::proxy::idle::Reap for Inner {
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+    fn reap(&self) {
+        Inner::reap(self)
     }
 }

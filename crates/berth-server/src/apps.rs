@@ -4,34 +4,24 @@
 use std::sync::Arc;
 
 use berth_core::{AppId, AppSpec, Deployment, VersionId};
-use berth_store::{AppVersion, Change, Store, StoreError};
+use berth_store::{AppVersion, Change, StoreError};
 
 use crate::context::Ctx;
 use crate::deploy::{self, ChangeError, ChangeOptions};
-use crate::events::NewEvent;
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    ctx: &Ctx,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = ctx.store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| StoreError::Engine(format!("store task failed: {e}")))?
-}
+use crate::events::{EventKind, NewEvent};
 
 pub async fn get(ctx: &Ctx, id: &AppId) -> Result<Option<AppVersion>, StoreError> {
     let id = id.clone();
-    blocking(ctx, move |s| s.get_app(&id)).await
+    ctx.store.run(move |s| s.get_app(&id)).await
 }
 
 pub async fn list(ctx: &Ctx) -> Result<Vec<AppVersion>, StoreError> {
-    blocking(ctx, |s| s.list_apps()).await
+    ctx.store.run(|s| s.list_apps()).await
 }
 
 pub async fn versions(ctx: &Ctx, id: &AppId) -> Result<Vec<AppVersion>, StoreError> {
     let id = id.clone();
-    blocking(ctx, move |s| s.list_versions(&id)).await
+    ctx.store.run(move |s| s.list_versions(&id)).await
 }
 
 pub async fn version(
@@ -40,7 +30,7 @@ pub async fn version(
     v: VersionId,
 ) -> Result<Option<AppVersion>, StoreError> {
     let id = id.clone();
-    blocking(ctx, move |s| s.get_version(&id, v)).await
+    ctx.store.run(move |s| s.get_version(&id, v)).await
 }
 
 /// A stored change and the deployment that follows it (none when nothing changed).
@@ -60,7 +50,7 @@ pub async fn create(
     let version = next_version(&mut last, None);
     let record = AppVersion::first(spec, version);
     let r = record.clone();
-    blocking(ctx, move |s| s.create_app(&r)).await?;
+    ctx.store.run(move |s| s.create_app(&r)).await?;
     announce(ctx, &record, None);
     let d = deploy::begin(ctx, None, &record, options).await;
     Ok(Changed {
@@ -80,14 +70,14 @@ pub async fn put(
     let id = spec.id.clone();
     let current = {
         let id = id.clone();
-        blocking(ctx, move |s| s.get_app(&id)).await?
+        ctx.store.run(move |s| s.get_app(&id)).await?
     };
     match current {
         None => {
             let version = next_version(&mut last, None);
             let record = AppVersion::first(spec, version);
             let r = record.clone();
-            blocking(ctx, move |s| s.create_app(&r)).await?;
+            ctx.store.run(move |s| s.create_app(&r)).await?;
             announce(ctx, &record, None);
             let d = deploy::begin(ctx, None, &record, options).await;
             Ok(Changed {
@@ -113,7 +103,7 @@ pub async fn put(
             let record = cur.next(spec, version, change);
             let r = record.clone();
             let expected = cur.version;
-            blocking(ctx, move |s| s.update_app(&r, expected)).await?;
+            ctx.store.run(move |s| s.update_app(&r, expected)).await?;
             announce(ctx, &record, Some(&cur));
             let d = deploy::begin(ctx, Some(&cur), &record, options).await;
             Ok(Changed {
@@ -136,7 +126,7 @@ pub async fn modify(
     let mut last = ctx.write_lock.lock().await;
     let cur = {
         let id = id.clone();
-        blocking(ctx, move |s| s.get_app(&id)).await?
+        ctx.store.run(move |s| s.get_app(&id)).await?
     }
     .ok_or_else(|| StoreError::NotFound(id.clone()))?;
     deploy::check_free(ctx, id, options.force)?;
@@ -146,7 +136,7 @@ pub async fn modify(
     let record = cur.next(spec, version, change);
     let r = record.clone();
     let expected = cur.version;
-    blocking(ctx, move |s| s.update_app(&r, expected)).await?;
+    ctx.store.run(move |s| s.update_app(&r, expected)).await?;
     announce(ctx, &record, Some(&cur));
     let d = deploy::begin(ctx, Some(&cur), &record, options).await;
     Ok(Changed {
@@ -160,11 +150,11 @@ pub async fn modify(
 pub async fn delete(ctx: &Arc<Ctx>, id: &AppId) -> Result<bool, StoreError> {
     let _last = ctx.write_lock.lock().await;
     let id2 = id.clone();
-    let deleted = blocking(ctx, move |s| s.delete_app(&id2)).await?;
+    let deleted = ctx.store.run(move |s| s.delete_app(&id2)).await?;
     if deleted {
         deploy::app_deleted(ctx, id).await;
         ctx.events.emit(
-            "app_deleted",
+            EventKind::AppDeleted,
             NewEvent::app(id),
             format!("{id} deleted; its instances will be stopped"),
         );
@@ -185,35 +175,35 @@ pub(crate) fn announce(ctx: &Ctx, record: &AppVersion, before: Option<&AppVersio
     let id = &record.spec.id;
     let (kind, message) = match (record.change, before) {
         (Change::Created, _) => (
-            "app_created",
+            EventKind::AppCreated,
             format!(
                 "{id} created at version {} with {} instance(s)",
                 record.version, record.spec.instances
             ),
         ),
         (Change::Scaled, Some(b)) => (
-            "app_scaled",
+            EventKind::AppScaled,
             format!(
                 "{id} scaled from {} to {} instance(s) (version {})",
                 b.spec.instances, record.spec.instances, record.version
             ),
         ),
         (Change::RolledBack, _) => (
-            "app_rolled_back",
+            EventKind::AppRolledBack,
             format!(
                 "{id} rolled back to the spec of version {} (version {})",
                 record.config_version, record.version
             ),
         ),
         (Change::Restarted, _) => (
-            "app_restarted",
+            EventKind::AppRestarted,
             format!(
                 "{id} restarting: every instance is replaced (version {})",
                 record.version
             ),
         ),
         _ => (
-            "app_updated",
+            EventKind::AppUpdated,
             format!(
                 "{id} updated to version {}; instances are replaced",
                 record.version

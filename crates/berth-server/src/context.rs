@@ -2,9 +2,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use berth_store::Store;
 use tokio::sync::Notify;
 
+use crate::agents::sessions::Sessions;
 use crate::config::ServerConfig;
 use crate::deploy::Deployments;
 use crate::events::EventBus;
@@ -12,11 +12,14 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::plan::PlanConfig;
 use crate::state::RealState;
+use crate::store::StoreHandle;
 
 pub struct Ctx {
     pub config: ServerConfig,
-    pub store: Arc<dyn Store>,
+    pub store: StoreHandle,
     pub state: Mutex<RealState>,
+    /// How to reach each connected agent (take after `state` when both are needed).
+    pub sessions: Sessions,
     pub events: EventBus,
     /// Deployments being followed, one per app at most.
     pub deployments: Deployments,

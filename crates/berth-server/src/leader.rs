@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
-use crate::events::NewEvent;
+use crate::events::{EventKind, NewEvent};
 use crate::state::RealState;
 
 const LEASE: &str = "leader";
@@ -100,21 +100,21 @@ impl Elector {
         let ctx = &self.ctx;
         let ttl = ctx.config.leader_lease;
         let asked_at = Instant::now();
-        let store = ctx.store.clone();
         let (id, info) = (self.me.server_id.clone(), self.info.clone());
         let attempt = timeout(
             self.renew_every(),
-            tokio::task::spawn_blocking(move || store.acquire_lease(LEASE, &id, &info, ttl)),
+            ctx.store
+                .run(move |s| s.acquire_lease(LEASE, &id, &info, ttl)),
         )
         .await;
         match attempt {
-            Ok(Ok(Ok(lease))) if lease.mine => {
+            Ok(Ok(lease)) if lease.mine => {
                 self.valid_until = Some(asked_at + ttl.mul_f64(0.9));
                 if ctx.leadership().term().is_none() {
                     become_leader(ctx);
                 }
             }
-            Ok(Ok(Ok(lease))) => {
+            Ok(Ok(lease)) => {
                 self.valid_until = None;
                 let leader = serde_json::from_str(&lease.info).unwrap_or(LeaderInfo {
                     server_id: lease.holder.clone(),
@@ -125,10 +125,9 @@ impl Elector {
             }
             failed => {
                 let reason = match failed {
-                    Ok(Ok(Err(e))) => format!("cannot reach the store: {e}"),
-                    Ok(Err(e)) => format!("lease task failed: {e}"),
+                    Ok(Err(e)) => format!("cannot reach the store: {e}"),
                     Err(_) => "the store did not answer in time".into(),
-                    Ok(Ok(Ok(_))) => unreachable!("handled above"),
+                    Ok(Ok(_)) => unreachable!("handled above"),
                 };
                 tracing::warn!("leader lease: {reason}");
                 // A leader keeps leading until its lease may have run out; a standby
@@ -173,12 +172,11 @@ impl Elector {
                     reason: "this server is shutting down".into(),
                 },
             );
-            let store = self.ctx.store.clone();
             let id = self.me.server_id.clone();
             // Best effort and bounded: otherwise the next leader waits for expiry.
             let _ = timeout(
                 Duration::from_secs(2),
-                tokio::task::spawn_blocking(move || store.release_lease(LEASE, &id)),
+                self.ctx.store.run(move |s| s.release_lease(LEASE, &id)),
             )
             .await;
         }
@@ -192,7 +190,7 @@ fn become_leader(ctx: &Arc<Ctx>) {
         since: Instant::now(),
     });
     ctx.events.emit(
-        "leader_elected",
+        EventKind::LeaderElected,
         NewEvent::default(),
         format!("server {} leads", ctx.server_id),
     );
@@ -201,14 +199,12 @@ fn become_leader(ctx: &Arc<Ctx>) {
         // Another server may have led since this one loaded deployments: pick up the
         // rolls in progress before acting.
         loop {
-            let store = ctx.store.clone();
-            match tokio::task::spawn_blocking(move || store.list_deployments()).await {
-                Ok(Ok(stored)) => {
+            match ctx.store.run(|s| s.list_deployments()).await {
+                Ok(stored) => {
                     ctx.deployments.reload(stored);
                     break;
                 }
-                Ok(Err(e)) => tracing::warn!("cannot load deployments, retrying: {e}"),
-                Err(e) => tracing::warn!("deployment load task failed, retrying: {e}"),
+                Err(e) => tracing::warn!("cannot load deployments, retrying: {e}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -224,10 +220,14 @@ fn step_down(ctx: &Arc<Ctx>, next: Leadership) {
     let previous = ctx.set_leadership(next.clone());
     if let Some(term) = previous.term() {
         term.cancel();
-        *ctx.lock_state() = RealState::default();
+        let mut state = ctx.lock_state();
+        *state = RealState::default();
+        // Dropping the senders ends every agent's outbound stream.
+        ctx.sessions.clear();
+        drop(state);
         ctx.deployments.clear();
         ctx.events.emit(
-            "leadership_lost",
+            EventKind::LeadershipLost,
             NewEvent::default(),
             format!(
                 "server {} no longer leads: {}",

@@ -19,6 +19,7 @@ mod metrics;
 mod reconcile;
 pub mod sim;
 mod state;
+mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -86,12 +87,8 @@ async fn start_with_store(
     let http = http_listener.local_addr()?;
     let agent = agent_listener.local_addr()?;
 
-    let stored = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.list_deployments())
-            .await
-            .map_err(|e| StoreError::Engine(format!("store read task failed: {e}")))??
-    };
+    let store = store::StoreHandle::new(store);
+    let stored = store.run(|s| s.list_deployments()).await?;
     let deployments = deploy::Deployments::default();
     deployments.load(stored);
 
@@ -100,6 +97,7 @@ async fn start_with_store(
     let ctx = Arc::new(context::Ctx {
         store,
         state: Mutex::new(state::RealState::default()),
+        sessions: agents::sessions::Sessions::default(),
         events: events::EventBus::new(),
         deployments,
         wake: tokio::sync::Notify::new(),

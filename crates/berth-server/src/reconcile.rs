@@ -1,23 +1,26 @@
-//! The reconciler loop: wakes on every change and every few seconds, compares desired and
-//! real state, and sends the resulting commands to agents.
+//! The reconciler loop: wakes on every change and every few seconds, and runs a pass:
+//! read the desired state, compute a [`plan::Plan`] against real state, carry it out
+//! ([`apply`]), then follow the deployments over the result and carry out their
+//! verdicts in the same pass.
 
+pub mod apply;
 pub mod plan;
 
 use std::sync::Arc;
 
-use berth_proto::agent::v1::server_message::Kind;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
-use crate::events::NewEvent;
+use crate::events::{EventKind, NewEvent};
+use plan::PlanInput;
 
 pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     // Acting before agents have reported would start duplicates of instances that are
     // running fine on nodes not yet reconnected.
     let grace = ctx.config.startup_grace;
     ctx.events.emit(
-        "reconciler_waiting",
+        EventKind::ReconcilerWaiting,
         NewEvent::default(),
         format!(
             "waiting {} ms for agents to report before acting",
@@ -29,15 +32,13 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
         _ = cancel.cancelled() => return,
     }
     ctx.events.emit(
-        "reconciler_started",
+        EventKind::ReconcilerStarted,
         NewEvent::default(),
         "reconciler active",
     );
     let mut store_failing = false;
     loop {
-        if let Some(desired) = pass(&ctx, &mut store_failing).await {
-            crate::deploy::tick(&ctx, &desired).await;
-        }
+        pass(&ctx, &mut store_failing).await;
         tokio::select! {
             _ = ctx.wake.notified() => {}
             _ = sleep(ctx.config.reconcile_interval) => {}
@@ -46,67 +47,58 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     }
 }
 
-/// One pass; returns the desired state it acted on (`None` when it could not read it).
-async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) -> Option<Vec<berth_store::AppVersion>> {
+/// One pass. Changes nothing when the desired state cannot be read.
+async fn pass(ctx: &Arc<Ctx>, store_failing: &mut bool) {
     ctx.metrics.reconcile_passes.inc();
     let now = Instant::now();
     {
         let mut state = ctx.lock_state();
         state.mark_lost(now, ctx.config.node_ttl, &ctx.events);
     }
-    let store = ctx.store.clone();
-    let desired = match tokio::task::spawn_blocking(move || store.list_apps()).await {
-        Ok(Ok(apps)) => apps,
-        Ok(Err(e)) => {
+    let desired = match ctx.store.run(|s| s.list_apps()).await {
+        Ok(apps) => apps,
+        Err(e) => {
             // Never read a failing store as "no apps": that would stop everything.
             if !*store_failing {
                 ctx.events.emit(
-                    "store_error",
+                    EventKind::StoreError,
                     NewEvent::default(),
                     format!("cannot read desired state, changing nothing until it can: {e}"),
                 );
             }
             *store_failing = true;
-            return None;
-        }
-        Err(e) => {
-            tracing::error!("store read task failed: {e}");
-            return None;
+            return;
         }
     };
     *store_failing = false;
-    let mut state = ctx.lock_state();
-    let commands = plan::plan(&desired, &mut state, now, &ctx.plan_config(), &ctx.events);
-    for cmd in commands {
-        let (kind, instance) = match &cmd.message.kind {
-            Some(Kind::Start(s)) => ("start", s.instance_id.clone()),
-            Some(Kind::Stop(s)) => ("stop", s.instance_id.clone()),
-            _ => ("other", String::new()),
-        };
-        let sent = state
-            .nodes
-            .get(&cmd.node)
-            .and_then(|n| n.tx.as_ref())
-            .map(|tx| tx.try_send(cmd.message).is_ok())
-            .unwrap_or(false);
-        if sent {
-            ctx.metrics
-                .commands
-                .get_or_create(&crate::metrics::KindLabel { kind })
-                .inc();
-        } else {
-            // Forget the order so the next pass decides again with fresh state.
-            let id = berth_core::InstanceId::new(instance);
-            state.pending.remove(&id);
-            state.stop_requested.remove(&id);
-            ctx.events.emit(
-                "command_not_delivered",
-                NewEvent::node(&cmd.node),
-                format!("could not send a {kind} command to node {}: not connected or its queue is full", cmd.node),
-            );
-        }
-    }
-    ctx.metrics.observe(&state, desired.len());
-    drop(state);
-    Some(desired)
+    let progress = {
+        let mut state = ctx.lock_state();
+        let connected = ctx.sessions.connected();
+        let first_seq = state.next_instance_seq();
+        let plan = plan::plan(
+            &PlanInput {
+                desired: &desired,
+                state: &state,
+                connected: &connected,
+                now,
+                now_ms: crate::clock::unix_ms(),
+                first_seq,
+            },
+            &ctx.plan_config(),
+        );
+        apply::carry_out(ctx, &mut state, plan, now);
+        ctx.metrics.observe(&state, desired.len());
+        // The deployments see the starts and stops just ordered.
+        let mut progress = crate::deploy::progress::evaluate(
+            &ctx.deployments,
+            &desired,
+            &state,
+            crate::clock::unix_ms(),
+        );
+        // Told under the state lock, like the plan's notes, so no agent report slips
+        // between what was seen and what is said about it.
+        apply::emit(&ctx.events, std::mem::take(&mut progress.notes));
+        progress
+    };
+    apply::deployments(ctx, progress).await;
 }

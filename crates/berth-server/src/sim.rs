@@ -2,18 +2,16 @@
 //! in-memory nodes whose "driver" starts every ordered instance at once. Nothing touches
 //! the network, so the figures measure placement and bookkeeping alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth_core::instance::InstanceState;
-use berth_core::{AppSpec, InstanceId, NodeId, Resources, VersionId};
-use berth_proto::agent::v1 as pb;
+use berth_core::{AppSpec, NodeId, Resources, VersionId};
 use berth_store::AppVersion;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::events::EventBus;
-use crate::reconcile::plan::{PlanConfig, plan};
+use crate::reconcile::apply;
+use crate::reconcile::plan::{PlanConfig, PlanInput, plan};
 use crate::state::{Instance, Node, NodeStatus, RealState};
 
 /// What to simulate.
@@ -49,14 +47,11 @@ impl SimReport {
 /// Builds the cluster, then runs reconciler passes until every instance runs or a pass
 /// places nothing.
 pub fn run(spec: &SimSpec) -> SimReport {
-    let events = EventBus::new();
     let mut state = RealState::default();
-    // Schedulable nodes need a command channel; the simulated driver reads the commands
-    // straight from the plan instead.
-    let mut keep_rx = Vec::new();
+    // Every node counts as connected; the simulated driver reads the starts straight
+    // from the plan.
+    let mut connected = BTreeSet::new();
     for i in 0..spec.nodes {
-        let (tx, rx) = mpsc::channel::<pb::ServerMessage>(1);
-        keep_rx.push(rx);
         let id = NodeId::new(format!("node-{i:05}"));
         state.nodes.insert(
             id.clone(),
@@ -75,10 +70,9 @@ pub fn run(spec: &SimSpec) -> SimReport {
                 joined_at_ms: 0,
                 instances: BTreeMap::new(),
                 last_seen: Instant::now() + Duration::from_secs(3600),
-                session: 0,
-                tx: Some(tx),
             },
         );
+        connected.insert(id);
     }
     let desired: Vec<AppVersion> = (0..spec.apps)
         .map(|a| {
@@ -103,36 +97,47 @@ pub fn run(spec: &SimSpec) -> SimReport {
     let mut passes = 0;
     loop {
         passes += 1;
-        let commands = plan(&desired, &mut state, Instant::now(), &cfg, &events);
+        let now = Instant::now();
+        let first_seq = state.next_instance_seq();
+        let p = plan(
+            &PlanInput {
+                desired: &desired,
+                state: &state,
+                connected: &connected,
+                now,
+                now_ms: 0,
+                first_seq,
+            },
+            &cfg,
+        );
+        apply::record(&mut state, &p, now);
         let mut started_now = 0;
-        for cmd in commands {
-            if let Some(pb::server_message::Kind::Start(s)) = cmd.message.kind {
-                let id = InstanceId::new(s.instance_id);
-                state.pending.remove(&id);
-                let node = state
-                    .nodes
-                    .get_mut(&cmd.node)
-                    .expect("placed on a known node");
-                node.instances.insert(
-                    id.clone(),
-                    Instance {
-                        id,
-                        app: s.app_id,
-                        version: s.app_version,
-                        state: InstanceState::Running,
-                        node: cmd.node.clone(),
-                        ports: Vec::new(),
-                        pid: 0,
-                        started_at_ms: 0,
-                        updated_at_ms: 0,
-                        exit_code: None,
-                        message: String::new(),
-                        stderr_tail: String::new(),
-                        resources: Resources::new(spec.app_cpus, spec.app_mem_mib, 0),
-                    },
-                );
-                started_now += 1;
-            }
+        for s in p.starts {
+            let id = s.instance;
+            state.pending.remove(&id);
+            let node = state
+                .nodes
+                .get_mut(&s.node)
+                .expect("placed on a known node");
+            node.instances.insert(
+                id.clone(),
+                Instance {
+                    id,
+                    app: s.app.spec.id.to_string(),
+                    version: s.app.config_version.0,
+                    state: InstanceState::Running,
+                    node: s.node.clone(),
+                    ports: Vec::new(),
+                    pid: 0,
+                    started_at_ms: 0,
+                    updated_at_ms: 0,
+                    exit_code: None,
+                    message: String::new(),
+                    stderr_tail: String::new(),
+                    resources: Resources::new(spec.app_cpus, spec.app_mem_mib, 0),
+                },
+            );
+            started_now += 1;
         }
         placed += started_now;
         if placed >= wanted || started_now == 0 {

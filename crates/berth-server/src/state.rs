@@ -8,12 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use berth_core::instance::InstanceState;
 use berth_core::{InstanceId, NodeId, Resources};
-use berth_proto::agent::v1 as pb;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::events::{EventBus, NewEvent};
+use crate::events::{EventBus, EventKind, NewEvent};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Instance {
@@ -36,28 +34,29 @@ pub struct Instance {
     pub resources: Resources,
 }
 
-impl Instance {
-    fn from_pb(node: &NodeId, s: &pb::InstanceStatus) -> Self {
-        Instance {
-            id: InstanceId::new(s.instance_id.clone()),
-            app: s.app_id.clone(),
-            version: s.app_version,
-            state: state_from_pb(s.state()),
-            node: node.clone(),
-            ports: s.ports.clone(),
-            pid: s.pid,
-            started_at_ms: s.started_at_ms,
-            updated_at_ms: s.updated_at_ms,
-            exit_code: s.exit_code,
-            message: s.message.clone(),
-            stderr_tail: s.stderr_tail.clone(),
-            resources: s
-                .resources
-                .as_ref()
-                .map(resources_from_pb)
-                .unwrap_or_default(),
-        }
-    }
+/// What a node says when it connects, decoded (see `agents::wire`).
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub node: NodeId,
+    /// As sent; empty means "use the node id".
+    pub hostname: String,
+    pub address: String,
+    pub status_url: String,
+    pub labels: BTreeMap<String, String>,
+    /// As sent; empty means the process driver alone.
+    pub drivers: Vec<String>,
+    pub agent_version: String,
+    pub total: Resources,
+    /// What the node already runs.
+    pub instances: Vec<Instance>,
+}
+
+/// A node's periodic report, decoded: always its full instance list.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub used: Resources,
+    pub load1: f64,
+    pub instances: Vec<Instance>,
 }
 
 /// `Some("healthy -> unhealthy")` when a move from `from` to `to` changes whether the
@@ -77,23 +76,6 @@ fn health_change(from: Option<InstanceState>, to: InstanceState) -> Option<Strin
         )),
         _ => None,
     }
-}
-
-pub fn state_from_pb(s: pb::InstanceState) -> InstanceState {
-    use pb::InstanceState as P;
-    match s {
-        P::Unspecified | P::Starting => InstanceState::Starting,
-        P::Running => InstanceState::Running,
-        P::Healthy => InstanceState::Healthy,
-        P::Unhealthy => InstanceState::Unhealthy,
-        P::Stopping => InstanceState::Stopping,
-        P::Exited => InstanceState::Exited,
-        P::Failed => InstanceState::Failed,
-    }
-}
-
-pub fn resources_from_pb(r: &pb::Resources) -> Resources {
-    Resources::new(r.cpus, r.mem_mib, r.disk_mib)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,10 +108,6 @@ pub struct Node {
     pub instances: BTreeMap<InstanceId, Instance>,
     #[serde(skip)]
     pub last_seen: Instant,
-    #[serde(skip)]
-    pub session: u64,
-    #[serde(skip)]
-    pub tx: Option<mpsc::Sender<pb::ServerMessage>>,
 }
 
 /// A start the server ordered and no agent has reported yet.
@@ -162,7 +140,7 @@ pub struct AppHealth {
 }
 
 /// What the last failed instance of an app said.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastFailure {
     pub instance: String,
     pub at_ms: u64,
@@ -171,6 +149,23 @@ pub struct LastFailure {
     pub message: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub stderr_tail: String,
+}
+
+impl AppHealth {
+    pub fn note_failure(&mut self, now: Instant, info: Option<LastFailure>) {
+        // An app that ran for a long stretch without failing starts its backoff afresh.
+        if self
+            .last_failure
+            .is_some_and(|t| now.duration_since(t) >= berth_core::backoff::RESET_AFTER)
+        {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.last_failure = Some(now);
+        if info.is_some() {
+            self.last_failure_info = info;
+        }
+    }
 }
 
 impl LastFailure {
@@ -197,103 +192,76 @@ pub struct RealState {
     #[serde(skip)]
     pub counted_failures: HashSet<InstanceId>,
     #[serde(skip)]
-    next_session: u64,
-    #[serde(skip)]
     instance_seq: u64,
 }
 
 impl RealState {
     /// A node said hello: (re)register it and adopt the instances it already runs.
-    pub fn connect(
-        &mut self,
-        hello: &pb::Hello,
-        tx: mpsc::Sender<pb::ServerMessage>,
-        now: Instant,
-        events: &EventBus,
-    ) -> u64 {
-        self.next_session += 1;
-        let session = self.next_session;
-        let id = NodeId::new(hello.node_id.clone());
+    pub fn connect(&mut self, hello: Hello, now: Instant, events: &EventBus) {
+        let id = hello.node.clone();
         let existed = self.nodes.contains_key(&id);
         let node = Node {
             id: id.clone(),
             hostname: if hello.hostname.is_empty() {
-                hello.node_id.clone()
+                id.to_string()
             } else {
                 hello.hostname.clone()
             },
             address: hello.address.clone(),
             status_url: hello.status_url.clone(),
-            labels: hello.labels.clone().into_iter().collect(),
+            labels: hello.labels.clone(),
             drivers: if hello.drivers.is_empty() {
                 vec!["process".into()]
             } else {
                 hello.drivers.clone()
             },
-            agent_version: hello.version.clone(),
-            total: hello
-                .total
-                .as_ref()
-                .map(resources_from_pb)
-                .unwrap_or_default(),
+            agent_version: hello.agent_version.clone(),
+            total: hello.total,
             used_reported: Resources::default(),
             load1: 0.0,
             status: NodeStatus::Ready,
             joined_at_ms: crate::clock::unix_ms(),
             instances: BTreeMap::new(),
             last_seen: now,
-            session,
-            tx: Some(tx),
         };
         self.nodes.insert(id.clone(), node);
         events.emit(
             if existed {
-                "node_reconnected"
+                EventKind::NodeReconnected
             } else {
-                "node_joined"
+                EventKind::NodeJoined
             },
             NewEvent::node(&id),
             format!(
                 "node {id} ({}) connected with {} and {} running instance(s)",
                 hello.hostname,
-                hello
-                    .total
-                    .as_ref()
-                    .map(resources_from_pb)
-                    .unwrap_or_default(),
+                hello.total,
                 hello.instances.len()
             ),
         );
-        self.replace_instances(&id, &hello.instances, events);
-        session
+        self.replace_instances(&id, hello.instances, events);
     }
 
-    /// The stream of `session` ended. Instances stay until the TTL says the node is lost.
-    pub fn disconnect(&mut self, id: &NodeId, session: u64, events: &EventBus) {
+    /// The node's live session ended (the caller checked it was the live one). Instances
+    /// stay until the TTL says the node is lost.
+    pub fn disconnect(&mut self, id: &NodeId, events: &EventBus) {
         if let Some(node) = self.nodes.get_mut(id)
-            && node.session == session
             && node.status == NodeStatus::Ready
         {
             node.status = NodeStatus::Disconnected;
-            node.tx = None;
             events.emit(
-                "node_disconnected",
+                EventKind::NodeDisconnected,
                 NewEvent::node(id),
                 format!("node {id} disconnected; its instances count as running until its heartbeat TTL passes"),
             );
         }
     }
 
-    /// True when `session` is still the node's live session.
-    pub fn is_current(&self, id: &NodeId, session: u64) -> bool {
-        self.nodes.get(id).is_some_and(|n| n.session == session)
-    }
-
     /// Returns whether anything the reconciler cares about changed.
     pub fn heartbeat(
         &mut self,
         id: &NodeId,
-        hb: &pb::Heartbeat,
+        hb: Heartbeat,
         now: Instant,
         events: &EventBus,
     ) -> bool {
@@ -305,15 +273,15 @@ impl RealState {
         node.last_seen = now;
         if node.status == NodeStatus::Lost {
             events.emit(
-                "node_recovered",
+                EventKind::NodeRecovered,
                 NewEvent::node(id),
                 format!("node {id} reports again"),
             );
         }
         node.status = NodeStatus::Ready;
-        node.used_reported = hb.used.as_ref().map(resources_from_pb).unwrap_or_default();
+        node.used_reported = hb.used;
         node.load1 = hb.load1;
-        self.replace_instances(id, &hb.instances, events);
+        self.replace_instances(id, hb.instances, events);
         let node = &self.nodes[id];
         was != node.status || before != Self::signature(node)
     }
@@ -326,34 +294,22 @@ impl RealState {
     }
 
     /// One instance changed state.
-    pub fn instance_event(
-        &mut self,
-        id: &NodeId,
-        status: &pb::InstanceStatus,
-        now: Instant,
-        events: &EventBus,
-    ) {
+    pub fn instance_event(&mut self, id: &NodeId, inst: Instance, now: Instant, events: &EventBus) {
         let Some(node) = self.nodes.get_mut(id) else {
             return;
         };
         node.last_seen = now;
-        let inst = Instance::from_pb(id, status);
         let old = node.instances.insert(inst.id.clone(), inst.clone());
         self.observe(old.as_ref(), &inst, now, events);
     }
 
-    fn replace_instances(&mut self, id: &NodeId, list: &[pb::InstanceStatus], events: &EventBus) {
+    fn replace_instances(&mut self, id: &NodeId, list: Vec<Instance>, events: &EventBus) {
         let now = Instant::now();
         let Some(node) = self.nodes.get_mut(id) else {
             return;
         };
-        let fresh: BTreeMap<InstanceId, Instance> = list
-            .iter()
-            .map(|s| {
-                let i = Instance::from_pb(id, s);
-                (i.id.clone(), i)
-            })
-            .collect();
+        let fresh: BTreeMap<InstanceId, Instance> =
+            list.into_iter().map(|i| (i.id.clone(), i)).collect();
         let old = std::mem::replace(&mut node.instances, fresh.clone());
         for inst in fresh.values() {
             self.observe(old.get(&inst.id), inst, now, events);
@@ -364,7 +320,7 @@ impl RealState {
             let requested = self.stop_requested.remove(gone_id).is_some();
             if !requested && gone.state.is_active() {
                 events.emit(
-                    "instance_vanished",
+                    EventKind::InstanceVanished,
                     NewEvent::app(&gone.app)
                         .with_node(id)
                         .with_instance(gone_id),
@@ -399,7 +355,7 @@ impl RealState {
             .map(|s| format!("{s:?}").to_lowercase())
             .unwrap_or_else(|| "new".into());
         events.emit(
-            "instance_state",
+            EventKind::InstanceState,
             about,
             format!(
                 "instance {} of {} on {}: {from_s} -> {}{detail}",
@@ -411,7 +367,7 @@ impl RealState {
         );
         if let Some(change) = health_change(from, inst.state) {
             events.emit(
-                "instance_health_changed",
+                EventKind::InstanceHealthChanged,
                 NewEvent::app(&inst.app)
                     .with_node(&inst.node)
                     .with_instance(&inst.id),
@@ -430,30 +386,27 @@ impl RealState {
     }
 
     pub fn note_failure(&mut self, app: &str, now: Instant, info: Option<LastFailure>) {
-        let health = self.apps.entry(app.to_string()).or_default();
-        // An app that ran for a long stretch without failing starts its backoff afresh.
-        if health
-            .last_failure
-            .is_some_and(|t| now.duration_since(t) >= berth_core::backoff::RESET_AFTER)
-        {
-            health.failures = 0;
-        }
-        health.failures = health.failures.saturating_add(1);
-        health.last_failure = Some(now);
-        if info.is_some() {
-            health.last_failure_info = info;
-        }
+        self.apps
+            .entry(app.to_string())
+            .or_default()
+            .note_failure(now, info);
     }
 
-    /// A number never handed out before by this process, and above any handed out by an
-    /// earlier run (it starts at the start time in ms x 4096), so instance ids stay unique
-    /// across server restarts without scanning every node.
+    /// The first of the numbers a pass may give new instance ids: never handed out before
+    /// by this process, and above any handed out by an earlier run (they start at the
+    /// start time in ms x 4096), so instance ids stay unique across server restarts
+    /// without scanning every node. The pass then says how far it got
+    /// ([`Self::used_instance_seqs`]).
     pub fn next_instance_seq(&mut self) -> u64 {
         if self.instance_seq == 0 {
             self.instance_seq = crate::clock::unix_ms() << 12;
         }
-        self.instance_seq += 1;
-        self.instance_seq
+        self.instance_seq + 1
+    }
+
+    /// Numbers below `next` are taken.
+    pub fn used_instance_seqs(&mut self, next: u64) {
+        self.instance_seq = self.instance_seq.max(next.saturating_sub(1));
     }
 
     /// Marks nodes silent for longer than `ttl` as lost; their instances no longer count.
@@ -462,7 +415,7 @@ impl RealState {
             if node.status == NodeStatus::Lost || now.duration_since(node.last_seen) < ttl {
                 continue;
             }
-            // The stream may still be open (a hung agent can resume): keep its sender.
+            // The stream may still be open (a hung agent can resume): its session stays.
             node.status = NodeStatus::Lost;
             for inst in node.instances.values_mut() {
                 if inst.state.holds_resources() {
@@ -470,7 +423,7 @@ impl RealState {
                 }
             }
             events.emit(
-                "node_lost",
+                EventKind::NodeLost,
                 NewEvent::node(&node.id),
                 format!(
                     "node {} sent no heartbeat for {} ms; its {} instance(s) will be replaced elsewhere",

@@ -18,7 +18,7 @@ use super::ApiError;
 use crate::apps::{self, Changed};
 use crate::context::Ctx;
 use crate::deploy::ChangeOptions;
-use crate::events::Event;
+use crate::events::{Event, EventKind};
 use crate::reconcile::plan::count_up;
 use crate::state::{AppHealth, Instance, LastFailure};
 use berth_core::Deployment;
@@ -98,7 +98,7 @@ fn view(ctx: &Ctx, record: AppVersion, detail: bool) -> AppView {
             .events
             .recent(20, |e| e.app.as_deref() == Some(id.as_str()));
         let health = ctx.events.recent(10, |e| {
-            e.kind == "instance_health_changed" && e.app.as_deref() == Some(id.as_str())
+            e.kind == EventKind::InstanceHealthChanged && e.app.as_deref() == Some(id.as_str())
         });
         (Some(instances), Some(events), Some(health))
     } else {

@@ -134,7 +134,9 @@ pub async fn events(
     });
     let app = q.get("app").cloned();
     let keep = move |e: &Event| {
-        types.as_ref().is_none_or(|t| t.iter().any(|t| t == e.kind))
+        types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == e.kind.as_str()))
             && app.as_ref().is_none_or(|a| e.app.as_ref() == Some(a))
     };
     let replay_n = q
@@ -150,7 +152,11 @@ pub async fn events(
         let event = SseEvent::default()
             .id(e.id.to_string())
             .data(serde_json::to_string(e).unwrap_or_default());
-        if named { event.event(e.kind) } else { event }
+        if named {
+            event.event(e.kind.as_str())
+        } else {
+            event
+        }
     };
     let head = tokio_stream::iter(replay.iter().map(to_sse).map(Ok).collect::<Vec<_>>());
     let live = BroadcastStream::new(rx).filter_map(move |r| match r {

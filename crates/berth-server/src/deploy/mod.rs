@@ -1,17 +1,17 @@
 //! Deployments: every change that affects running instances gets one. At most one runs
-//! per app; the reconciler moves instances, and after each of its passes [`tick`] looks
-//! at real state, records steps and progress, and ends each deployment: succeeded,
-//! failed (deadline, crash loop) and rolled back, or cancelled.
+//! per app; the reconciler moves instances, and each of its passes follows the
+//! deployments too ([`progress`]): it records steps and progress from real state and
+//! ends each deployment: succeeded, failed (deadline, crash loop) and rolled back, or
+//! cancelled.
 //!
 //! Deployments are stored on every change, so a restarted server goes on following a
 //! roll it had started.
 
+pub mod progress;
 mod rollback;
-mod tick;
 pub mod track;
 
-pub use rollback::{cancel, rollback};
-pub use tick::tick;
+pub use rollback::{begin_rollback, cancel, rollback};
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -21,9 +21,8 @@ use berth_core::deployment::{Deployment, DeploymentKind, DeploymentState, Target
 use berth_core::{AppId, DeploymentId};
 use berth_store::{AppVersion, Change, StoreError};
 
-use crate::apps::blocking;
 use crate::context::Ctx;
-use crate::events::NewEvent;
+use crate::events::{EventKind, NewEvent};
 use track::Tracked;
 
 /// Finished deployments kept per app.
@@ -107,23 +106,23 @@ pub(super) fn now_ms() -> u64 {
 
 pub(super) async fn persist(ctx: &Ctx, d: &Deployment) -> Result<(), StoreError> {
     let d = d.clone();
-    blocking(ctx, move |s| s.put_deployment(&d)).await
+    ctx.store.run(move |s| s.put_deployment(&d)).await
 }
 
 /// Stores `d`; a failure is reported, not fatal: the deployment goes on in memory.
-pub(super) async fn persist_or_report(ctx: &Ctx, d: &Deployment) {
+pub(crate) async fn persist_or_report(ctx: &Ctx, d: &Deployment) {
     if let Err(e) = persist(ctx, d).await {
         ctx.events.emit(
-            "store_error",
+            EventKind::StoreError,
             NewEvent::app(&d.app),
             format!("cannot store deployment {}: {e}", d.id),
         );
     }
 }
 
-pub(super) fn emit(ctx: &Ctx, kind: &'static str, d: &Deployment, message: String) {
-    ctx.events
-        .emit(kind, NewEvent::app(&d.app), format!("{}: {message}", d.id));
+pub(crate) fn emit(ctx: &Ctx, kind: EventKind, d: &Deployment, message: String) {
+    let note = progress::note(kind, d, &message);
+    ctx.events.emit(note.kind, note.about, note.message);
 }
 
 /// Checks that `app` may change now. With `force`, a running deployment is superseded
@@ -186,7 +185,7 @@ pub async fn begin(
         persist_or_report(ctx, &old.d).await;
         emit(
             ctx,
-            "deployment_cancelled",
+            EventKind::DeploymentCancelled,
             &old.d,
             format!("superseded by {}", d.id),
         );
@@ -194,7 +193,7 @@ pub async fn begin(
     persist_or_report(ctx, &d).await;
     emit(
         ctx,
-        "deployment_started",
+        EventKind::DeploymentStarted,
         &d,
         d.steps
             .first()
@@ -225,7 +224,7 @@ pub async fn app_deleted(ctx: &Ctx, app: &AppId) {
         persist_or_report(ctx, &t.d).await;
         emit(
             ctx,
-            "deployment_cancelled",
+            EventKind::DeploymentCancelled,
             &t.d,
             "the app was deleted".into(),
         );
@@ -243,12 +242,12 @@ pub async fn get(ctx: &Ctx, id: &DeploymentId) -> Result<Option<Deployment>, Sto
         return Ok(Some(d));
     }
     let id = id.clone();
-    blocking(ctx, move |s| s.get_deployment(&id)).await
+    ctx.store.run(move |s| s.get_deployment(&id)).await
 }
 
 /// Every deployment, newest first, active ones as followed in memory.
 pub async fn list(ctx: &Ctx) -> Result<Vec<Deployment>, StoreError> {
-    let mut stored = blocking(ctx, |s| s.list_deployments()).await?;
+    let mut stored = ctx.store.run(|s| s.list_deployments()).await?;
     let active = ctx.deployments.all_active();
     for d in stored.iter_mut() {
         if let Some(a) = active.iter().find(|a| a.id == d.id) {

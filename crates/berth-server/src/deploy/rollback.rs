@@ -6,10 +6,11 @@ use std::sync::Arc;
 use berth_core::deployment::{Deployment, DeploymentState};
 use berth_core::{AppId, DeploymentId, VersionId};
 
-use super::tick::finish;
+use super::progress::finish;
 use super::{ChangeError, ChangeOptions, begin, check_free, emit, get, now_ms, persist_or_report};
-use crate::apps::{announce, blocking, next_version};
+use crate::apps::{announce, next_version};
 use crate::context::Ctx;
+use crate::events::EventKind;
 
 /// `DELETE /v1/deployments/{id}`: a running deployment rolls back; with `force` it
 /// stops where it stands (the app keeps its new version, nothing is rolled back).
@@ -79,7 +80,7 @@ pub async fn rollback(ctx: &Arc<Ctx>, id: &DeploymentId) -> Result<Deployment, C
     let app = d.app.clone();
     let cur = {
         let app = app.clone();
-        blocking(ctx, move |s| s.get_app(&app)).await?
+        ctx.store.run(move |s| s.get_app(&app)).await?
     }
     .ok_or_else(|| ChangeError::Refused(format!("app {app} no longer exists")))?;
     if cur.version != d.to.version {
@@ -90,7 +91,9 @@ pub async fn rollback(ctx: &Arc<Ctx>, id: &DeploymentId) -> Result<Deployment, C
     }
     let earlier = {
         let app = app.clone();
-        blocking(ctx, move |s| s.get_version(&app, from.version)).await?
+        ctx.store
+            .run(move |s| s.get_version(&app, from.version))
+            .await?
     }
     .ok_or_else(|| {
         ChangeError::Refused(format!(
@@ -101,7 +104,9 @@ pub async fn rollback(ctx: &Arc<Ctx>, id: &DeploymentId) -> Result<Deployment, C
     let version = next_version(&mut last, Some(cur.version));
     let record = cur.rollback_to(&earlier, version);
     let r = record.clone();
-    blocking(ctx, move |s| s.update_app(&r, cur.version)).await?;
+    ctx.store
+        .run(move |s| s.update_app(&r, cur.version))
+        .await?;
     ctx.lock_state().apps.remove(app.as_str());
     announce(ctx, &record, Some(&cur));
     Ok(begin(ctx, Some(&cur), &record, &ChangeOptions::default()).await)
@@ -109,7 +114,7 @@ pub async fn rollback(ctx: &Arc<Ctx>, id: &DeploymentId) -> Result<Deployment, C
 
 /// Stores the version `app` had before its running deployment and turns the deployment
 /// to rolling back. Call with the write lock held (`last`).
-pub(super) async fn begin_rollback(
+pub async fn begin_rollback(
     ctx: &Ctx,
     last: &mut Option<VersionId>,
     app: &AppId,
@@ -123,12 +128,14 @@ pub(super) async fn begin_rollback(
     };
     let cur = {
         let app = app.clone();
-        blocking(ctx, move |s| s.get_app(&app)).await?
+        ctx.store.run(move |s| s.get_app(&app)).await?
     }
     .ok_or_else(|| ChangeError::Refused(format!("app {app} no longer exists")))?;
     let earlier = {
         let app = app.clone();
-        blocking(ctx, move |s| s.get_version(&app, from.version)).await?
+        ctx.store
+            .run(move |s| s.get_version(&app, from.version))
+            .await?
     }
     .ok_or_else(|| {
         ChangeError::Refused(format!(
@@ -140,7 +147,7 @@ pub(super) async fn begin_rollback(
     let record = cur.rollback_to(&earlier, version);
     let r = record.clone();
     let expected = cur.version;
-    blocking(ctx, move |s| s.update_app(&r, expected)).await?;
+    ctx.store.run(move |s| s.update_app(&r, expected)).await?;
     // The earlier version comes back at once, not after the backoff the failing one
     // earned.
     ctx.lock_state().apps.remove(app.as_str());
@@ -156,7 +163,7 @@ pub(super) async fn begin_rollback(
         persist_or_report(ctx, &d).await;
         emit(
             ctx,
-            "deployment_step",
+            EventKind::DeploymentStep,
             &d,
             d.steps
                 .last()

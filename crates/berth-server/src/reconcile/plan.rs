@@ -1,19 +1,21 @@
-//! One reconciliation pass: desired versions vs real instances -> commands.
+//! One reconciliation pass, computed: desired versions vs real instances -> a [`Plan`].
 //!
-//! Runs under the real-state lock and records what it ordered (pending starts, requested
-//! stops) there, so the next pass never orders the same thing twice.
+//! [`plan`] is a pure function of its inputs (desired state, a read-only look at real
+//! state, the connected nodes, the time, its settings): it changes nothing and sends
+//! nothing. The applier (`reconcile::apply`) records what the plan ordered (pending
+//! starts, requested stops) in real state, so the next pass never orders the same thing
+//! twice, emits its notes and sends its commands.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use berth_core::instance::InstanceState;
 use berth_core::scheduler::{self, NodeView};
 use berth_core::{AppId, InstanceId, NodeId};
-use berth_proto::agent::v1 as pb;
 use berth_store::AppVersion;
 use tokio::time::Instant;
 
-use crate::events::{EventBus, NewEvent};
-use crate::state::{NodeStatus, Pending, RealState};
+use crate::events::{EventKind, NewEvent, Note};
+use crate::state::{AppHealth, LastFailure, NodeStatus, Pending, RealState};
 
 /// Timing knobs of a pass.
 #[derive(Debug, Clone)]
@@ -26,11 +28,92 @@ pub struct PlanConfig {
     pub grace_ms: u32,
 }
 
-/// A command for one node.
-#[derive(Debug)]
-pub struct Command {
+/// What a pass looks at. The plan borrows from `desired` (`'d`) only, so real state is
+/// free to change again once the plan is made.
+pub struct PlanInput<'d, 's> {
+    pub desired: &'d [AppVersion],
+    pub state: &'s RealState,
+    /// Nodes with an open agent session: only they can take new instances.
+    pub connected: &'s BTreeSet<NodeId>,
+    pub now: Instant,
+    /// Wall-clock time, for the failure records people read.
+    pub now_ms: u64,
+    /// The number the first new instance id takes (`RealState::next_instance_seq`).
+    /// Ids are given here, not by the applier, so a plan is complete (its events name
+    /// the instances) and the same inputs always give the same plan.
+    pub first_seq: u64,
+}
+
+/// What a pass decided. Everything in it is carried out by the applier, in this order:
+/// state first (timeouts, re-armed stops, failures, verdicts), then notes, then commands.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    /// Starts never reported within the launch timeout: forgotten (their failures are
+    /// in `failures`).
+    pub timed_out: Vec<InstanceId>,
+    /// Stops never confirmed within the retry time: forgotten, so they can be ordered
+    /// again.
+    pub rearmed: Vec<InstanceId>,
+    /// Failures to count, in order.
+    pub failures: Vec<Failure>,
+    pub starts: Vec<Start<'a>>,
+    pub stops: Vec<Stop>,
+    /// The scheduler's verdict for each app it placed instances of this pass.
+    pub placements: Vec<Placement>,
+    /// Apps with nothing to place: an earlier "cannot be placed" no longer applies.
+    pub settled: Vec<String>,
+    /// Apps whose launch delay was announced, with the failure count it was said at.
+    pub delays_announced: Vec<(String, u32)>,
+    /// Events to emit, in order.
+    pub notes: Vec<Note>,
+    /// The first instance sequence number this plan left unused.
+    pub next_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub app: String,
+    /// What the failed instance said, when there is one to tell about.
+    pub info: Option<LastFailure>,
+}
+
+/// A new instance of `app` (its current config version) placed on `node`.
+#[derive(Debug, Clone)]
+pub struct Start<'a> {
+    pub app: &'a AppVersion,
+    pub instance: InstanceId,
     pub node: NodeId,
-    pub message: pb::ServerMessage,
+}
+
+impl Start<'_> {
+    /// The start as real state remembers it until the agent reports it.
+    pub fn pending(&self, ordered_at: Instant) -> Pending {
+        Pending {
+            id: self.instance.clone(),
+            app: self.app.spec.id.to_string(),
+            version: self.app.config_version.0,
+            node: self.node.clone(),
+            resources: self.app.spec.resources(),
+            ordered_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub instance: InstanceId,
+    pub node: NodeId,
+    pub app: String,
+    pub reason: String,
+    pub drain_ms: u32,
+    pub grace_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub app: String,
+    /// Why some instances could not be placed; `None` when all were.
+    pub why: Option<String>,
 }
 
 /// An instance as the planner counts it.
@@ -45,26 +128,96 @@ struct Live {
     message: String,
 }
 
-pub fn plan(
-    desired: &[AppVersion],
-    state: &mut RealState,
-    now: Instant,
-    cfg: &PlanConfig,
-    events: &EventBus,
-) -> Vec<Command> {
-    let mut commands = Vec::new();
-    expire(state, now, cfg, events);
+/// The apps' launch health as this pass sees it: what real state holds plus the
+/// failures the pass itself counts (they delay the replacements it orders).
+struct Health<'a> {
+    base: &'a HashMap<String, AppHealth>,
+    changed: HashMap<String, AppHealth>,
+}
 
-    // Owned keys: the pass changes `state` (failures) while it walks this map.
-    let mut by_app: HashMap<String, Vec<Live>> = HashMap::new();
+impl Health<'_> {
+    fn get(&self, app: &str) -> Option<&AppHealth> {
+        self.changed.get(app).or_else(|| self.base.get(app))
+    }
+
+    fn note_failure(&mut self, app: &str, now: Instant, info: Option<LastFailure>) {
+        let base = self.base;
+        self.changed
+            .entry(app.to_string())
+            .or_insert_with(|| base.get(app).cloned().unwrap_or_default())
+            .note_failure(now, info);
+    }
+}
+
+pub fn plan<'d>(input: &PlanInput<'d, '_>, cfg: &PlanConfig) -> Plan<'d> {
+    let PlanInput {
+        desired,
+        state,
+        connected,
+        now,
+        now_ms,
+        first_seq,
+    } = *input;
+    let mut out = Plan {
+        next_seq: first_seq,
+        ..Plan::default()
+    };
+    let mut health = Health {
+        base: &state.apps,
+        changed: HashMap::new(),
+    };
+
+    // Starts never reported are given up; stops never confirmed are re-armed. What is
+    // left is what this pass counts on.
+    let mut pending: Vec<&Pending> = state.pending.values().collect();
+    pending.sort_by(|a, b| a.id.cmp(&b.id));
+    let (expired, pending): (Vec<&Pending>, Vec<&Pending>) = pending
+        .into_iter()
+        .partition(|p| now.duration_since(p.ordered_at) >= cfg.launch_timeout);
+    for p in expired {
+        out.timed_out.push(p.id.clone());
+        out.notes.push(Note {
+            kind: EventKind::LaunchTimeout,
+            about: NewEvent::app(&p.app)
+                .with_node(&p.node)
+                .with_instance(&p.id),
+            message: format!(
+                "node {} did not report {} within {} s of the start order",
+                p.node,
+                p.id,
+                cfg.launch_timeout.as_secs()
+            ),
+        });
+        out.failures.push(Failure {
+            app: p.app.clone(),
+            info: None,
+        });
+        health.note_failure(&p.app, now, None);
+    }
+    let mut rearmed: Vec<InstanceId> = state
+        .stop_requested
+        .iter()
+        .filter(|(_, at)| now.duration_since(**at) >= cfg.stop_retry)
+        .map(|(id, _)| id.clone())
+        .collect();
+    rearmed.sort();
+    out.rearmed = rearmed;
+    let stop_requested = |id: &InstanceId| {
+        state
+            .stop_requested
+            .get(id)
+            .is_some_and(|at| now.duration_since(*at) < cfg.stop_retry)
+    };
+
+    let mut by_app: BTreeMap<&str, Vec<Live>> = BTreeMap::new();
     for node in state
         .nodes
         .values()
         .filter(|n| n.status != NodeStatus::Lost)
     {
         for inst in node.instances.values() {
-            if inst.state.is_active() && !state.stop_requested.contains_key(&inst.id) {
-                by_app.entry(inst.app.clone()).or_default().push(Live {
+            if inst.state.is_active() && !stop_requested(&inst.id) {
+                by_app.entry(inst.app.as_str()).or_default().push(Live {
                     id: inst.id.clone(),
                     node: node.id.clone(),
                     version: inst.version,
@@ -75,8 +228,8 @@ pub fn plan(
             }
         }
     }
-    for p in state.pending.values() {
-        by_app.entry(p.app.clone()).or_default().push(Live {
+    for p in &pending {
+        by_app.entry(p.app.as_str()).or_default().push(Live {
             id: p.id.clone(),
             node: p.node.clone(),
             version: p.version,
@@ -89,7 +242,7 @@ pub fn plan(
     let mut stops: Vec<(InstanceId, NodeId, String, String)> = Vec::new();
     let known: HashSet<&str> = desired.iter().map(|a| a.spec.id.as_str()).collect();
     for (app, live) in &by_app {
-        if !known.contains(app.as_str()) {
+        if !known.contains(app) {
             for l in live {
                 stops.push((
                     l.id.clone(),
@@ -105,7 +258,7 @@ pub fn plan(
         .iter()
         .map(|a| (a.spec.id.as_str(), a.spec.resources()))
         .collect();
-    let mut nodes = node_views(state, &spec_resources);
+    let mut nodes = node_views(state, connected, &pending, &stop_requested, &spec_resources);
     let mut starts = Vec::new();
     for app in desired {
         let id = app.spec.id.as_str();
@@ -121,18 +274,18 @@ pub fn plan(
             .into_iter()
             .partition(|l| l.state == InstanceState::Unhealthy);
         for l in unhealthy {
-            let at = crate::clock::unix_ms();
-            state.note_failure(
-                id,
-                now,
-                Some(crate::state::LastFailure {
-                    instance: l.id.to_string(),
-                    at_ms: at,
-                    exit_code: None,
-                    message: format!("unhealthy: {}", l.message),
-                    stderr_tail: String::new(),
-                }),
-            );
+            let info = LastFailure {
+                instance: l.id.to_string(),
+                at_ms: now_ms,
+                exit_code: None,
+                message: format!("unhealthy: {}", l.message),
+                stderr_tail: String::new(),
+            };
+            health.note_failure(id, now, Some(info.clone()));
+            out.failures.push(Failure {
+                app: id.to_string(),
+                info: Some(info),
+            });
             stops.push((
                 l.id.clone(),
                 l.node.clone(),
@@ -182,31 +335,27 @@ pub fn plan(
             }
         }
         if step.start == 0 {
-            // Nothing to place: an earlier "cannot be placed" no longer applies.
-            if let Some(health) = state.apps.get_mut(id) {
-                health.why = None;
-            }
+            out.settled.push(id.to_string());
+            continue;
         }
-        if step.start > 0 {
-            let need = step.start as u32;
-            if let Some(wait) = backoff_wait(state, app, now) {
-                let health = state.apps.entry(id.to_string()).or_default();
-                if health.announced_delay != health.failures {
-                    health.announced_delay = health.failures;
-                    events.emit(
-                        "launch_delayed",
-                        NewEvent::app(id),
-                        format!(
-                            "{id} failed {} time(s) in a row; next launch in {:.1} s",
-                            health.failures,
-                            wait.as_secs_f64()
-                        ),
-                    );
-                }
-                continue;
+        if let Some(wait) = backoff_wait_for(health.get(id), app, now) {
+            // `backoff_wait_for` found the app's health, so it is there.
+            let failures = health.get(id).map(|h| h.failures).unwrap_or(0);
+            let announced = health.get(id).map(|h| h.announced_delay).unwrap_or(0);
+            if announced != failures {
+                out.delays_announced.push((id.to_string(), failures));
+                out.notes.push(Note {
+                    kind: EventKind::LaunchDelayed,
+                    about: NewEvent::app(id),
+                    message: format!(
+                        "{id} failed {failures} time(s) in a row; next launch in {:.1} s",
+                        wait.as_secs_f64()
+                    ),
+                });
             }
-            starts.push((app, need));
+            continue;
         }
+        starts.push((app, step.start as u32));
     }
 
     for (app, need) in starts {
@@ -222,76 +371,62 @@ pub fn plan(
         };
         let outcome = scheduler::place(&mut nodes, &req);
         for node in outcome.placed {
-            let inst_id = new_instance_id(&app.spec.id, state);
-            events.emit(
-                "instance_start_ordered",
-                NewEvent::app(id).with_node(&node).with_instance(&inst_id),
-                format!(
-                    "start {inst_id} of {id} version {} on {node}",
+            let instance = InstanceId::generate(&app.spec.id, out.next_seq);
+            out.next_seq += 1;
+            out.notes.push(Note {
+                kind: EventKind::InstanceStartOrdered,
+                about: NewEvent::app(id).with_node(&node).with_instance(&instance),
+                message: format!(
+                    "start {instance} of {id} version {} on {node}",
                     app.config_version
                 ),
-            );
-            state.pending.insert(
-                inst_id.clone(),
-                Pending {
-                    id: inst_id.clone(),
-                    app: id.to_string(),
-                    version: app.config_version.0,
-                    node: node.clone(),
-                    resources: app.spec.resources(),
-                    ordered_at: now,
-                },
-            );
-            commands.push(Command {
+            });
+            out.starts.push(Start {
+                app,
+                instance,
                 node,
-                message: pb::ServerMessage {
-                    kind: Some(pb::server_message::Kind::Start(start_message(
-                        app, &inst_id,
-                    ))),
-                },
             });
         }
-        let health = state.apps.entry(id.to_string()).or_default();
-        match outcome.why {
-            Some(why) => {
-                let why = format!(
-                    "{} of {need} instance(s) cannot be placed: {why}",
-                    outcome.unplaced
-                );
-                if health.why.as_deref() != Some(&why) {
-                    events.emit(
-                        "placement_failed",
-                        NewEvent::app(id),
-                        format!("{id}: {why}"),
-                    );
-                }
-                health.why = Some(why);
+        let why = outcome.why.map(|why| {
+            format!(
+                "{} of {need} instance(s) cannot be placed: {why}",
+                outcome.unplaced
+            )
+        });
+        if let Some(why) = &why {
+            let said = state.apps.get(id).and_then(|h| h.why.as_deref());
+            if said != Some(why.as_str()) {
+                out.notes.push(Note {
+                    kind: EventKind::PlacementFailed,
+                    about: NewEvent::app(id),
+                    message: format!("{id}: {why}"),
+                });
             }
-            None => health.why = None,
         }
-    }
-
-    for (inst, node, app, reason) in stops {
-        events.emit(
-            "instance_stop_ordered",
-            NewEvent::app(&app).with_node(&node).with_instance(&inst),
-            format!("stop {inst} of {app} on {node}: {reason}"),
-        );
-        state.pending.remove(&inst);
-        state.stop_requested.insert(inst.clone(), now);
-        commands.push(Command {
-            node,
-            message: pb::ServerMessage {
-                kind: Some(pb::server_message::Kind::Stop(pb::StopInstance {
-                    instance_id: inst.to_string(),
-                    drain_ms: cfg.drain_ms,
-                    grace_ms: cfg.grace_ms,
-                    reason,
-                })),
-            },
+        out.placements.push(Placement {
+            app: id.to_string(),
+            why,
         });
     }
-    commands
+
+    for (instance, node, app, reason) in stops {
+        out.notes.push(Note {
+            kind: EventKind::InstanceStopOrdered,
+            about: NewEvent::app(&app)
+                .with_node(&node)
+                .with_instance(&instance),
+            message: format!("stop {instance} of {app} on {node}: {reason}"),
+        });
+        out.stops.push(Stop {
+            instance,
+            node,
+            app,
+            reason,
+            drain_ms: cfg.drain_ms,
+            grace_ms: cfg.grace_ms,
+        });
+    }
+    out
 }
 
 /// One pass of a rollout from old-version instances to current ones.
@@ -330,57 +465,41 @@ pub fn rollout(
     Step { start, stop_old }
 }
 
-/// Gives up on starts never reported and re-arms stops never confirmed.
-fn expire(state: &mut RealState, now: Instant, cfg: &PlanConfig, events: &EventBus) {
-    let expired: Vec<Pending> = state
-        .pending
-        .values()
-        .filter(|p| now.duration_since(p.ordered_at) >= cfg.launch_timeout)
-        .cloned()
-        .collect();
-    for p in expired {
-        state.pending.remove(&p.id);
-        events.emit(
-            "launch_timeout",
-            NewEvent::app(&p.app)
-                .with_node(&p.node)
-                .with_instance(&p.id),
-            format!(
-                "node {} did not report {} within {} s of the start order",
-                p.node,
-                p.id,
-                cfg.launch_timeout.as_secs()
-            ),
-        );
-        state.note_failure(&p.app, now, None);
-    }
-    state
-        .stop_requested
-        .retain(|_, at| now.duration_since(*at) < cfg.stop_retry);
-}
-
 /// How long until the app may launch again, if it must wait.
 pub(crate) fn backoff_wait(
     state: &RealState,
     app: &AppVersion,
     now: Instant,
 ) -> Option<std::time::Duration> {
-    let health = state.apps.get(app.spec.id.as_str())?;
+    backoff_wait_for(state.apps.get(app.spec.id.as_str()), app, now)
+}
+
+fn backoff_wait_for(
+    health: Option<&AppHealth>,
+    app: &AppVersion,
+    now: Instant,
+) -> Option<std::time::Duration> {
+    let health = health?;
     let last = health.last_failure?;
     let ready_at = last + app.spec.backoff().delay(health.failures);
     (ready_at > now).then(|| ready_at - now)
 }
 
+/// The scheduler's view of the nodes that can take instances: ready and connected.
 /// `spec_resources` stands in for instances whose agent reported no resources, so a
-/// terse agent cannot make the scheduler over-commit its node.
+/// terse agent cannot make the scheduler over-commit its node; `pending` starts hold
+/// their resources already.
 fn node_views(
     state: &RealState,
+    connected: &BTreeSet<NodeId>,
+    pending: &[&Pending],
+    stop_requested: &impl Fn(&InstanceId) -> bool,
     spec_resources: &HashMap<&str, berth_core::Resources>,
 ) -> Vec<NodeView> {
     let mut views: Vec<NodeView> = state
         .nodes
         .values()
-        .filter(|n| n.status == NodeStatus::Ready && n.tx.is_some())
+        .filter(|n| n.status == NodeStatus::Ready && connected.contains(&n.id))
         .map(|n| {
             let mut used = berth_core::Resources::default();
             let mut app_counts: HashMap<AppId, u32> = HashMap::new();
@@ -398,7 +517,7 @@ fn node_views(
                         };
                 }
                 if inst.state.is_active()
-                    && !state.stop_requested.contains_key(&inst.id)
+                    && !stop_requested(&inst.id)
                     && let Ok(app) = AppId::parse(&inst.app)
                 {
                     *app_counts.entry(app).or_insert(0) += 1;
@@ -415,7 +534,7 @@ fn node_views(
             }
         })
         .collect();
-    for p in state.pending.values() {
+    for p in pending {
         if let Some(v) = views.iter_mut().find(|v| v.id == p.node) {
             v.used = v.used + p.resources;
             if let Ok(app) = AppId::parse(&p.app) {
@@ -424,47 +543,6 @@ fn node_views(
         }
     }
     views
-}
-
-fn new_instance_id(app: &AppId, state: &mut RealState) -> InstanceId {
-    InstanceId::generate(app, state.next_instance_seq())
-}
-
-pub fn start_message(app: &AppVersion, inst: &InstanceId) -> pb::StartInstance {
-    let s = &app.spec;
-    pb::StartInstance {
-        instance_id: inst.to_string(),
-        app_id: s.id.to_string(),
-        app_version: app.config_version.0,
-        cmd: s.cmd.clone().unwrap_or_default(),
-        args: s.args.clone().unwrap_or_default(),
-        image: s.image.clone().unwrap_or_default(),
-        driver: s.driver().to_string(),
-        env: s.env.clone().into_iter().collect(),
-        port_count: s.ports.count(),
-        resources: Some(pb::Resources {
-            cpus: s.cpus,
-            mem_mib: s.mem,
-            disk_mib: s.disk,
-        }),
-        health_checks: s
-            .health_checks
-            .iter()
-            .map(|h| pb::HealthCheck {
-                protocol: format!("{:?}", h.protocol).to_lowercase(),
-                path: h.path.clone().unwrap_or_default(),
-                port_index: h.port_index,
-                command: h.command.clone().unwrap_or_default(),
-                grace_period_seconds: h.grace_period_seconds,
-                interval_seconds: h.interval_seconds,
-                timeout_seconds: h.timeout_seconds,
-                max_consecutive_failures: h.max_consecutive_failures,
-                ignore_tls_errors: h.ignore_tls_errors,
-            })
-            .collect(),
-        routes: s.routes.clone(),
-        labels: s.labels.clone().into_iter().collect(),
-    }
 }
 
 /// Instances of an app in a state people care about, for status lines.
@@ -490,106 +568,4 @@ pub fn count_up(state: &RealState, app: &str, version: u64) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use berth_core::spec::UpgradeStrategy;
-
-    use super::{Step, rollout};
-
-    fn strategy(min: f64, over: f64) -> UpgradeStrategy {
-        UpgradeStrategy {
-            minimum_health_capacity: min,
-            maximum_over_capacity: over,
-        }
-    }
-
-    #[test]
-    fn default_strategy_starts_all_then_stops_old_as_new_come_up() {
-        let s = strategy(1.0, 1.0);
-        assert_eq!(
-            rollout(3, 0, 0, 3, 3, &s),
-            Step {
-                start: 3,
-                stop_old: 0
-            }
-        );
-        assert_eq!(
-            rollout(3, 3, 1, 3, 3, &s),
-            Step {
-                start: 0,
-                stop_old: 1
-            }
-        );
-        assert_eq!(
-            rollout(3, 3, 3, 2, 2, &s),
-            Step {
-                start: 0,
-                stop_old: 2
-            }
-        );
-    }
-
-    #[test]
-    fn no_overcapacity_stops_before_starting() {
-        let s = strategy(0.5, 0.0);
-        assert_eq!(
-            rollout(4, 0, 0, 4, 4, &s),
-            Step {
-                start: 2,
-                stop_old: 2
-            }
-        );
-        assert_eq!(
-            rollout(4, 2, 0, 2, 2, &s),
-            Step {
-                start: 0,
-                stop_old: 0
-            }
-        );
-        assert_eq!(
-            rollout(4, 2, 2, 2, 2, &s),
-            Step {
-                start: 2,
-                stop_old: 2
-            }
-        );
-    }
-
-    #[test]
-    fn limited_overcapacity_starts_in_batches() {
-        let s = strategy(1.0, 0.5);
-        assert_eq!(
-            rollout(4, 0, 0, 4, 4, &s),
-            Step {
-                start: 2,
-                stop_old: 0
-            }
-        );
-        // Two new up: two old go, which makes room for the last two new.
-        assert_eq!(
-            rollout(4, 2, 2, 4, 4, &s),
-            Step {
-                start: 2,
-                stop_old: 2
-            }
-        );
-    }
-
-    #[test]
-    fn old_instances_that_are_down_go_first_and_plain_scaling_is_untouched() {
-        let s = strategy(1.0, 1.0);
-        assert_eq!(
-            rollout(2, 0, 0, 2, 0, &s),
-            Step {
-                start: 2,
-                stop_old: 2
-            }
-        );
-        assert_eq!(
-            rollout(5, 2, 2, 0, 0, &s),
-            Step {
-                start: 3,
-                stop_old: 0
-            }
-        );
-    }
-}
+mod tests;

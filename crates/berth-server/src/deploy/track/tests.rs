@@ -1,7 +1,6 @@
 use berth_core::deployment::{DeploymentKind, Target};
 use berth_core::{AppSpec, VersionId};
 use berth_proto::agent::v1 as pb;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::*;
@@ -39,7 +38,6 @@ fn inst(id: &str, version: u64, state: pb::InstanceState) -> pb::InstanceStatus 
 /// Real state with one node running `instances`.
 fn state(instances: Vec<pb::InstanceStatus>) -> RealState {
     let mut s = RealState::default();
-    let (tx, _rx) = mpsc::channel(1);
     let hello = pb::Hello {
         node_id: "n1".into(),
         total: Some(pb::Resources {
@@ -50,7 +48,11 @@ fn state(instances: Vec<pb::InstanceStatus>) -> RealState {
         instances,
         ..Default::default()
     };
-    s.connect(&hello, tx, Instant::now(), &EventBus::new());
+    s.connect(
+        crate::agents::wire::hello(&hello),
+        Instant::now(),
+        &EventBus::new(),
+    );
     s
 }
 

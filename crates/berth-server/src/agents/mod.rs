@@ -1,5 +1,11 @@
 //! The agent stream: one long-lived gRPC stream per node. Hello -> Welcome, then
 //! heartbeats and instance events in, commands out.
+//!
+//! Owns the protobuf side of the conversation: [`wire`] translates, [`sessions`] keeps
+//! each connected node's command sender. Real state only hears decoded reports.
+
+pub mod sessions;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::Ctx;
-use crate::events::NewEvent;
+use crate::events::{EventKind, NewEvent};
 
 /// Commands queued per node before the server counts the node as unable to keep up.
 const QUEUE: usize = 1024;
@@ -86,19 +92,17 @@ impl AgentLink for AgentService {
         check_hello(&hello)?;
 
         let (tx, rx) = mpsc::channel(QUEUE);
-        let welcome = pb::ServerMessage {
-            kind: Some(pb::server_message::Kind::Welcome(pb::Welcome {
-                server_id: self.ctx.server_id.clone(),
-                heartbeat_interval_ms: self.ctx.config.heartbeat_interval.as_millis() as u32,
-            })),
-        };
+        let welcome = wire::welcome(&self.ctx.server_id, self.ctx.config.heartbeat_interval);
         tx.send(welcome)
             .await
             .map_err(|_| Status::internal("stream closed"))?;
-        let node = NodeId::new(hello.node_id.clone());
+        let hello = wire::hello(&hello);
+        let node = hello.node.clone();
         let session = {
             let mut state = self.ctx.lock_state();
-            state.connect(&hello, tx, Instant::now(), &self.ctx.events)
+            let session = self.ctx.sessions.open(&node, tx);
+            state.connect(hello, Instant::now(), &self.ctx.events);
+            session
         };
         self.ctx.wake.notify_one();
 
@@ -108,12 +112,8 @@ impl AgentLink for AgentService {
         tokio::spawn(async move {
             read_loop(&ctx, &node, session, inbound, cancel).await;
             let mut state = ctx.lock_state();
-            if state.is_current(&node, session) {
-                if let Some(n) = state.nodes.get_mut(&node) {
-                    // Dropping the sender ends the outbound half.
-                    n.tx = None;
-                }
-                state.disconnect(&node, session, &ctx.events);
+            if ctx.sessions.close(&node, session) {
+                state.disconnect(&node, &ctx.events);
             }
             drop(state);
             ctx.wake.notify_one();
@@ -143,7 +143,7 @@ async fn read_loop(
             Some(Ok(m)) => m,
         };
         let mut state = ctx.lock_state();
-        if !state.is_current(node, session) {
+        if !ctx.sessions.is_current(node, session) {
             // A newer session of the same node took over.
             return;
         }
@@ -152,23 +152,25 @@ async fn read_loop(
         match msg.kind {
             Some(pb::agent_message::Kind::Heartbeat(hb)) => {
                 // Unchanged heartbeats only refresh liveness: no pass needed.
-                changed = state.heartbeat(node, &hb, now, &ctx.events);
+                changed = state.heartbeat(node, wire::heartbeat(node, &hb), now, &ctx.events);
             }
             Some(pb::agent_message::Kind::Event(ev)) => match ev.instance {
-                Some(inst) => state.instance_event(node, &inst, now, &ctx.events),
+                Some(inst) => {
+                    state.instance_event(node, wire::instance(node, &inst), now, &ctx.events)
+                }
                 None => ctx.events.emit(
-                    "agent_protocol_error",
+                    EventKind::AgentProtocolError,
                     NewEvent::node(node),
                     format!("node {node} sent an instance event without an instance; ignored"),
                 ),
             },
             Some(pb::agent_message::Kind::Hello(_)) => ctx.events.emit(
-                "agent_protocol_error",
+                EventKind::AgentProtocolError,
                 NewEvent::node(node),
                 format!("node {node} sent a second hello on one stream; ignored (reconnect to re-register)"),
             ),
             None => ctx.events.emit(
-                "agent_protocol_error",
+                EventKind::AgentProtocolError,
                 NewEvent::node(node),
                 format!("node {node} sent an empty message; ignored"),
             ),

@@ -22,7 +22,8 @@
 //! 7. **Response** (`response_filter`): whether the answer (re)pins a sticky session
 //!    ([`restick`], [`starts_session`]).
 //! 8. **Record** (`logging`): the request and response counters and the access line
-//!    ([`Policy::begin`], [`Policy::answered`], [`Policy::rejected`], [`Policy::log`], [`record`]).
+//!    ([`Policy::begin`], [`Policy::answered`], [`Policy::rejected`], [`Policy::log`];
+//!    what a line says is [`record`]'s).
 
 mod attempt;
 mod error;

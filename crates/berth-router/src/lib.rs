@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod handle;
 
+pub mod balance;
 pub mod endpoint;
 pub mod metrics;
 pub mod proxy;

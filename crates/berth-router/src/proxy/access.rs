@@ -13,14 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::endpoint::Endpoint;
-use crate::route::Host;
 
 const MAX_BUFFER: usize = 8 << 20;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -131,36 +126,6 @@ fn write_timestamp(out: &mut Vec<u8>) {
             b'Z',
         ]);
     });
-}
-
-/// What a proxied response logs when its body ends: owned, cheaply cloned parts of the
-/// request (no string copies on the request path).
-pub struct AccessLine {
-    pub sink: AccessSink,
-    pub method: Method,
-    pub host: Host,
-    pub path: PathAndQuery,
-    pub status: u16,
-    pub backend: Arc<Endpoint>,
-    pub request_id: HeaderValue,
-    pub start: Instant,
-}
-
-impl AccessLine {
-    pub fn log(&self, bytes: u64, complete: bool) {
-        self.sink.record(&AccessRecord {
-            method: self.method.as_str(),
-            host: self.host.as_str(),
-            path: self.path.as_str(),
-            status: self.status,
-            bytes,
-            duration: self.start.elapsed(),
-            backend: Some(&self.backend.addr_text),
-            request_id: self.request_id.to_str().unwrap_or("-"),
-            router_error: None,
-            complete,
-        });
-    }
 }
 
 impl AccessSink {

@@ -144,8 +144,7 @@ pub fn request_start_ms() -> u64 {
 /// Keeps a sane incoming `X-Request-Id`, otherwise generates one (UUID v4 text form).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
-        && !v.is_empty()
-        && v.len() <= 200
+        && super::policy::keeps_request_id(v.as_bytes())
     {
         return v.clone();
     }
@@ -197,8 +196,7 @@ pub fn sets_cookie(headers: &HeaderMap, names: &[String]) -> bool {
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split_once('=').map(|(k, _)| k.trim()))
-        .any(|k| names.iter().any(|n| n == k))
+        .any(|v| super::policy::starts_session(v, names))
 }
 
 #[cfg(test)]

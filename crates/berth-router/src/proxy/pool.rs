@@ -1,323 +1,162 @@
-//! Keep-alive HTTP/1.1 connections to backends, pooled per address.
+//! Idle keep-alive connections to backends, per backend address, for either codec: the
+//! general engine pools hyper's HTTP/1.1 senders, the fast path its raw TCP connections.
 //!
-//! A direct pool over `hyper::client::conn::http1` rather than hyper-util's generic client:
-//! a request checks out an idle connection (most recently used first, so warm ones are
-//! reused), and the response body checks it back in when it ends. No task is spawned per
-//! request and no pool key is built from the URI. A request that an idle connection could
-//! not even start (the backend closed it while it sat in the pool) is sent again on
-//! another connection, as the generic client does.
+//! A request checks out the most recently used idle connection that can take it (warm ones
+//! are reused), and checks it back in when its answer ended cleanly. A background reaper
+//! drops connections idle past the timeout even when their backend sees no traffic. New
+//! connections are made here too, so both codecs connect with the same timeout and options.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::policy::BackendError;
 
-type Sender = SendRequest<RequestBody>;
-
-/// Why a request could not get a response from the backend.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be made: nothing was sent, so another endpoint may be tried.
-    #[error("cannot connect to the backend: {0}")]
-    Connect(std::io::Error),
-    #[error("cannot connect to the backend within {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("backend HTTP/1.1 handshake failed: {0}")]
-    Handshake(hyper::Error),
-    /// The request was (possibly) sent; it must not be repeated.
-    #[error("backend request failed: {0}")]
-    Request(#[source] hyper::Error),
+/// A connection the pool can hold.
+pub trait Reusable: Send + 'static {
+    /// Whether the connection can carry a request now.
+    fn state(&self) -> State;
+    /// Known closed, so the reaper drops it before it expires.
+    fn is_closed(&self) -> bool;
 }
 
-impl SendError {
-    /// True when the backend cannot have seen the request.
-    pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Request(_))
-    }
+/// What an idle connection can do now.
+pub enum State {
+    Ready,
+    /// Still finishing an earlier answer: it stays in the pool.
+    Busy,
+    /// Closed or unusable: it is dropped.
+    Gone,
 }
 
-pub struct Http1Pool {
-    inner: Arc<Inner>,
+pub struct IdlePool<C> {
+    shared: Arc<Shared<C>>,
 }
 
-struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+/// A handle that returns connections to a pool without keeping it alive.
+pub struct WeakPool<C>(Weak<Shared<C>>);
+
+struct Shared<C> {
+    idle: Mutex<HashMap<SocketAddr, Vec<(C, Instant)>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_backend: usize,
 }
 
-struct Idle {
-    tx: Sender,
-    since: Instant,
-}
-
-/// A connection lent to one request; [`Checkin::release`] returns it to the pool.
-pub struct Checkin {
-    tx: Sender,
-    addr: SocketAddr,
-    pool: Weak<Inner>,
-}
-
-impl Checkin {
-    /// Returns the connection for reuse when the response ended cleanly; otherwise drops
-    /// it (hyper closes a connection whose response was abandoned half-way).
-    pub fn release(self, complete: bool) {
-        if !complete || self.tx.is_closed() {
-            return;
-        }
-        if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.addr, self.tx);
-        }
-    }
-}
-
-impl Http1Pool {
+impl<C: Reusable> IdlePool<C> {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
             idle: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle_per_backend: max_idle,
         });
-        // Close connections idle past the limit even when their backend sees no traffic.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(super::idle::reap_every(Arc::downgrade(&inner)));
+            rt.spawn(reap_every(Arc::downgrade(&shared)));
         }
-        Http1Pool { inner }
+        IdlePool { shared }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `addr` on a pooled or new connection.
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Checkin), SendError> {
-        while let Some(mut tx) = self.inner.take(addr) {
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.checkin(tx, addr))),
-                Err(mut e) => match e.take_message() {
-                    // Never started on this connection: try the next one.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Request(e.into_error())),
-                },
-            }
-        }
-        let mut tx = self.connect(addr).await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.checkin(tx, addr))),
-            Err(e) => Err(SendError::Request(e.into_error())),
-        }
-    }
-
-    fn checkin(&self, tx: Sender, addr: SocketAddr) -> Checkin {
-        Checkin {
-            tx,
-            addr,
-            pool: Arc::downgrade(&self.inner),
-        }
-    }
-
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, SendError> {
-        let timeout = self.inner.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Err(_) => return Err(SendError::ConnectTimeout(timeout)),
-        };
-        let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(backend = %addr, error = %e, "backend connection ended");
-            }
-        });
-        Ok(tx)
-    }
-
-    /// Idle connections held now (all backends).
-    pub fn idle_count(&self) -> usize {
-        self.inner.lock().values().map(Vec::len).sum()
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The most recently used idle connection that can take a request now. Closed and
-    /// expired ones are dropped; busy ones (still finishing a response) stay.
-    fn take(&self, addr: SocketAddr) -> Option<Sender> {
-        let mut idle = self.lock();
+    /// The most recently used idle connection to `addr` that can take a request now.
+    /// Expired and gone ones are dropped on the way; busy ones stay.
+    pub fn take(&self, addr: SocketAddr) -> Option<C> {
+        let mut idle = self.shared.lock();
         let list = idle.get_mut(&addr)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            let c = &list[i];
-            if c.tx.is_closed() || c.since.elapsed() >= self.idle_timeout {
+            let (conn, since) = &list[i];
+            if since.elapsed() >= self.shared.idle_timeout {
                 list.remove(i);
-            } else if c.tx.is_ready() {
-                return Some(list.remove(i).tx);
+                continue;
+            }
+            match conn.state() {
+                State::Ready => return Some(list.remove(i).0),
+                State::Busy => {}
+                State::Gone => {
+                    list.remove(i);
+                }
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, tx: Sender) {
+    /// Keeps `conn` for the next request to `addr` (unless `addr` has enough idle ones).
+    pub fn put(&self, addr: SocketAddr, conn: C) {
+        self.shared.put(addr, conn);
+    }
+
+    pub fn downgrade(&self) -> WeakPool<C> {
+        WeakPool(Arc::downgrade(&self.shared))
+    }
+
+    /// A new TCP connection to `addr` (no delay), bounded by the connect timeout.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, BackendError> {
+        let timeout = self.shared.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(BackendError::Connect(e)),
+            Err(_) => return Err(BackendError::ConnectTimeout(timeout)),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Idle connections held now (all backends).
+    pub fn idle_count(&self) -> usize {
+        self.shared.lock().values().map(Vec::len).sum()
+    }
+}
+
+impl<C: Reusable> WeakPool<C> {
+    /// Like [`IdlePool::put`]; a no-op once the pool is gone.
+    pub fn put(&self, addr: SocketAddr, conn: C) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.put(addr, conn);
+        }
+    }
+}
+
+impl<C: Reusable> Shared<C> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<(C, Instant)>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, addr: SocketAddr, conn: C) {
         let mut idle = self.lock();
         let list = idle.entry(addr).or_default();
         if list.len() < self.max_idle_per_backend {
-            list.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            list.push((conn, Instant::now()));
         }
     }
 
     fn reap(&self) {
         let limit = self.idle_timeout;
         self.lock().retain(|_, list| {
-            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < limit);
+            list.retain(|(conn, since)| !conn.is_closed() && since.elapsed() < limit);
             !list.is_empty()
         });
     }
 }
 
-impl super::idle::Reap for Inner {
-    fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
-    fn reap(&self) {
-        Inner::reap(self)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A backend answering every request on a connection, counting connections.
-    async fn backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut have = Vec::new();
-                    loop {
-                        let n = match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        have.extend_from_slice(&buf[..n]);
-                        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                            have.drain(..end + 4);
-                            let r = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(r).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns)
-    }
-
-    fn get() -> Request<RequestBody> {
-        let mut r = Request::new(RequestBody::empty());
-        *r.uri_mut() = "/".parse().unwrap();
-        r.headers_mut()
-            .insert(http::header::HOST, "b.example".parse().unwrap());
-        r
-    }
-
-    async fn drain(resp: Response<Incoming>) {
-        use http_body_util::BodyExt;
-        resp.into_body().collect().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn connections_are_reused_after_the_body_ends() {
-        let (addr, conns) = backend().await;
-        let pool = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(30), 8);
-        for _ in 0..5 {
-            let (resp, checkin) = pool.send(addr, get()).await.unwrap();
-            drain(resp).await;
-            checkin.release(true);
+/// Reaps every half timeout (at least every 100 ms) until the pool is dropped.
+async fn reap_every<C: Reusable>(pool: Weak<Shared<C>>) {
+    let every = pool
+        .upgrade()
+        .map(|p| (p.idle_timeout / 2).max(Duration::from_millis(100)))
+        .unwrap_or_default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(p) => p.reap(),
+            None => return,
         }
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn incomplete_responses_do_not_return_their_connection() {
-        let (addr, conns) = backend().await;
-        let pool = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(30), 8);
-        let (_resp, checkin) = pool.send(addr, get()).await.unwrap();
-        checkin.release(false);
-        assert_eq!(pool.idle_count(), 0);
-        let (resp, checkin) = pool.send(addr, get()).await.unwrap();
-        drain(resp).await;
-        checkin.release(true);
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn refused_connection_is_a_connect_error() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        let pool = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(30), 8);
-        let e = pool.send(addr, get()).await.err().unwrap();
-        assert!(e.is_connect(), "{e}");
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_backend_closes_is_not_reused() {
-        // One answer per connection, announced with `connection: close`.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
-                        )
-                        .await;
-                });
-            }
-        });
-        let pool = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(30), 8);
-        for _ in 0..3 {
-            let (resp, checkin) = pool.send(addr, get()).await.unwrap();
-            drain(resp).await;
-            checkin.release(true);
-        }
-        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

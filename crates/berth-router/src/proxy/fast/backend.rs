@@ -1,55 +1,25 @@
-//! Backend connections of the fast path: plain TCP streams kept alive per backend address,
-//! each with its own read buffer, and one request/response-head exchange on them.
+//! Backend connections of the fast path: plain TCP streams, each with its own read buffer,
+//! kept alive in the shared idle pool.
 //!
-//! Unlike the general engine's pool there is no connection task: the client connection's
+//! Unlike the general engine's HTTP/1.1 client there is no connection task: the client connection's
 //! task writes the request and reads the answer itself, so a request costs no wake-up of
 //! another task and no channel hand-off.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+
+use crate::proxy::policy::BackendError;
+use crate::proxy::pool::{IdlePool, Reusable, State};
 
 /// Response heads larger than this are refused (502).
 pub const MAX_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-
-/// Why an exchange with a backend failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
-    /// Nothing was sent: another endpoint may be tried.
-    #[error("cannot connect to the backend: {0}")]
-    Connect(io::Error),
-    #[error("cannot connect to the backend within {0:?}")]
-    ConnectTimeout(Duration),
-    /// A reused idle connection failed before any byte of an answer: the backend closed
-    /// it while idle, so the request is sent again on another connection.
-    #[error("idle backend connection was closed: {0}")]
-    Stale(io::Error),
-    #[error("backend request failed: {0}")]
-    Io(io::Error),
-    #[error("backend closed the connection before answering")]
-    Closed,
-    #[error("invalid backend response head: {0}")]
-    BadResponse(&'static str),
-}
-
-impl ExchangeError {
-    /// True when the backend cannot have seen the request.
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            ExchangeError::Connect(_) | ExchangeError::ConnectTimeout(_)
-        )
-    }
-}
 
 /// One backend connection and the bytes read from it but not yet relayed.
 pub struct Conn {
@@ -69,90 +39,74 @@ impl Conn {
     }
 
     /// Writes the whole request. A failure on a reused connection means it went stale.
-    pub async fn send(&mut self, request: &[u8]) -> Result<(), ExchangeError> {
+    pub async fn send(&mut self, request: &[u8]) -> Result<(), BackendError> {
         self.buf.clear();
         self.stream.write_all(request).await.map_err(|e| {
             if self.reused {
-                ExchangeError::Stale(e)
+                BackendError::Stale(e)
             } else {
-                ExchangeError::Io(e)
+                BackendError::Io(e)
             }
         })
     }
 
     /// Reads until `buf` holds more than `have` bytes; classifies failures before the
     /// first byte of an answer (`have == 0`) on a reused connection as stale.
-    pub async fn fill(&mut self, have: usize) -> Result<(), ExchangeError> {
+    pub async fn fill(&mut self, have: usize) -> Result<(), BackendError> {
         let stale = self.reused && have == 0;
         match self.read_more().await {
-            Ok(0) if stale => Err(ExchangeError::Stale(io::ErrorKind::UnexpectedEof.into())),
-            Ok(0) if have == 0 => Err(ExchangeError::Closed),
-            Ok(0) => Err(ExchangeError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) if stale => Err(BackendError::Stale(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) if have == 0 => Err(BackendError::Closed),
+            Ok(0) => Err(BackendError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => Ok(()),
-            Err(e) if stale => Err(ExchangeError::Stale(e)),
-            Err(e) => Err(ExchangeError::Io(e)),
+            Err(e) if stale => Err(BackendError::Stale(e)),
+            Err(e) => Err(BackendError::Io(e)),
         }
     }
 }
 
-pub struct RawPool {
-    inner: Arc<Inner>,
+impl Reusable for Conn {
+    fn state(&self) -> State {
+        if looks_open(&self.stream) {
+            State::Ready
+        } else {
+            State::Gone
+        }
+    }
+
+    /// Only the probe on checkout tells (it also clears stale readiness, which the reaper
+    /// must not do behind a connection's back).
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
-struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Conn, Instant)>>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle_per_backend: usize,
+/// The fast path's backend connections: the shared idle pool over raw TCP connections.
+pub struct RawPool {
+    idle: IdlePool<Conn>,
 }
 
 impl RawPool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
-        let inner = Arc::new(Inner {
-            idle: Mutex::new(HashMap::new()),
-            connect_timeout,
-            idle_timeout,
-            max_idle_per_backend: max_idle,
-        });
-        // Close connections idle past the limit even when their backend sees no traffic.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(crate::proxy::idle::reap_every(Arc::downgrade(&inner)));
+        RawPool {
+            idle: IdlePool::new(connect_timeout, idle_timeout, max_idle),
         }
-        RawPool { inner }
     }
 
     /// The most recently used idle connection to `addr` that still looks open.
     pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
-        let mut idle = self.inner.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some((mut conn, since)) = list.pop() {
-            if since.elapsed() < self.inner.idle_timeout && looks_open(&conn.stream) {
-                conn.reused = true;
-                return Some(conn);
-            }
-        }
-        None
+        self.idle.take(addr)
     }
 
     /// Keeps `conn` for the next request to `addr`.
-    pub fn put(&self, addr: SocketAddr, conn: Conn) {
-        let mut idle = self.inner.lock();
-        let list = idle.entry(addr).or_default();
-        if list.len() < self.inner.max_idle_per_backend {
-            list.push((conn, Instant::now()));
-        }
+    pub fn put(&self, addr: SocketAddr, mut conn: Conn) {
+        conn.reused = true;
+        self.idle.put(addr, conn);
     }
 
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ExchangeError> {
-        let timeout = self.inner.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ExchangeError::Connect(e)),
-            Err(_) => return Err(ExchangeError::ConnectTimeout(timeout)),
-        };
-        let _ = stream.set_nodelay(true);
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, BackendError> {
         Ok(Conn {
-            stream,
+            stream: self.idle.connect(addr).await?,
             buf: BytesMut::with_capacity(READ_CHUNK),
             reused: false,
         })
@@ -160,7 +114,7 @@ impl RawPool {
 
     /// Idle connections held now (all backends).
     pub fn idle_count(&self) -> usize {
-        self.inner.lock().values().map(Vec::len).sum()
+        self.idle.idle_count()
     }
 }
 
@@ -178,28 +132,5 @@ fn looks_open(stream: &TcpStream) -> bool {
             let mut probe = [0u8; 1];
             matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Conn, Instant)>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn reap(&self) {
-        let limit = self.idle_timeout;
-        self.lock().retain(|_, list| {
-            list.retain(|(_, since)| since.elapsed() < limit);
-            !list.is_empty()
-        });
-    }
-}
-
-impl crate::proxy::idle::Reap for Inner {
-    fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
-    fn reap(&self) {
-        Inner::reap(self)
     }
 }

@@ -3,12 +3,13 @@
 //! a pooled backend connection in one write, and relays the answer by its framing
 //! (`Content-Length`, chunked, or until close) without building `http` types.
 //!
-//! It keeps every rule of the general engine (route lookup, retries only when nothing
-//! reached a backend, passive health, per-backend limits, the error contract, forwarding
-//! headers, sticky sessions, the access log and counters). Anything unusual (HTTP/2
-//! prior knowledge, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
-//! absolute-form targets, HTTP/2 backends) hands the connection, from the first
-//! unanswered byte, to the general engine (hyper) for the rest of its life.
+//! Every decision (route, rejections, endpoint choice, retries, passive health, timeouts,
+//! sticky sessions, the access line and counters) is the policy's, as for the general
+//! engine; this module only speaks HTTP/1.1. Anything unusual (HTTP/2 prior knowledge,
+//! HTTP/1.0, upgrades, `Expect`, chunked or large request bodies, absolute-form targets,
+//! HTTP/2 backends) ends the fast path with [`Outcome::Fallback`]: the connection module
+//! (`conn`) then gives the connection, from its first unanswered byte, to the general
+//! engine for the rest of its life.
 
 mod backend;
 mod chunked;
@@ -17,9 +18,7 @@ mod request;
 mod response;
 mod rewind;
 
-use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -28,12 +27,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::access::AccessRecord;
-use super::{ConnInfo, Proxy, Reject, headers};
+use super::policy::record::RequestLog;
+use super::policy::{self, BackendError, Forwarded, Reject, Target, Upstream};
+use super::{ConnInfo, Proxy, headers};
 use crate::endpoint::Endpoint;
-use crate::route::Host;
 pub use backend::RawPool;
-use backend::{Conn, ExchangeError, MAX_HEAD};
+use backend::{Conn, MAX_HEAD};
 use request::{Fast, Forwarding, Plan};
 use response::Framing;
 pub use rewind::Rewind;
@@ -207,20 +206,12 @@ impl Proxy {
         if buf.len() < total {
             return Step::NeedBody(total);
         }
-        let host = f.authority.and_then(Host::from_request_authority);
-        let pool = host
-            .as_ref()
-            .and_then(|h| self.store.load().lookup(h, f.path).cloned());
-        if pool
-            .as_ref()
-            .is_some_and(|p| p.endpoints.iter().any(|e| e.spec.http2))
-        {
-            // HTTP/2 backends go through the general engine's client.
+        let routed = self.policy.target(f.authority, f.path);
+        if routed.as_ref().is_ok_and(Target::wants_http2) {
             return Step::Fallback;
         }
 
-        let start = Instant::now();
-        self.metrics.requests.inc();
+        let start = self.policy.begin();
         let generated;
         let request_id: &[u8] = match f.request_id {
             Some(id) => id.as_bytes(),
@@ -230,25 +221,24 @@ impl Proxy {
             }
         };
         let id_text = std::str::from_utf8(request_id).unwrap_or("-");
-        let host_text = host.as_ref().map_or("", Host::as_str);
-        let reject = match (&host, &pool) {
-            (None, _) => Some(Reject::EmptyHost),
-            (Some(_), None) => Some(Reject::UnknownRoute),
-            (Some(_), Some(p)) if p.endpoints.is_empty() => Some(Reject::NoEndpoints),
-            _ => None,
-        };
         let keep_alive = !f.close;
         let done = |keep_alive| Step::Done {
             consumed: total,
             keep_alive,
         };
-        if let Some(r) = reject {
-            let ok = self.reject_fast(c, r, &f, host_text, id_text, start).await;
-            return done(keep_alive && ok);
-        }
-        let (Some(pool), Some(authority)) = (pool, f.authority) else {
+        let target = match routed {
+            Ok(target) => target,
+            Err(refused) => {
+                let log = request_log(&f, refused.host_text(), id_text, start);
+                let ok = self.reject_fast(c, refused.reject, &log, f.close).await;
+                return done(keep_alive && ok);
+            }
+        };
+        // A route was found for a host, so there was one.
+        let Some(authority) = f.authority else {
             return done(false);
         };
+        let log = request_log(&f, target.host.as_str(), id_text, start);
 
         c.breq.clear();
         request::write_backend_head(
@@ -265,123 +255,40 @@ impl Proxy {
         );
         c.breq.extend_from_slice(&buf[head_len..total]);
 
-        let max_attempts = (self.cfg.max_attempts.max(1) as usize).min(pool.endpoints.len());
-        let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
-        let mut attempts = 0;
-        while attempts < max_attempts {
-            let Some(ep) = pool.pick(&tried, f.sticky) else {
-                break;
-            };
-            tried.push(ep.addr());
-            let Some(slot) = ep.stats.try_begin(self.cfg.max_conns_per_backend) else {
-                continue;
-            };
-            attempts += 1;
-            if attempts > 1 {
-                self.metrics.retries.inc();
-            }
-            let cx = response::Context {
-                request_id,
-                is_head: f.is_head,
-                client_close: f.close,
-                sticky_id: &ep.sticky_id,
-                restick: f.sticky.is_some_and(|s| s != ep.sticky_id),
-                sticky_cookies: &self.cfg.sticky_cookies,
-            };
-            c.out.clear();
-            let exchanged = tokio::time::timeout(
-                self.cfg.response_header_timeout,
-                self.exchange(ep.addr(), &c.breq, &cx, &mut c.out),
-            )
-            .await;
-            match exchanged {
-                Ok(Ok((mut conn, meta))) => {
-                    ep.stats.mark_ok();
-                    self.metrics.response(meta.status, start.elapsed());
-                    let relayed = self.relay(&mut conn, meta.framing, c).await;
-                    if relayed.complete && meta.reusable && conn.buf.is_empty() {
-                        self.raw.put(ep.addr(), conn);
-                    }
-                    drop(slot);
-                    self.access.record(&AccessRecord {
-                        method: f.method,
-                        host: host_text,
-                        path: f.target,
-                        status: meta.status,
-                        bytes: relayed.bytes,
-                        duration: start.elapsed(),
-                        backend: Some(&ep.addr_text),
-                        request_id: id_text,
-                        router_error: None,
-                        complete: relayed.complete,
-                    });
-                    return done(keep_alive && relayed.complete && relayed.client_ok);
-                }
-                Ok(Err(e)) => {
-                    let retryable = e.is_connect();
-                    self.backend_failed(&ep, &pool.key, id_text, retryable, &e);
-                    if !retryable {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    ep.stats.mark_failed(self.cfg.failure_cooldown);
-                    tracing::warn!(
-                        backend = %ep.addr(), route = %pool.key, request_id = id_text,
-                        timeout = ?self.cfg.response_header_timeout,
-                        "backend sent no response headers in time"
-                    );
-                    break;
-                }
-            }
-        }
-        let r = if attempts == 0 {
-            Reject::ConnectionLimit
-        } else {
-            Reject::EndpointFailure
+        let mut exchange = Exchange {
+            raw: &self.raw,
+            request: &c.breq,
+            out: &mut c.out,
+            request_id,
+            is_head: f.is_head,
+            client_close: f.close,
+            sticky: f.sticky,
+            sticky_cookies: &self.policy.config().sticky_cookies,
         };
-        let ok = self.reject_fast(c, r, &f, host_text, id_text, start).await;
-        done(keep_alive && ok)
-    }
-
-    fn backend_failed(
-        &self,
-        ep: &Endpoint,
-        route: &crate::route::RouteKey,
-        request_id: &str,
-        retryable: bool,
-        e: &ExchangeError,
-    ) {
-        ep.stats.mark_failed(self.cfg.failure_cooldown);
-        tracing::warn!(
-            backend = %ep.addr(), %route, request_id, retryable,
-            error = %super::error_chain(e), "backend request failed"
-        );
-    }
-
-    /// Sends the request on an idle connection (stale ones are skipped: the request goes
-    /// again on the next) or a new one, and reads the response head into `out`.
-    async fn exchange(
-        &self,
-        addr: SocketAddr,
-        request: &[u8],
-        cx: &response::Context<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<(Conn, response::Meta), ExchangeError> {
-        loop {
-            let mut conn = match self.raw.take(addr) {
-                Some(conn) => conn,
-                None => self.raw.connect(addr).await?,
-            };
-            match round_trip(&mut conn, request, cx, out).await {
-                Ok(meta) => return Ok((conn, meta)),
-                Err(ExchangeError::Stale(e)) if conn.reused => {
-                    tracing::debug!(backend = %addr, error = %e, "idle backend connection closed; resending");
-                    out.clear();
-                }
-                Err(e) => return Err(e),
+        let forwarded = self
+            .policy
+            .forward(&target.pool, f.sticky, id_text, &mut exchange)
+            .await;
+        let Forwarded {
+            endpoint: ep,
+            slot,
+            answer: (mut conn, meta),
+        } = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(reject) => {
+                let ok = self.reject_fast(c, reject, &log, f.close).await;
+                return done(keep_alive && ok);
             }
+        };
+        self.policy.answered(meta.status, start);
+        let relayed = self.relay(&mut conn, meta.framing, c).await;
+        if relayed.complete && meta.reusable && conn.buf.is_empty() {
+            self.raw.put(ep.addr(), conn);
         }
+        drop(slot);
+        self.policy
+            .log(&log.answered(meta.status, relayed.bytes, &ep, relayed.complete));
+        done(keep_alive && relayed.complete && relayed.client_ok)
     }
 
     /// Relays the body after the response head in `c.out`.
@@ -500,14 +407,15 @@ impl Proxy {
     /// timeout. False when the backend failed, closed or went silent.
     async fn read_body(&self, conn: &mut Conn) -> bool {
         conn.buf.clear();
-        match tokio::time::timeout(self.cfg.idle_timeout, conn.read_more()).await {
+        let idle_timeout = self.policy.body_idle_timeout();
+        match tokio::time::timeout(idle_timeout, conn.read_more()).await {
             Ok(Ok(n)) if n > 0 => true,
             Ok(_) => {
                 tracing::warn!("backend closed the connection in the middle of a body");
                 false
             }
             Err(_) => {
-                tracing::warn!(timeout = ?self.cfg.idle_timeout, "backend response body idle timeout");
+                tracing::warn!(timeout = ?idle_timeout, "backend response body idle timeout");
                 false
             }
         }
@@ -519,47 +427,25 @@ impl Proxy {
         &self,
         c: &mut Client<'_>,
         r: Reject,
-        f: &Fast<'_>,
-        host: &str,
-        request_id: &str,
-        start: Instant,
+        log: &RequestLog<'_>,
+        close: bool,
     ) -> bool {
-        self.metrics.router_error(r.reason());
-        self.access.record(&AccessRecord {
-            method: f.method,
-            host,
-            path: f.target,
-            status: r.status().as_u16(),
-            bytes: 0,
-            duration: start.elapsed(),
-            backend: None,
-            request_id,
-            router_error: Some(r.reason()),
-            complete: true,
-        });
-        self.metrics.response(r.status().as_u16(), start.elapsed());
+        self.policy.rejected(r, log);
         c.out.clear();
         write_simple(
             &mut c.out,
             r.status().as_u16(),
             r.reason(),
-            Some(request_id),
-            f.close,
-            &r.message(host),
+            Some(log.request_id),
+            close,
+            &r.message(log.host),
         );
         c.stream.write_all(&c.out).await.is_ok()
     }
 
     /// Refuses a head the fast path cannot parse; the connection closes afterwards.
     async fn refuse(&self, c: &mut Client<'_>, status: u16, why: &str) {
-        let reason = if status == 431 {
-            "request_head_too_large"
-        } else {
-            "malformed_request"
-        };
-        self.metrics.requests.inc();
-        self.metrics.response(status, Duration::ZERO);
-        self.metrics.router_error(reason);
+        let reason = self.policy.malformed(status);
         tracing::debug!(remote = %c.info.remote, status, why, "refused a request head");
         let text = match status {
             431 => format!("431 Request Header Fields Too Large: {why}\n"),
@@ -569,6 +455,72 @@ impl Proxy {
         write_simple(&mut c.out, status, reason, None, true, &text);
         let _ = c.stream.write_all(&c.out).await;
         let _ = c.stream.shutdown().await;
+    }
+}
+
+fn request_log<'a>(
+    f: &'a Fast<'_>,
+    host: &'a str,
+    request_id: &'a str,
+    start: Instant,
+) -> RequestLog<'a> {
+    RequestLog {
+        method: f.method,
+        host,
+        path: f.target,
+        request_id,
+        start,
+    }
+}
+
+/// The fast path's side of an attempt: the request, already written whole (head and
+/// body), goes to one endpoint; the client's response head is written into `out`.
+struct Exchange<'a> {
+    raw: &'a RawPool,
+    request: &'a [u8],
+    out: &'a mut Vec<u8>,
+    request_id: &'a [u8],
+    is_head: bool,
+    client_close: bool,
+    sticky: Option<&'a str>,
+    sticky_cookies: &'a [String],
+}
+
+impl Upstream for Exchange<'_> {
+    type Answer = (Conn, response::Meta);
+
+    /// Sends the request on an idle connection (stale ones are skipped: the request goes
+    /// again on the next) or a new one, and reads the response head.
+    async fn send(&mut self, ep: &Endpoint, _last: bool) -> Result<Self::Answer, BackendError> {
+        let cx = response::Context {
+            request_id: self.request_id,
+            is_head: self.is_head,
+            client_close: self.client_close,
+            sticky_id: &ep.sticky_id,
+            restick: policy::restick(self.sticky, ep),
+            sticky_cookies: self.sticky_cookies,
+        };
+        self.out.clear();
+        let addr = ep.addr();
+        loop {
+            let mut conn = match self.raw.take(addr) {
+                Some(conn) => conn,
+                None => self.raw.connect(addr).await?,
+            };
+            match round_trip(&mut conn, self.request, &cx, self.out).await {
+                Ok(meta) => return Ok((conn, meta)),
+                Err(BackendError::Stale(e)) if conn.reused => {
+                    tracing::debug!(backend = %addr, error = %e, "idle backend connection closed; resending");
+                    self.out.clear();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The body was read whole before the first attempt.
+    fn resendable(&self) -> bool {
+        true
     }
 }
 
@@ -587,7 +539,7 @@ async fn round_trip(
     request: &[u8],
     cx: &response::Context<'_>,
     out: &mut Vec<u8>,
-) -> Result<response::Meta, ExchangeError> {
+) -> Result<response::Meta, BackendError> {
     conn.send(request).await?;
     // Bytes of an answer seen so far (1xx included): a stale connection sends none.
     let mut seen = 0;
@@ -607,7 +559,7 @@ async fn round_trip(
                     Ok(httparse::Status::Complete(n)) => {
                         let status = resp.code.unwrap_or(0);
                         if status == 101 {
-                            return Err(ExchangeError::BadResponse(
+                            return Err(BackendError::BadResponse(
                                 "101 Switching Protocols to a request without Upgrade",
                             ));
                         } else if status < 200 {
@@ -621,18 +573,18 @@ async fn round_trip(
                                 cx,
                                 out,
                             )
-                            .map_err(ExchangeError::BadResponse)?;
+                            .map_err(BackendError::BadResponse)?;
                             Parsed::Head(meta, n)
                         }
                     }
                     Ok(httparse::Status::Partial) if conn.buf.len() > MAX_HEAD => {
-                        return Err(ExchangeError::BadResponse("head larger than 64 KiB"));
+                        return Err(BackendError::BadResponse("head larger than 64 KiB"));
                     }
                     Ok(httparse::Status::Partial) => Parsed::More,
                     Err(httparse::Error::TooManyHeaders) => {
-                        return Err(ExchangeError::BadResponse("more than 100 headers"));
+                        return Err(BackendError::BadResponse("more than 100 headers"));
                     }
-                    Err(_) => return Err(ExchangeError::BadResponse("not an HTTP/1.x response")),
+                    Err(_) => return Err(BackendError::BadResponse("not an HTTP/1.x response")),
                 }
             };
             match parsed {
@@ -686,17 +638,4 @@ fn write_simple(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-}
-
-/// Convenience for callers holding an `Arc<Proxy>`.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    stream: TcpStream,
-    info: Arc<ConnInfo>,
-    stop: CancellationToken,
-    header_timeout: Duration,
-) -> Outcome {
-    proxy
-        .serve_http1(stream, &info, &stop, header_timeout)
-        .await
 }

@@ -7,7 +7,7 @@ use httparse::Header;
 use smallvec::SmallVec;
 
 use super::names::{self, Name};
-use crate::proxy::STICKY_COOKIE;
+use crate::proxy::policy::{self, STICKY_COOKIE};
 
 /// Request bodies up to this size are read whole before a backend is contacted, so a
 /// retry can resend them; larger ones are streamed by the general engine.
@@ -131,10 +131,10 @@ pub fn classify<'a>(
     Plan::Fast(f)
 }
 
-/// The general engine keeps an incoming id that is non-empty and at most 200 bytes; it
-/// must also be visible ASCII to be logged and echoed.
+/// An incoming id the policy keeps; here it must also be visible ASCII to be logged and
+/// echoed as it came.
 fn usable_request_id(v: &[u8]) -> Option<&str> {
-    if v.is_empty() || v.len() > 200 || !v.iter().all(|b| (0x20..0x7f).contains(b)) {
+    if !policy::keeps_request_id(v) || !v.iter().all(|b| (0x20..0x7f).contains(b)) {
         return None;
     }
     std::str::from_utf8(v).ok()

@@ -6,7 +6,7 @@ use httparse::Header;
 use smallvec::SmallVec;
 
 use super::names::{self, Name};
-use crate::proxy::STICKY_COOKIE;
+use crate::proxy::policy::{self, STICKY_COOKIE};
 
 /// How the backend delimits the response body (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,8 @@ pub struct Context<'a> {
     pub request_id: &'a [u8],
     pub is_head: bool,
     pub client_close: bool,
-    /// The endpoint's sticky id, and whether the client's cookie named another one.
+    /// The endpoint's sticky id, and whether the client's cookie named another one
+    /// (`policy::restick`).
     pub sticky_id: &'a str,
     pub restick: bool,
     /// Response cookies that start a sticky session.
@@ -150,7 +151,8 @@ pub fn write_client_head(
         out.extend_from_slice(STICKY_COOKIE.as_bytes());
         out.push(b'=');
         out.extend_from_slice(cx.sticky_id.as_bytes());
-        out.extend_from_slice(b"; Path=/; HttpOnly\r\n");
+        out.extend_from_slice(policy::STICKY_COOKIE_ATTRIBUTES.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if !has_date {
         write_date(out);
@@ -170,10 +172,7 @@ pub fn write_client_head(
 }
 
 fn sets_cookie(value: &[u8], names: &[String]) -> bool {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|v| v.split_once('='))
-        .is_some_and(|(k, _)| names.iter().any(|n| n == k.trim()))
+    std::str::from_utf8(value).is_ok_and(|v| policy::starts_session(v, names))
 }
 
 /// `date: <IMF-fixdate>\r\n`, formatted once per second per thread.

@@ -1,10 +1,8 @@
-//! The router's own error responses. Each carries `X-Berth-Router-Error: <reason>` so a
-//! client (or an operator reading logs) can tell a router decision from a backend answer.
+//! The router's own error responses (phase 2 of the policy): status, reason and message.
+//! Each codec sends them with `X-Berth-Router-Error: <reason>` so a client (or an operator
+//! reading logs) can tell a router decision from a backend answer.
 
-use http::{HeaderValue, Response, StatusCode, header};
-
-use super::body::ResponseBody;
-use super::headers::X_ROUTER_ERROR;
+use http::StatusCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -40,7 +38,7 @@ impl Reject {
         }
     }
 
-    pub(crate) fn message(self, host: &str) -> String {
+    pub fn message(self, host: &str) -> String {
         match self {
             Reject::UnknownRoute => format!(
                 "404 Not Found: no route for host {host:?} and this path; check `berth routes` \
@@ -61,20 +59,5 @@ impl Reject {
                  limit; retry later\n"
             ),
         }
-    }
-
-    pub fn response(self, host: &str, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::full(self.message(host)));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(&X_ROUTER_ERROR, HeaderValue::from_static(self.reason()));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if let Some(id) = request_id {
-            h.insert(&super::headers::X_REQUEST_ID, id.clone());
-        }
-        resp
     }
 }

@@ -15,9 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::access::AccessLine;
-use super::pool::Checkin;
+use super::http1::Checkin;
 use crate::endpoint::InFlight;
+use crate::proxy::policy::record::AccessLine;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -189,6 +189,47 @@ mod tests {
         }
     }
 
+    /// Records written before the agent took berth-core's types still load: the launch
+    /// spec kept their form (cpus as asked for, states and commands in snake case).
+    #[test]
+    fn records_of_earlier_agents_load() {
+        let json = r#"{
+            "spec": {
+                "instance_id": "a", "app_id": "shop/web", "app_version": 2,
+                "command": {"shell": "true"}, "driver": "process", "env": {},
+                "port_count": 1,
+                "resources": {"cpus": 0.25, "mem_mib": 64, "disk_mib": 0},
+                "health_checks": [{
+                    "kind": {"http": {"path": "/healthz"}}, "port_index": 0,
+                    "grace": {"secs": 30, "nanos": 0}, "interval": {"secs": 2, "nanos": 0},
+                    "timeout": {"secs": 1, "nanos": 0}, "max_consecutive_failures": 3
+                }],
+                "routes": ["web.example"], "labels": {}
+            },
+            "ports": [20001], "handle": null, "phase": "running",
+            "started_at_ms": 1, "updated_at_ms": 2, "exit": {"Signal": 9},
+            "message": "", "stderr_tail": "", "stop_requested": false
+        }"#;
+        let loaded: InstanceRecord = serde_json::from_str(json).unwrap();
+        let mut expected = record("a");
+        expected.spec.resources.cpus = 0.25;
+        expected.spec.resources.mem_mib = 64;
+        expected.spec.health_checks = vec![berth_core::launch::HealthCheckSpec {
+            kind: berth_core::launch::CheckKind::Http {
+                path: "/healthz".into(),
+            },
+            port_index: 0,
+            grace: std::time::Duration::from_secs(30),
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            max_consecutive_failures: 3,
+        }];
+        assert_eq!(loaded, expected);
+        let written: serde_json::Value = serde_json::to_value(&loaded).unwrap();
+        let original: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(written, original, "and are written back the same way");
+    }
+
     #[test]
     fn records_round_trip_and_a_corrupt_one_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();

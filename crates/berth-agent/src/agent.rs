@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use berth_core::ResourceRequest;
 use berth_proto::agent::v1 as pb;
 use berth_util::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
@@ -19,7 +20,6 @@ use crate::link::{self, LinkConfig, LinkStatus, NodeInfo, server_uri};
 use crate::metrics::AgentMetrics;
 use crate::record::{RecordError, RecordStore};
 use crate::registry::NacosClient;
-use crate::spec::Resources;
 use crate::status::{self, StatusState};
 use crate::supervisor::{Supervisor, SupervisorConfig};
 use crate::tasks::Tasks;
@@ -218,7 +218,7 @@ pub async fn start_with_token(
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into()),
         labels: config.labels.clone(),
-        total: Resources {
+        total: ResourceRequest {
             cpus: config.cpus.unwrap_or_else(crate::procfs::cpus),
             mem_mib: config
                 .mem_mib

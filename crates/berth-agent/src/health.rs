@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::spec::{CheckKind, HealthCheckSpec};
+use berth_core::launch::{CheckKind, HealthCheckSpec};
 
 #[derive(Debug, Clone)]
 pub struct Prober {

@@ -3,9 +3,12 @@
 //! them, registers healthy ones in the service registry and reports everything to the
 //! server over one long-lived stream.
 //!
-//! Owns: everything that happens on one node. Must never depend on the server, registry
-//! or router crates: it talks to them only over the network (gRPC contract in
-//! `berth-proto`, the registry's Nacos HTTP API), so each side can be replaced alone.
+//! Owns: everything that happens on one node. Speaks `berth-core`'s vocabulary (the
+//! launch spec it persists, instance ids and states, resources as requested), decoded
+//! from the wire by `berth-wire`; registers through `berth-registry-client`. Must never
+//! depend on the server, registry, router or diag crates: it talks to them only over the
+//! network (gRPC contract in `berth-proto`, the registry's Nacos HTTP API), so each side
+//! can be replaced alone.
 
 mod agent;
 pub mod config;
@@ -20,7 +23,6 @@ pub mod ports;
 pub mod procfs;
 pub mod record;
 pub mod registry;
-pub mod spec;
 pub mod status;
 pub mod supervisor;
 pub mod tasks;

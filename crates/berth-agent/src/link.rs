@@ -24,8 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::spec::Resources;
 use crate::supervisor::Supervisor;
+use berth_core::ResourceRequest;
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -46,7 +46,7 @@ pub struct NodeInfo {
     pub node_id: String,
     pub hostname: String,
     pub labels: BTreeMap<String, String>,
-    pub total: Resources,
+    pub total: ResourceRequest,
     pub version: String,
     pub address: String,
     pub status_url: String,
@@ -178,7 +178,7 @@ async fn session(
         node_id: node.node_id.clone(),
         hostname: node.hostname.clone(),
         labels: node.labels.clone().into_iter().collect(),
-        total: Some((&total).into()),
+        total: Some(berth_wire::request_to_pb(&total)),
         drivers: supervisor.drivers(),
         version: node.version.clone(),
         address: node.address.clone(),
@@ -289,7 +289,7 @@ fn heartbeat_interval(welcome: &pb::Welcome, fallback: Duration) -> Duration {
 
 fn heartbeat(supervisor: &Supervisor) -> pb::agent_message::Kind {
     pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
-        used: Some((&supervisor.used()).into()),
+        used: Some(berth_wire::request_to_pb(&supervisor.used())),
         load1: crate::procfs::load1(),
         instances: supervisor.statuses(),
     })

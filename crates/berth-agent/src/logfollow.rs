@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::InstanceId;
 use crate::supervisor::Supervisor;
+use berth_core::InstanceId;
 
 /// How often the file is looked at. A person watching logs does not notice 200 ms; the
 /// cost is one `stat` per follower per tick.

@@ -18,13 +18,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_core::instance::InstanceState;
+use berth_core::launch::{CheckKind, HealthCheckSpec, InstanceSpec};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{CheckState, Prober, next_delay, tcp_accepts};
-use crate::record::Phase;
 use crate::registry::{BeatOutcome, NacosClient, Registration};
-use crate::spec::{CheckKind, HealthCheckSpec, InstanceSpec};
 use crate::supervisor::Supervisor;
 
 pub(crate) struct MonitorCtx {
@@ -74,7 +74,8 @@ impl Inside {
 const PORT_POLL: Duration = Duration::from_millis(100);
 
 pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
-    let registration = Registration::of(&ctx.spec, &ctx.ports, &ctx.advertise, &ctx.node_id);
+    let registration =
+        crate::registry::registration(&ctx.spec, &ctx.ports, &ctx.advertise, &ctx.node_id);
     let mut entry = Entry {
         client: ctx.registry.clone(),
         registration,
@@ -129,12 +130,13 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
                             ctx.ports[0]
                         )
                     };
-                    supervisor.set_health(&id, Phase::Healthy, why);
+                    supervisor.set_health(&id, InstanceState::Healthy, why);
                 }
             }
         } else {
             let now = Instant::now();
-            let in_grace = |check: &crate::spec::HealthCheckSpec| now < started + check.grace;
+            let in_grace =
+                |check: &berth_core::launch::HealthCheckSpec| now < started + check.grace;
             let mut failure = None;
             for (i, check) in checks.iter().enumerate() {
                 if due[i] > now {
@@ -154,7 +156,7 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
                 };
                 supervisor
                     .metrics()
-                    .check(protocol_name(&check.kind), result.is_ok());
+                    .check(check.kind.protocol().as_str(), result.is_ok());
                 states[i].record(
                     result.is_ok(),
                     in_grace(check),
@@ -174,14 +176,14 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
                 .any(|(check, state)| state.failed_for_good(check.max_consecutive_failures));
             if all_pass && !healthy {
                 healthy = true;
-                supervisor.set_health(&id, Phase::Healthy, "all health checks pass".into());
+                supervisor.set_health(&id, InstanceState::Healthy, "all health checks pass".into());
             } else if failed_for_good {
                 healthy = false;
                 let (i, why) = failure.unwrap_or((0, "failing".into()));
                 let count = states[i].consecutive_failures;
                 supervisor.set_health(
                     &id,
-                    Phase::Unhealthy,
+                    InstanceState::Unhealthy,
                     format!("health check {i} failed {count} times in a row: {why}"),
                 );
             } else if !all_pass {
@@ -196,15 +198,6 @@ pub(crate) async fn run(ctx: MonitorCtx, supervisor: Supervisor) {
         entry.beat_if_due().await;
     }
     entry.sync(false).await;
-}
-
-fn protocol_name(kind: &CheckKind) -> &'static str {
-    match kind {
-        CheckKind::Http { .. } => "http",
-        CheckKind::Https { .. } => "https",
-        CheckKind::Tcp => "tcp",
-        CheckKind::Command { .. } => "command",
-    }
 }
 
 /// The instance's registry entry.

@@ -8,61 +8,20 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use berth_core::InstanceId;
+use berth_core::instance::{InstanceState, InstanceStatus};
+use berth_core::launch::InstanceSpec;
 use berth_proto::agent::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::{DriverHandle, Exit, LogFiles};
-use crate::spec::{InstanceId, InstanceSpec};
-
-/// Instance lifecycle, mirroring `berth.agent.v1.InstanceState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Starting,
-    Running,
-    Healthy,
-    Unhealthy,
-    Stopping,
-    Exited,
-    Failed,
-}
-
-impl Phase {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Exited | Phase::Failed)
-    }
-
-    pub fn to_proto(self) -> pb::InstanceState {
-        match self {
-            Phase::Starting => pb::InstanceState::Starting,
-            Phase::Running => pb::InstanceState::Running,
-            Phase::Healthy => pb::InstanceState::Healthy,
-            Phase::Unhealthy => pb::InstanceState::Unhealthy,
-            Phase::Stopping => pb::InstanceState::Stopping,
-            Phase::Exited => pb::InstanceState::Exited,
-            Phase::Failed => pb::InstanceState::Failed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::Healthy => "healthy",
-            Phase::Unhealthy => "unhealthy",
-            Phase::Stopping => "stopping",
-            Phase::Exited => "exited",
-            Phase::Failed => "failed",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     pub spec: InstanceSpec,
     pub ports: Vec<u16>,
     pub handle: Option<DriverHandle>,
-    pub phase: Phase,
+    pub phase: InstanceState,
     pub started_at_ms: i64,
     pub updated_at_ms: i64,
     pub exit: Option<Exit>,
@@ -78,11 +37,11 @@ impl InstanceRecord {
     }
 
     pub fn to_status(&self) -> pb::InstanceStatus {
-        pb::InstanceStatus {
-            instance_id: self.spec.instance_id.to_string(),
-            app_id: self.spec.app_id.clone(),
+        berth_wire::status_to_pb(&InstanceStatus {
+            instance_id: self.spec.instance_id.clone(),
+            app_id: self.spec.app_id.to_string(),
             app_version: self.spec.app_version,
-            state: self.phase.to_proto() as i32,
+            state: self.phase,
             ports: self.ports.iter().map(|p| u32::from(*p)).collect(),
             pid: self.handle.as_ref().map(|h| h.pid).unwrap_or(0),
             started_at_ms: self.started_at_ms,
@@ -90,8 +49,8 @@ impl InstanceRecord {
             exit_code: self.exit.and_then(|exit| exit.code()),
             message: self.message.clone(),
             stderr_tail: self.stderr_tail.clone(),
-            resources: Some((&self.spec.resources).into()),
-        }
+            resources: self.spec.resources,
+        })
     }
 }
 
@@ -199,27 +158,28 @@ impl RecordStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{CommandLine, Resources};
+    use berth_core::ResourceRequest;
+    use berth_core::launch::CommandLine;
 
     pub(crate) fn record(id: &str) -> InstanceRecord {
         InstanceRecord {
             spec: InstanceSpec {
                 instance_id: InstanceId::try_from(id.to_string()).unwrap(),
-                app_id: "shop/web".into(),
+                app_id: berth_core::AppId::parse("shop/web").unwrap(),
                 app_version: 2,
                 command: Some(CommandLine::Shell("true".into())),
                 image: None,
                 driver: "process".into(),
                 env: Default::default(),
                 port_count: 1,
-                resources: Resources::default(),
+                resources: ResourceRequest::default(),
                 health_checks: vec![],
                 routes: vec!["web.example".into()],
                 labels: Default::default(),
             },
             ports: vec![20001],
             handle: None,
-            phase: Phase::Running,
+            phase: InstanceState::Running,
             started_at_ms: 1,
             updated_at_ms: 2,
             exit: Some(Exit::Signal(9)),
@@ -227,6 +187,47 @@ mod tests {
             stderr_tail: String::new(),
             stop_requested: false,
         }
+    }
+
+    /// Records written before the agent took berth-core's types still load: the launch
+    /// spec kept their form (cpus as asked for, states and commands in snake case).
+    #[test]
+    fn records_of_earlier_agents_load() {
+        let json = r#"{
+            "spec": {
+                "instance_id": "a", "app_id": "shop/web", "app_version": 2,
+                "command": {"shell": "true"}, "driver": "process", "env": {},
+                "port_count": 1,
+                "resources": {"cpus": 0.25, "mem_mib": 64, "disk_mib": 0},
+                "health_checks": [{
+                    "kind": {"http": {"path": "/healthz"}}, "port_index": 0,
+                    "grace": {"secs": 30, "nanos": 0}, "interval": {"secs": 2, "nanos": 0},
+                    "timeout": {"secs": 1, "nanos": 0}, "max_consecutive_failures": 3
+                }],
+                "routes": ["web.example"], "labels": {}
+            },
+            "ports": [20001], "handle": null, "phase": "running",
+            "started_at_ms": 1, "updated_at_ms": 2, "exit": {"Signal": 9},
+            "message": "", "stderr_tail": "", "stop_requested": false
+        }"#;
+        let loaded: InstanceRecord = serde_json::from_str(json).unwrap();
+        let mut expected = record("a");
+        expected.spec.resources.cpus = 0.25;
+        expected.spec.resources.mem_mib = 64;
+        expected.spec.health_checks = vec![berth_core::launch::HealthCheckSpec {
+            kind: berth_core::launch::CheckKind::Http {
+                path: "/healthz".into(),
+            },
+            port_index: 0,
+            grace: std::time::Duration::from_secs(30),
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            max_consecutive_failures: 3,
+        }];
+        assert_eq!(loaded, expected);
+        let written: serde_json::Value = serde_json::to_value(&loaded).unwrap();
+        let original: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(written, original, "and are written back the same way");
     }
 
     #[test]

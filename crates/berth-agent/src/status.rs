@@ -10,12 +10,12 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use berth_core::InstanceId;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::link::LinkStatus;
 use crate::record::RecordStore;
-use crate::spec::InstanceId;
 use crate::supervisor::Supervisor;
 
 #[derive(Clone)]

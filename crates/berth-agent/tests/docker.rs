@@ -17,9 +17,10 @@ use berth_agent::driver::{
 use berth_agent::metrics::AgentMetrics;
 use berth_agent::ports::PortRange;
 use berth_agent::record::RecordStore;
-use berth_agent::spec::{CommandLine, InstanceId};
 use berth_agent::supervisor::{Supervisor, SupervisorConfig};
 use berth_agent::tasks::Tasks;
+use berth_core::InstanceId;
+use berth_core::launch::CommandLine;
 use berth_proto::agent::v1 as pb;
 use berth_testkit::docker::{BUSYBOX_INDEX, TempDocker};
 use berth_testkit::wait_until;

@@ -126,15 +126,66 @@ opaque_id!(
     NodeId,
     "A node's id, chosen by its agent (the hostname by default)."
 );
-opaque_id!(
-    InstanceId,
-    "An instance's id, chosen by the server when it orders the start."
-);
+/// An instance's id, chosen by the server when it orders the start. Agents name the
+/// instance's folder after it, so an id read from outside ([`InstanceId::parse`], serde)
+/// must be safe as a folder name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+
+/// Longest accepted instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
 
 impl InstanceId {
+    /// An id as reported by an agent, taken as it is (the agent checked it).
+    pub fn new(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+
+    /// An id from outside: 1-128 characters from `a-z`, `A-Z`, `0-9`, `-`, `_` and `.`,
+    /// not starting with `.`.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
+        let id = raw.into();
+        let valid_chars = id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN || !valid_chars || id.starts_with('.') {
+            return Err(IdError {
+                message: format!("{id:?} is not a valid instance id"),
+                fix: format!(
+                    "use 1-{MAX_INSTANCE_ID_LEN} characters from a-z, A-Z, 0-9, '-', '_' and '.', not starting with '.'"
+                ),
+            });
+        }
+        Ok(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// `shop/web` + seq 42 -> `shop-web.42`: readable in process lists and log folders.
     pub fn generate(app: &AppId, unique: u64) -> Self {
         Self(format!("{}.{unique:x}", app.as_str().replace('/', "-")))
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(value: InstanceId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -158,6 +209,14 @@ mod tests {
             assert!(!e.fix.is_empty(), "{bad}");
         }
         assert!(AppId::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn instance_ids_round_trip_through_json() {
+        let id = InstanceId::try_from("a.b-c_1".to_string()).unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<InstanceId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<InstanceId>("\"a/b\"").is_err());
     }
 
     #[test]

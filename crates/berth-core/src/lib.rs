@@ -1,17 +1,21 @@
 //! Berth's domain: what an app is, how it is validated, what a node offers, and where
 //! instances go.
 //!
-//! Owns: ids, [`spec::AppSpec`] and its validation, resources, placement constraints,
-//! instance states, version ids, launch backoff, deployment records and the scheduler. Everything here is pure
-//! logic over plain values so it can be tested exhaustively and shared by every role.
-//! Must never depend on I/O (no files, sockets, clocks, async runtimes) nor on any other
-//! Berth crate: time comes in as arguments.
+//! Owns: ids, [`spec::AppSpec`] and its validation, resources (as requested and as
+//! accounted), placement constraints, instance states, the launch spec of one instance
+//! ([`launch`]: command line, resolved health checks), version ids, launch backoff,
+//! deployment records and the scheduler. This is the one vocabulary the server and the
+//! agent share; `berth-wire` maps it to and from protobuf. Everything here is pure logic
+//! over plain values so it can be tested exhaustively and shared by every role.
+//! Must never depend on I/O (no files, sockets, clocks, async runtimes), on protobuf, nor
+//! on any other Berth crate: time comes in as arguments.
 
 pub mod backoff;
 pub mod constraint;
 pub mod deployment;
 pub mod id;
 pub mod instance;
+pub mod launch;
 pub mod resources;
 pub mod scheduler;
 pub mod spec;
@@ -21,7 +25,7 @@ pub mod version;
 
 pub use deployment::{Deployment, DeploymentId, DeploymentKind, DeploymentState};
 pub use id::{AppId, IdError, InstanceId, NodeId};
-pub use resources::Resources;
+pub use resources::{ResourceRequest, Resources};
 pub use spec::AppSpec;
 pub use validate::{FieldError, SpecErrors};
 pub use version::VersionId;

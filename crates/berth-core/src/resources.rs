@@ -42,6 +42,35 @@ impl Resources {
     }
 }
 
+/// Resources as asked for: the spec's cpus as written (decimal cores), before
+/// [`Resources`] rounds them to thousandths. Whoever is handed a request (the agent, by
+/// the server) keeps and reports exactly these numbers, so rounding happens in one place
+/// only, where they are accounted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    pub cpus: f64,
+    pub mem_mib: u64,
+    pub disk_mib: u64,
+}
+
+impl ResourceRequest {
+    /// What the request reserves.
+    pub fn reserve(&self) -> Resources {
+        Resources::new(self.cpus, self.mem_mib, self.disk_mib)
+    }
+}
+
+impl Add for ResourceRequest {
+    type Output = ResourceRequest;
+    fn add(self, o: ResourceRequest) -> ResourceRequest {
+        ResourceRequest {
+            cpus: self.cpus + o.cpus,
+            mem_mib: self.mem_mib + o.mem_mib,
+            disk_mib: self.disk_mib + o.disk_mib,
+        }
+    }
+}
+
 /// Rounds up so a spec asking for 0.0001 cpus still reserves something.
 pub fn cpus_to_millis(cpus: f64) -> u64 {
     if cpus.is_finite() && cpus > 0.0 {

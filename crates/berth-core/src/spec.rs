@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::Backoff;
 use crate::constraint::Constraint;
 use crate::id::AppId;
-use crate::resources::Resources;
+use crate::resources::{ResourceRequest, Resources};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +104,38 @@ pub enum HealthProtocol {
     Command,
 }
 
+impl HealthProtocol {
+    /// The lower-case name, as in specs and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Tcp => "tcp",
+            Self::Command => "command",
+        }
+    }
+
+    /// A name in any case; `None` for anything but the four check types.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "http" => Some(Self::Http),
+            "https" => Some(Self::Https),
+            "tcp" => Some(Self::Tcp),
+            "command" => Some(Self::Command),
+            _ => None,
+        }
+    }
+}
+
+/// Health check defaults, for fields a spec leaves out (and, on the wire, leaves at zero).
+/// Why these and not Marathon's 300/60/20/3: docs/SERVER.md, "Health check defaults"; in
+/// short, rolling deploys wait on the first pass, so a 2 s interval finds a healthy
+/// instance within about 2 s, and three misses (6 s) confirm a failure without flapping.
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u32 = 30;
+pub const DEFAULT_INTERVAL_SECONDS: u32 = 2;
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 1;
+pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 3;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -169,17 +201,16 @@ pub(crate) mod defaults {
         300.0
     }
     pub fn grace_period_seconds() -> u32 {
-        30
+        super::DEFAULT_GRACE_PERIOD_SECONDS
     }
-    // Why these and not Marathon's 300/60/20/3: docs/SERVER.md, "Health check defaults".
     pub fn interval_seconds() -> u32 {
-        2
+        super::DEFAULT_INTERVAL_SECONDS
     }
     pub fn timeout_seconds() -> u32 {
-        1
+        super::DEFAULT_TIMEOUT_SECONDS
     }
     pub fn max_consecutive_failures() -> u32 {
-        3
+        super::DEFAULT_MAX_CONSECUTIVE_FAILURES
     }
     pub fn one() -> f64 {
         1.0
@@ -214,7 +245,16 @@ impl AppSpec {
     }
 
     pub fn resources(&self) -> Resources {
-        Resources::new(self.cpus, self.mem, self.disk)
+        self.resource_request().reserve()
+    }
+
+    /// The resources as written, for whoever must echo them unrounded.
+    pub fn resource_request(&self) -> ResourceRequest {
+        ResourceRequest {
+            cpus: self.cpus,
+            mem_mib: self.mem,
+            disk_mib: self.disk,
+        }
     }
 
     /// The driver that runs this app.

@@ -8,8 +8,9 @@
 //! (`berth-agent`'s `diag` module); the gateway only relays, with per-request flow
 //! control and cancellation ([`gateway`]).
 //!
-//! Owns: the gateway service and its registry entries. Must never depend on the server,
-//! agent or registry crates: it speaks to them through `berth-proto` and the Nacos API.
+//! Owns: the gateway service and which registry entries it keeps. Must never depend on
+//! the server, agent or registry crates: it speaks to them through `berth-proto` and the
+//! Nacos API, whose client is `berth-registry-client`.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -10,25 +10,23 @@
 //! services within the registry's 15/30 s, while the agents it held reconnect elsewhere
 //! and are registered there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_registry_client::nacos::{BEAT_INTERVAL, BeatOutcome, NacosClient, Registration};
+use berth_registry_client::{RegistryError, names};
 use tokio_util::sync::CancellationToken;
 
-pub const GATEWAYS_SERVICE: &str = "berth.diag";
-const GROUP: &str = "DEFAULT_GROUP";
-const NAMESPACE: &str = "public";
-const BEAT: Duration = Duration::from_secs(5);
+pub use berth_registry_client::names::DIAG_GATEWAYS as GATEWAYS_SERVICE;
 
 /// The registry service whose one instance is the gateway holding `node`.
 pub fn node_service(node: &str) -> String {
-    format!("berth.diag.node.{node}")
+    names::diag_node_service(node)
 }
 
 pub struct Registrar {
-    client: reqwest::Client,
-    base: String,
+    client: NacosClient,
     ip: String,
     port: u16,
     gateway_id: String,
@@ -42,12 +40,7 @@ impl Registrar {
         gateway_id: &str,
     ) -> Self {
         Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .no_proxy()
-                .build()
-                .unwrap_or_default(),
-            base: format!("http://{registry}/nacos/v1/ns"),
+            client: NacosClient::new(format!("http://{registry}"), Duration::from_secs(3)),
             ip: advertise.ip().to_string(),
             port: advertise.port(),
             gateway_id: gateway_id.to_string(),
@@ -59,70 +52,32 @@ impl Registrar {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn params(&self, service: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("serviceName", service.to_string()),
-            ("groupName", GROUP.to_string()),
-            ("namespaceId", NAMESPACE.to_string()),
-            ("ip", self.ip.clone()),
-            ("port", self.port.to_string()),
-            ("ephemeral", "true".to_string()),
-        ]
-    }
-
-    fn metadata(&self) -> String {
-        serde_json::json!({ "berth.diag.gateway": self.gateway_id }).to_string()
-    }
-
-    async fn register(&self, service: &str) -> Result<(), String> {
-        let mut params = self.params(service);
-        params.push(("metadata", self.metadata()));
-        let response = self
-            .client
-            .post(format!("{}/instance", self.base))
-            .form(&params)
-            .send()
-            .await
-            .map_err(|e| format!("register {service}: {e}"))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("register {service}: HTTP {}", response.status()))
+    fn registration(&self, service: &str) -> Registration {
+        Registration {
+            service: service.to_string(),
+            ip: self.ip.clone(),
+            port: self.port,
+            metadata: BTreeMap::from([("berth.diag.gateway".to_string(), self.gateway_id.clone())]),
         }
     }
 
-    async fn deregister(&self, service: &str) {
-        let _ = self
-            .client
-            .delete(format!("{}/instance", self.base))
-            .query(&self.params(service))
-            .send()
-            .await;
+    async fn register(&self, service: &str) -> Result<(), String> {
+        self.client
+            .register(&self.registration(service))
+            .await
+            .map_err(|err| describe("register", service, err))
     }
 
-    /// A beat; an instance the registry forgot (code 20404) is registered again.
+    async fn deregister(&self, service: &str) {
+        let _ = self.client.deregister(&self.registration(service)).await;
+    }
+
+    /// A beat; an instance the registry forgot is registered again.
     async fn beat(&self, service: &str) -> Result<(), String> {
-        let beat = serde_json::json!({
-            "serviceName": service,
-            "ip": self.ip,
-            "port": self.port,
-            "cluster": "DEFAULT",
-            "metadata": { "berth.diag.gateway": self.gateway_id },
-        });
-        let mut params = self.params(service);
-        params.push(("beat", beat.to_string()));
-        let response = self
-            .client
-            .put(format!("{}/instance/beat", self.base))
-            .form(&params)
-            .send()
-            .await
-            .map_err(|e| format!("beat {service}: {e}"))?;
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if body["code"] == 20404 {
-            self.register(service).await
-        } else {
-            Ok(())
+        match self.client.beat(&self.registration(service)).await {
+            Ok(BeatOutcome::Alive) => Ok(()),
+            Ok(BeatOutcome::NotFound) => self.register(service).await,
+            Err(err) => Err(describe("beat", service, err)),
         }
     }
 
@@ -152,22 +107,38 @@ impl Registrar {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = tokio::time::sleep(BEAT) => {}
+                () = tokio::time::sleep(BEAT_INTERVAL) => {}
             }
-            let services: Vec<String> = std::iter::once(GATEWAYS_SERVICE.to_string())
-                .chain(self.nodes().iter().map(|n| node_service(n)))
-                .collect();
-            for service in services {
+            for service in self.services() {
                 if let Err(err) = self.beat(&service).await {
                     tracing::debug!("registry: {err}");
                 }
             }
         }
-        let services: Vec<String> = std::iter::once(GATEWAYS_SERVICE.to_string())
-            .chain(self.nodes().iter().map(|n| node_service(n)))
-            .collect();
-        for service in services {
+        for service in self.services() {
             self.deregister(&service).await;
+        }
+    }
+
+    fn services(&self) -> Vec<String> {
+        std::iter::once(GATEWAYS_SERVICE.to_string())
+            .chain(self.nodes().iter().map(|n| node_service(n)))
+            .collect()
+    }
+}
+
+/// The gateway's own wording of a failed call: `register berth.diag: HTTP 503 Service
+/// Unavailable`.
+fn describe(op: &str, service: &str, err: RegistryError) -> String {
+    match err {
+        RegistryError::Unreachable { source, .. } | RegistryError::Unreadable { source, .. } => {
+            format!("{op} {service}: {source}")
+        }
+        RegistryError::Refused { status, .. } => {
+            let status = reqwest::StatusCode::from_u16(status)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| status.to_string());
+            format!("{op} {service}: HTTP {status}")
         }
     }
 }

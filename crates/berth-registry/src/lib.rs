@@ -2,14 +2,15 @@
 //!
 //! Owns: the naming core (namespace -> group -> service -> cluster -> instances), instance
 //! liveness and server-side health checks, the durable registry state, UDP push, the Nacos
-//! v1 and Consul HTTP APIs and the native gRPC watch stream.
+//! v1 and Consul HTTP APIs and the native gRPC watch stream: the server side only. The
+//! clients of these APIs live in `berth-registry-client`.
 //!
-//! Must never depend on other roles' crates (server, agent, router, diag): they depend on
-//! the registry's public APIs over the network, never the other way round.
+//! Must never depend on other roles' crates (server, agent, router, diag) nor on
+//! `berth-registry-client`: they depend on the registry's public APIs over the network,
+//! never the other way round.
 
 pub mod auth;
 pub mod checks;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod core;

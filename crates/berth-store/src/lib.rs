@@ -2,7 +2,8 @@
 //!
 //! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
 //! file in the data folder; [`PostgresStore`], for servers that share one database) and a
-//! conformance suite ([`testsuite`]) every engine passes. The trait speaks only in domain
+//! conformance suite (`testsuite`, compiled for this crate's tests only) every engine
+//! passes. The trait speaks only in domain
 //! types and assumes nothing about the engine. Real state (nodes, instances) never lands
 //! here: it lives in the server's memory and is rebuilt from agents.
 //! Must never depend on roles' crates.
@@ -11,7 +12,8 @@ mod error;
 mod postgres;
 mod record;
 mod sqlite;
-pub mod testsuite;
+#[cfg(test)]
+mod testsuite;
 
 pub use error::StoreError;
 pub use postgres::PostgresStore;

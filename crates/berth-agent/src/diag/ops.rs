@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_core::InstanceId;
 use berth_proto::diag::v1 as pb;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
@@ -13,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::procs;
 use crate::driver::{log_tail, numbered};
 use crate::record::RecordStore;
-use crate::spec::InstanceId;
 use crate::supervisor::Supervisor;
 
 /// Lines per chunk: big enough to amortise the frame, small enough to stream.

@@ -21,7 +21,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{CommandLine, InstanceId, Resources};
+use berth_core::launch::CommandLine;
+use berth_core::{InstanceId, ResourceRequest};
 
 /// Everything a driver needs to launch one instance.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct LaunchSpec {
     /// Labels a container carries (instance, app, version, node), to find it by.
     pub labels: BTreeMap<String, String>,
     /// Limits, where the driver enforces them (containers).
-    pub resources: Resources,
+    pub resources: ResourceRequest,
     pub work_dir: PathBuf,
     pub logs: LogFiles,
 }

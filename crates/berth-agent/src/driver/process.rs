@@ -7,6 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use berth_core::launch::CommandLine;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
@@ -15,7 +16,6 @@ use tokio::process::Command;
 
 use super::{Driver, DriverError, DriverHandle, Exit, LaunchSpec, LogFiles, Running};
 use crate::procfs;
-use crate::spec::CommandLine;
 
 #[derive(Debug, Clone)]
 pub struct ProcessDriver {
@@ -181,7 +181,7 @@ impl Driver for ProcessDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::InstanceId;
+    use berth_core::InstanceId;
     use std::collections::BTreeMap;
 
     fn launch(dir: &std::path::Path, command: CommandLine) -> LaunchSpec {

@@ -1,9 +1,9 @@
 //! The drivers a node offers, and which one runs a given instance.
 
+use berth_core::launch::InstanceSpec;
 use std::sync::Arc;
 
 use super::{DockerDriver, Driver};
-use crate::spec::InstanceSpec;
 
 #[derive(Clone)]
 pub struct Drivers {

@@ -157,7 +157,8 @@ async fn serve_http(listener: tokio::net::TcpListener, body: String) {
 mod tests {
     use super::*;
     use crate::driver::LogFiles;
-    use crate::spec::{CommandLine, InstanceId};
+    use berth_core::InstanceId;
+    use berth_core::launch::CommandLine;
     use std::collections::BTreeMap;
 
     fn spec(env: &[(&str, String)]) -> LaunchSpec {

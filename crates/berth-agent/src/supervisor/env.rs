@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::InstanceSpec;
+use berth_core::launch::InstanceSpec;
 
 use super::Supervisor;
 
@@ -42,8 +42,8 @@ impl Supervisor {
         }
         let berth = [
             ("HOST", config.advertise.clone()),
-            ("BERTH_APP_ID", spec.app_id.clone()),
-            ("BERTH_APP", spec.app_id.clone()),
+            ("BERTH_APP_ID", spec.app_id.to_string()),
+            ("BERTH_APP", spec.app_id.to_string()),
             ("BERTH_APP_VERSION", spec.app_version.to_string()),
             ("BERTH_INSTANCE_ID", spec.instance_id.to_string()),
             ("BERTH_INSTANCE", spec.instance_id.to_string()),
@@ -62,7 +62,7 @@ impl Supervisor {
     pub fn labels_for(&self, spec: &InstanceSpec) -> BTreeMap<String, String> {
         let mut labels: BTreeMap<String, String> = spec.labels.clone();
         labels.insert("berth.instance".into(), spec.instance_id.to_string());
-        labels.insert("berth.app".into(), spec.app_id.clone());
+        labels.insert("berth.app".into(), spec.app_id.to_string());
         labels.insert("berth.app_version".into(), spec.app_version.to_string());
         labels.insert("berth.node".into(), self.inner.config.node_id.clone());
         labels

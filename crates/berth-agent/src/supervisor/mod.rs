@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use berth_core::InstanceId;
+use berth_core::ResourceRequest;
+use berth_core::instance::InstanceState;
 use berth_proto::agent::v1 as pb;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
@@ -21,9 +24,9 @@ use crate::health::Prober;
 use crate::metrics::AgentMetrics;
 use crate::monitor::{self, MonitorCtx};
 use crate::ports::{PortAllocator, PortRange};
-use crate::record::{InstanceRecord, Phase, RecordStore, now_ms};
+
+use crate::record::{InstanceRecord, RecordStore, now_ms};
 use crate::registry::NacosClient;
-use crate::spec::{InstanceId, InstanceSpec, Resources};
 use crate::tasks::Tasks;
 
 mod env;
@@ -158,14 +161,12 @@ impl Supervisor {
     }
 
     /// Resources claimed by instances that still run.
-    pub fn used(&self) -> Resources {
+    pub fn used(&self) -> ResourceRequest {
         let state = self.lock();
-        let mut used = Resources::default();
+        let mut used = ResourceRequest::default();
         for slot in state.instances.values() {
             if !slot.record.phase.is_terminal() {
-                used.cpus += slot.record.spec.resources.cpus;
-                used.mem_mib += slot.record.spec.resources.mem_mib;
-                used.disk_mib += slot.record.spec.resources.disk_mib;
+                used = used + slot.record.spec.resources;
             }
         }
         used
@@ -187,7 +188,7 @@ impl Supervisor {
 
     /// Carries out a `StartInstance`.
     pub fn start_instance(&self, start: &pb::StartInstance) {
-        let spec = match InstanceSpec::from_proto(start) {
+        let spec = match berth_wire::launch_from_pb(start) {
             Ok(spec) => spec,
             Err(err) => {
                 tracing::warn!(instance = %start.instance_id, "refused to start: {err}");
@@ -218,7 +219,7 @@ impl Supervisor {
             spec,
             ports: Vec::new(),
             handle: None,
-            phase: Phase::Starting,
+            phase: InstanceState::Starting,
             started_at_ms: now,
             updated_at_ms: now,
             exit: None,
@@ -230,7 +231,7 @@ impl Supervisor {
         match result {
             Ok(exit) => {
                 self.inner.metrics.instance_starts.inc();
-                record.phase = Phase::Running;
+                record.phase = InstanceState::Running;
                 record.message = "process started".to_string();
                 tracing::info!(instance = %id, app = %record.spec.app_id, ports = ?record.ports, "instance started");
                 self.commit(&mut record);
@@ -242,7 +243,7 @@ impl Supervisor {
             Err(message) => {
                 tracing::warn!(instance = %id, "instance failed to start: {message}");
                 state.ports.release(&record.ports);
-                record.phase = Phase::Failed;
+                record.phase = InstanceState::Failed;
                 record.message = message;
                 self.inner.metrics.exit("failed");
                 self.commit(&mut record);
@@ -305,11 +306,11 @@ impl Supervisor {
         let record = &mut slot.record;
         record.exit = Some(exit);
         let (phase, outcome) = if record.stop_requested {
-            (Phase::Exited, "stopped")
+            (InstanceState::Exited, "stopped")
         } else if exit.success() {
-            (Phase::Exited, "exited")
+            (InstanceState::Exited, "exited")
         } else {
-            (Phase::Failed, "failed")
+            (InstanceState::Failed, "failed")
         };
         record.phase = phase;
         record.message = if record.stop_requested && exit == Exit::Unknown {
@@ -348,7 +349,7 @@ impl Supervisor {
             return;
         };
         slot.record.stop_requested = true;
-        slot.record.phase = Phase::Stopping;
+        slot.record.phase = InstanceState::Stopping;
         slot.record.message = if stop.reason.is_empty() {
             "stop requested".to_string()
         } else {
@@ -420,7 +421,7 @@ impl Supervisor {
     }
 
     /// Called by the monitor: a health verdict. Ignored once the instance is stopping.
-    pub(crate) fn set_health(&self, id: &InstanceId, phase: Phase, message: String) {
+    pub(crate) fn set_health(&self, id: &InstanceId, phase: InstanceState, message: String) {
         let mut state = self.lock();
         let Some(slot) = state.instances.get_mut(id) else {
             return;

@@ -1,8 +1,9 @@
 //! Re-adoption after an agent restart: every record of the data folder is matched with
 //! its process (pid, start time, boot), and what ended meanwhile is reported as exited.
 
+use berth_core::instance::InstanceState;
+
 use crate::driver::{Exit, log_tail};
-use crate::record::Phase;
 
 use super::{Slot, Supervisor};
 
@@ -27,7 +28,7 @@ impl Supervisor {
                     let mut state = self.lock();
                     state.ports.reserve(&record.ports);
                     let stopping = record.stop_requested;
-                    let previously_healthy = record.phase == Phase::Healthy;
+                    let previously_healthy = record.phase == InstanceState::Healthy;
                     state.instances.insert(id.clone(), Slot::new(record));
                     drop(state);
                     self.watch_exit(id.clone(), running.exit);
@@ -42,7 +43,7 @@ impl Supervisor {
                     }
                 }
                 None => {
-                    record.phase = Phase::Exited;
+                    record.phase = InstanceState::Exited;
                     record.exit = Some(Exit::Unknown);
                     record.message = if record.stop_requested {
                         "stopped while the agent was not running".to_string()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::registry::v1 as pb;
-use berth_proto::registry::v1::registry_client::RegistryClient;
+use berth_registry_client::watch;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
@@ -270,22 +270,18 @@ async fn watch_once(
     revision: &mut u64,
     stop: &CancellationToken,
 ) -> Result<bool, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
-    let mut client = RegistryClient::new(channel);
     let request = pb::WatchRequest {
         namespace: cfg.namespace.clone(),
         services: Vec::new(),
         from_revision: *revision,
     };
-    let mut stream = client
-        .watch(request)
+    let mut stream = watch::open(&cfg.endpoint, Some(Duration::from_secs(2)), request, None)
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|err| match err {
+            // The transport's debug form names the underlying cause (refused, timed out).
+            watch::OpenError::Connect(e) => format!("{e:?}"),
+            other => other.to_string(),
+        })?;
     metrics.registry_connected.set(1);
     tracing::info!(registry = %cfg.endpoint, from_revision = *revision, "registry watch open");
     let mut applied = false;

@@ -18,6 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_proto::diag::v1 as pb;
 use berth_proto::diag::v1::diag_gateway_client::DiagGatewayClient;
+use berth_registry_client::{NacosClient, RegistryError, names};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -213,37 +214,19 @@ fn targets(
 /// The gateways registered for `node`, from the registry. Usually one; right after a
 /// gateway died its entry lingers until the registry expires it, beside the new one.
 async fn gateways_of(registry: std::net::SocketAddr, node: &str) -> Result<Vec<String>, String> {
-    let service = format!("berth.diag.node.{node}");
-    let url = format!(
-        "http://{registry}/nacos/v1/ns/instance/list?serviceName={service}&healthyOnly=true"
-    );
-    let client = reqwest::Client::builder()
-        .timeout(LOOKUP_TIMEOUT)
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let body: serde_json::Value = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("registry at {registry} unreachable: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("registry answer unreadable: {e}"))?;
-    let hosts: Vec<String> = body["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|host| {
-            let ip = host["ip"].as_str()?;
-            let port = host["port"].as_u64()?;
-            Some(if ip.contains(':') {
-                format!("[{ip}]:{port}")
-            } else {
-                format!("{ip}:{port}")
-            })
-        })
-        .collect();
+    let service = names::diag_node_service(node);
+    let client = NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT);
+    let hosts: Vec<String> = match client.list_instances(&service, true).await {
+        Ok(listed) => listed.iter().map(|host| host.addr()).collect(),
+        Err(RegistryError::Unreachable { source, .. }) => {
+            return Err(format!("registry at {registry} unreachable: {source}"));
+        }
+        Err(RegistryError::Unreadable { source, .. }) => {
+            return Err(format!("registry answer unreadable: {source}"));
+        }
+        // A refusal names no gateway, like an empty listing.
+        Err(RegistryError::Refused { .. }) => Vec::new(),
+    };
     if hosts.is_empty() {
         return Err(format!(
             "no diagnostics gateway holds node {node} (registry service {service} is empty): start its agent with --diag pointing at a gateway"

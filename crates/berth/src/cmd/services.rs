@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use berth_registry::client::{WireService as Service, list_json, service_json};
+use berth_registry_client::watch::{WireService as Service, list_json, service_json};
 
 use super::OutputFormat;
 
@@ -35,7 +35,7 @@ enum Action {
 pub async fn run(args: Args, output: OutputFormat) -> anyhow::Result<()> {
     let token = std::env::var("BERTH_REGISTRY_TOKEN").ok();
     let (revision, services) =
-        berth_registry::client::snapshot(args.registry, &args.namespace, token.as_deref())
+        berth_registry_client::watch::snapshot(args.registry, &args.namespace, token.as_deref())
             .await
             .context("cannot list services")?;
     match args.action {

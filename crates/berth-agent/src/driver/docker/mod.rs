@@ -27,13 +27,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_core::launch::CommandLine;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::{ContainerRef, Driver, DriverError, DriverHandle, Exit, LaunchSpec, LogFiles, Running};
-use crate::spec::CommandLine;
 use logs::{Demux, LogSink, note_on_stderr};
 
 /// The exit code of an instance the engine could not run (as `docker run` uses it).
@@ -372,7 +372,7 @@ impl Driver for DockerDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{InstanceId, Resources};
+    use berth_core::{InstanceId, ResourceRequest};
 
     fn spec(command: Option<CommandLine>) -> LaunchSpec {
         let mut env = BTreeMap::new();
@@ -385,7 +385,7 @@ mod tests {
             image: Some("shop/web:1.4".into()),
             env,
             labels,
-            resources: Resources {
+            resources: ResourceRequest {
                 cpus: 0.5,
                 mem_mib: 64,
                 disk_mib: 0,

@@ -1,10 +1,54 @@
-//! A small client of the native watch, for command-line tools and consumers that want
-//! the current state once (`berth services`).
+//! The registry's native gRPC watch: a snapshot (or the changes after `from_revision`),
+//! then every change. The router keeps this stream open and reconnects with its last
+//! revision; command-line tools read the current state once ([`snapshot`]).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use berth_proto::registry::v1::registry_client::RegistryClient;
-use berth_proto::registry::v1::{Service, WatchRequest, watch_event::Kind};
+use berth_proto::registry::v1::{Service, WatchEvent, WatchRequest, watch_event::Kind};
+
+pub use berth_proto::registry::v1::{Instance as WireInstance, Service as WireService};
+
+/// Why a watch could not be opened, with the transport's own error for callers that
+/// word it themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Endpoint(tonic::transport::Error),
+    #[error("{0}")]
+    Connect(tonic::transport::Error),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+}
+
+/// Opens a watch at `endpoint` (an `http(s)://` URL). `token`, when set, is sent as a
+/// bearer token.
+pub async fn open(
+    endpoint: &str,
+    connect_timeout: Option<Duration>,
+    request: WatchRequest,
+    token: Option<&str>,
+) -> Result<tonic::Streaming<WatchEvent>, OpenError> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(OpenError::Endpoint)?
+        .tcp_nodelay(true);
+    if let Some(timeout) = connect_timeout {
+        endpoint = endpoint.connect_timeout(timeout);
+    }
+    let channel = endpoint.connect().await.map_err(OpenError::Connect)?;
+    let mut request = tonic::Request::new(request);
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(RegistryClient::new(channel)
+        .watch(request)
+        .await
+        .map_err(OpenError::Refused)?
+        .into_inner())
+}
 
 /// Why the registry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -19,33 +63,24 @@ pub enum ClientError {
     Closed { addr: SocketAddr },
 }
 
-/// Opens a watch: a snapshot (or the changes after `from_revision`), then every change.
-/// The router and agents keep this stream open and reconnect with their last revision.
+/// Opens a watch at `addr`, for tools that name the registry by address.
 pub async fn watch(
     addr: SocketAddr,
     request: WatchRequest,
     token: Option<&str>,
-) -> Result<tonic::Streaming<berth_proto::registry::v1::WatchEvent>, ClientError> {
-    let mut client = RegistryClient::connect(format!("http://{addr}"))
+) -> Result<tonic::Streaming<WatchEvent>, ClientError> {
+    open(&format!("http://{addr}"), None, request, token)
         .await
-        .map_err(|e| ClientError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
-    let mut request = tonic::Request::new(request);
-    if let Some(token) = token
-        && let Ok(value) = format!("Bearer {token}").parse()
-    {
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(client
-        .watch(request)
-        .await
-        .map_err(|s| ClientError::Refused {
-            addr,
-            status: s.message().to_string(),
-        })?
-        .into_inner())
+        .map_err(|err| match err {
+            OpenError::Endpoint(e) | OpenError::Connect(e) => ClientError::Connect {
+                addr,
+                reason: e.to_string(),
+            },
+            OpenError::Refused(s) => ClientError::Refused {
+                addr,
+                status: s.message().to_string(),
+            },
+        })
 }
 
 /// Every service of `namespace` (empty: `public`) at the registry's current revision.
@@ -76,8 +111,6 @@ pub async fn snapshot(
         }
     }
 }
-
-pub use berth_proto::registry::v1::{Instance as WireInstance, Service as WireService};
 
 /// One service as JSON (snake_case fields), for `-o json` output.
 pub fn service_json(s: &Service) -> serde_json::Value {

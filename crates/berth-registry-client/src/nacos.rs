@@ -1,0 +1,341 @@
+//! A client of the Nacos v1 HTTP naming API, the API every Nacos client speaks, so each
+//! role works against any registry that speaks it (Berth's own or a real Nacos).
+//!
+//! Instances are ephemeral (kept alive by beats), in group `DEFAULT_GROUP` of namespace
+//! `public`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const GROUP: &str = "DEFAULT_GROUP";
+pub const NAMESPACE: &str = "public";
+/// Nacos clients beat every 5 s; the registry marks an instance unhealthy after 15 s
+/// without one and removes it after 30 s.
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One instance as the registry sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub service: String,
+    pub ip: String,
+    pub port: u16,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Registration {
+    fn metadata_json(&self) -> String {
+        serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".to_string())
+    }
+
+    fn base_params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("serviceName", self.service.clone()),
+            ("groupName", GROUP.to_string()),
+            ("namespaceId", NAMESPACE.to_string()),
+            ("ip", self.ip.clone()),
+            ("port", self.port.to_string()),
+            ("ephemeral", "true".to_string()),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry at {base} unreachable for {op}: {source} (check --registry-http)")]
+    Unreachable {
+        base: String,
+        op: &'static str,
+        source: reqwest::Error,
+    },
+    #[error("registry at {base} refused {op} with HTTP {status}: {body}")]
+    Refused {
+        base: String,
+        op: &'static str,
+        status: u16,
+        body: String,
+    },
+    #[error("registry at {base} answered {op} with something unreadable: {source}")]
+    Unreadable {
+        base: String,
+        op: &'static str,
+        source: reqwest::Error,
+    },
+}
+
+/// Whether a beat found the instance; a registry that forgot it (restart, 30 s without
+/// beats) answers "not found" and the instance must be registered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatOutcome {
+    Alive,
+    NotFound,
+}
+
+/// One instance of a service listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedInstance {
+    pub ip: String,
+    pub port: u16,
+}
+
+impl ListedInstance {
+    /// `ip:port`, with an IPv6 address in brackets.
+    pub fn addr(&self) -> String {
+        if self.ip.contains(':') {
+            format!("[{}]:{}", self.ip, self.port)
+        } else {
+            format!("{}:{}", self.ip, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NacosClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl NacosClient {
+    /// `base` like `http://127.0.0.1:8848`.
+    pub fn new(base: String, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Self { http, base }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/nacos/v1/ns/{path}", self.base)
+    }
+
+    fn unreachable(&self, op: &'static str) -> impl Fn(reqwest::Error) -> RegistryError + '_ {
+        move |source| RegistryError::Unreachable {
+            base: self.base.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Sends `request`; a non-success status is [`RegistryError::Refused`].
+    async fn send(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = request.send().await.map_err(self.unreachable(op))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.map_err(self.unreachable(op))?;
+            return Err(RegistryError::Refused {
+                base: self.base.clone(),
+                op,
+                status: status.as_u16(),
+                body: body.chars().take(300).collect(),
+            });
+        }
+        Ok(response)
+    }
+
+    async fn call(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<String, RegistryError> {
+        let response = self.send(op, request).await?;
+        response.text().await.map_err(self.unreachable(op))
+    }
+
+    pub async fn register(&self, reg: &Registration) -> Result<(), RegistryError> {
+        let mut params = reg.base_params();
+        params.push(("metadata", reg.metadata_json()));
+        params.push(("healthy", "true".to_string()));
+        params.push(("enabled", "true".to_string()));
+        params.push(("weight", "1.0".to_string()));
+        let request = self.http.post(self.url("instance")).query(&params);
+        self.call("register", request).await.map(drop)
+    }
+
+    pub async fn beat(&self, reg: &Registration) -> Result<BeatOutcome, RegistryError> {
+        let beat = serde_json::json!({
+            "serviceName": format!("{GROUP}@@{}", reg.service),
+            "ip": reg.ip,
+            "port": reg.port,
+            "cluster": "DEFAULT",
+            "weight": 1.0,
+            "ephemeral": true,
+            "scheduled": true,
+            "metadata": reg.metadata,
+        });
+        let mut params = reg.base_params();
+        params.push(("beat", beat.to_string()));
+        let request = self.http.put(self.url("instance/beat")).query(&params);
+        match self.call("beat", request).await {
+            Ok(body) => {
+                #[derive(Deserialize)]
+                struct Reply {
+                    code: Option<i64>,
+                }
+                let code = serde_json::from_str::<Reply>(&body)
+                    .ok()
+                    .and_then(|r| r.code);
+                Ok(if code == Some(20404) {
+                    BeatOutcome::NotFound
+                } else {
+                    BeatOutcome::Alive
+                })
+            }
+            Err(RegistryError::Refused { status: 404, .. }) => Ok(BeatOutcome::NotFound),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn deregister(&self, reg: &Registration) -> Result<(), RegistryError> {
+        let request = self
+            .http
+            .delete(self.url("instance"))
+            .query(&reg.base_params());
+        self.call("deregister", request).await.map(drop)
+    }
+
+    /// The instances of `service` (in the default group and namespace); with
+    /// `healthy_only`, only those passing their checks. Entries without an address are
+    /// skipped.
+    pub async fn list_instances(
+        &self,
+        service: &str,
+        healthy_only: bool,
+    ) -> Result<Vec<ListedInstance>, RegistryError> {
+        let params = [
+            ("serviceName", service.to_string()),
+            ("healthyOnly", healthy_only.to_string()),
+        ];
+        let request = self.http.get(self.url("instance/list")).query(&params);
+        let body: serde_json::Value =
+            self.send("list", request)
+                .await?
+                .json()
+                .await
+                .map_err(|source| RegistryError::Unreadable {
+                    base: self.base.clone(),
+                    op: "list",
+                    source,
+                })?;
+        Ok(body["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|host| {
+                Some(ListedInstance {
+                    ip: host["ip"].as_str()?.to_string(),
+                    port: u16::try_from(host["port"].as_u64()?).ok()?,
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::Router;
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post, put};
+
+    use super::*;
+
+    /// A registry answering each call the way the test needs.
+    async fn fake(router: Router) -> NacosClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        NacosClient::new(format!("http://{addr}"), Duration::from_secs(2))
+    }
+
+    fn registration() -> Registration {
+        Registration {
+            service: "shop.web".into(),
+            ip: "10.0.0.7".into(),
+            port: 31000,
+            metadata: BTreeMap::from([("berth.app".to_string(), "shop/web".to_string())]),
+        }
+    }
+
+    #[tokio::test]
+    async fn registers_with_the_nacos_parameters() {
+        let client = fake(Router::new().route(
+            "/nacos/v1/ns/instance",
+            post(|Query(q): Query<BTreeMap<String, String>>| async move {
+                let ok = q["serviceName"] == "shop.web"
+                    && q["groupName"] == GROUP
+                    && q["namespaceId"] == NAMESPACE
+                    && q["ip"] == "10.0.0.7"
+                    && q["port"] == "31000"
+                    && q["ephemeral"] == "true"
+                    && q["metadata"] == r#"{"berth.app":"shop/web"}"#;
+                if ok {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::BAD_REQUEST, "caught a bad parameter")
+                }
+            }),
+        ))
+        .await;
+        client.register(&registration()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_instance_beats_not_found_and_refusals_keep_their_wording() {
+        let client = fake(
+            Router::new()
+                .route(
+                    "/nacos/v1/ns/instance/beat",
+                    put(|| async { r#"{"code":20404}"# }),
+                )
+                .route(
+                    "/nacos/v1/ns/instance",
+                    axum::routing::delete(|| async { (StatusCode::FORBIDDEN, "no token") }),
+                ),
+        )
+        .await;
+        assert_eq!(
+            client.beat(&registration()).await.unwrap(),
+            BeatOutcome::NotFound
+        );
+        let err = client.deregister(&registration()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "registry at {} refused deregister with HTTP 403: no token",
+                client.base()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_instances_with_addresses() {
+        let client = fake(Router::new().route(
+            "/nacos/v1/ns/instance/list",
+            get(|Query(q): Query<BTreeMap<String, String>>| async move {
+                assert_eq!(q["serviceName"], "berth.diag.node.a");
+                assert_eq!(q["healthyOnly"], "true");
+                r#"{"hosts":[{"ip":"10.0.0.1","port":7000},{"ip":"::1","port":7001},{"ip":"bad"}]}"#
+            }),
+        ))
+        .await;
+        let listed = client
+            .list_instances("berth.diag.node.a", true)
+            .await
+            .unwrap();
+        let addrs: Vec<String> = listed.iter().map(ListedInstance::addr).collect();
+        assert_eq!(addrs, vec!["10.0.0.1:7000", "[::1]:7001"]);
+    }
+}

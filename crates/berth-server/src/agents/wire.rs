@@ -2,55 +2,39 @@
 //!
 //! Everything past the agent session speaks berth-core and real-state types only: what an
 //! agent sends is decoded here ([`hello`], [`heartbeat`], [`instance`]), what the server
-//! orders is encoded here ([`start`], [`stop`], [`welcome`]). Free functions, so the parts
-//! the agent needs too (instance states, resources, the start message) can move into a
-//! shared crate as they are.
+//! orders is encoded here ([`start`], [`stop`], [`welcome`]). What the agent reads and
+//! writes too (instance states, resources, statuses, the start message) is mapped once in
+//! `berth-wire`; this module adds only what is the server's own (real-state records, the
+//! session's hello and heartbeat, welcome and stop orders).
 
-use berth_core::instance::InstanceState;
 use berth_core::{InstanceId, NodeId, Resources};
 use berth_proto::agent::v1 as pb;
 use berth_store::AppVersion;
 
 use crate::state::{Heartbeat, Hello, Instance};
 
-pub fn instance_state(s: pb::InstanceState) -> InstanceState {
-    use pb::InstanceState as P;
-    match s {
-        P::Unspecified | P::Starting => InstanceState::Starting,
-        P::Running => InstanceState::Running,
-        P::Healthy => InstanceState::Healthy,
-        P::Unhealthy => InstanceState::Unhealthy,
-        P::Stopping => InstanceState::Stopping,
-        P::Exited => InstanceState::Exited,
-        P::Failed => InstanceState::Failed,
-    }
-}
-
-pub fn resources(r: &pb::Resources) -> Resources {
-    Resources::new(r.cpus, r.mem_mib, r.disk_mib)
-}
-
 /// An absent resources field reads as nothing.
 fn resources_or_default(r: Option<&pb::Resources>) -> Resources {
-    r.map(resources).unwrap_or_default()
+    r.map(berth_wire::resources_from_pb).unwrap_or_default()
 }
 
 /// An instance as `node` reports it.
 pub fn instance(node: &NodeId, s: &pb::InstanceStatus) -> Instance {
+    let s = berth_wire::status_from_pb(s);
     Instance {
-        id: InstanceId::new(s.instance_id.clone()),
-        app: s.app_id.clone(),
+        id: s.instance_id,
+        app: s.app_id,
         version: s.app_version,
-        state: instance_state(s.state()),
+        state: s.state,
         node: node.clone(),
-        ports: s.ports.clone(),
+        ports: s.ports,
         pid: s.pid,
         started_at_ms: s.started_at_ms,
         updated_at_ms: s.updated_at_ms,
         exit_code: s.exit_code,
-        message: s.message.clone(),
-        stderr_tail: s.stderr_tail.clone(),
-        resources: resources_or_default(s.resources.as_ref()),
+        message: s.message,
+        stderr_tail: s.stderr_tail,
+        resources: s.resources.reserve(),
     }
 }
 
@@ -99,40 +83,7 @@ pub fn start(app: &AppVersion, inst: &InstanceId) -> pb::ServerMessage {
 }
 
 pub fn start_instance(app: &AppVersion, inst: &InstanceId) -> pb::StartInstance {
-    let s = &app.spec;
-    pb::StartInstance {
-        instance_id: inst.to_string(),
-        app_id: s.id.to_string(),
-        app_version: app.config_version.0,
-        cmd: s.cmd.clone().unwrap_or_default(),
-        args: s.args.clone().unwrap_or_default(),
-        image: s.image.clone().unwrap_or_default(),
-        driver: s.driver().to_string(),
-        env: s.env.clone().into_iter().collect(),
-        port_count: s.ports.count(),
-        resources: Some(pb::Resources {
-            cpus: s.cpus,
-            mem_mib: s.mem,
-            disk_mib: s.disk,
-        }),
-        health_checks: s
-            .health_checks
-            .iter()
-            .map(|h| pb::HealthCheck {
-                protocol: format!("{:?}", h.protocol).to_lowercase(),
-                path: h.path.clone().unwrap_or_default(),
-                port_index: h.port_index,
-                command: h.command.clone().unwrap_or_default(),
-                grace_period_seconds: h.grace_period_seconds,
-                interval_seconds: h.interval_seconds,
-                timeout_seconds: h.timeout_seconds,
-                max_consecutive_failures: h.max_consecutive_failures,
-                ignore_tls_errors: h.ignore_tls_errors,
-            })
-            .collect(),
-        routes: s.routes.clone(),
-        labels: s.labels.clone().into_iter().collect(),
-    }
+    berth_wire::start_message(&app.spec, app.config_version.0, inst)
 }
 
 /// The order to stop `inst`: out of the registry, `drain_ms` to finish requests, then

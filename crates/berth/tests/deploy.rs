@@ -335,9 +335,11 @@ async fn v1_serving(dev: &Dev) -> (u64, Load) {
     let id = body["deployment"]["id"].as_str().unwrap().to_string();
     dev.wait_deployment(&id, "succeeded").await;
     let load = Load::start(dev.router(), WORKERS, Duration::from_millis(20));
-    wait_until("the router spreads over 3 instances", WAIT_DEPLOY, || async {
-        load.recent_instances().len() == 3
-    })
+    wait_until(
+        "the router spreads over 3 instances",
+        WAIT_DEPLOY,
+        || async { load.recent_instances().len() == 3 },
+    )
     .await;
     (v1, load)
 }

@@ -175,12 +175,16 @@ interval_seconds = 1
     assert_eq!(inspected["HostConfig"]["NanoCpus"], 200_000_000);
     assert_eq!(inspected["HostConfig"]["NetworkMode"], "host");
 
-    wait_until("the containers answer through the router", WAIT_ROLES, || async {
-        through_router(router.addr("http"), "boxed.test")
-            .await
-            .as_deref()
-            == Some(BUSYBOX_INDEX)
-    })
+    wait_until(
+        "the containers answer through the router",
+        WAIT_ROLES,
+        || async {
+            through_router(router.addr("http"), "boxed.test")
+                .await
+                .as_deref()
+                == Some(BUSYBOX_INDEX)
+        },
+    )
     .await;
     wait_until("their output shows in berth logs", WAIT_ROLES, || async {
         let out = cli(api, &["logs", "shop/boxed"]).await;

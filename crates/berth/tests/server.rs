@@ -79,7 +79,11 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output");
     assert_eq!(v["apps"][0]["spec"]["id"], "shop/web");
 
-    let out = cli(s.addr("http"), &["apps", "scale", "--wait", "shop/web", "3"]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "scale", "--wait", "shop/web", "3"],
+    )
+    .await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("3 running", WAIT, || async { total() == 3 }).await;
 
@@ -331,7 +335,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
         "sleeper.toml",
         "id = \"real/sleeper\"\ncmd = \"exec sleep 300\"\ninstances = 2\nmem = 16\n",
     );
-    let out = cli(s.addr("http"), &["apps", "deploy", "--timeout", "30s", &spec]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "deploy", "--timeout", "30s", &spec],
+    )
+    .await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
 
     let running = |v: &serde_json::Value| -> Vec<(String, u64)> {
@@ -349,7 +357,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
             .collect()
     };
     let instances = || async {
-        let out = cli(s.addr("http"), &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        let out = cli(
+            s.addr("http"),
+            &["-o", "json", "instances", "--app", "real/sleeper"],
+        )
+        .await;
         serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
     };
     let before = running(&instances().await);
@@ -378,7 +390,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
     assert!(s.terminate().await.success());
     let s = server_on(&data.path().join("server"), &grpc).await;
     let instances = || async {
-        let out = cli(s.addr("http"), &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        let out = cli(
+            s.addr("http"),
+            &["-o", "json", "instances", "--app", "real/sleeper"],
+        )
+        .await;
         serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
     };
     wait_until("agent reports again", WAIT, || async {
@@ -448,7 +464,11 @@ async fn a_crash_loop_shows_its_exit_code_stderr_and_backoff() {
         "crash.toml",
         "id = \"crashy\"\ncmd = \"echo 'config file /etc/crashy.conf missing' >&2; exit 3\"\nmem = 16\nbackoff_seconds = 0.2\nbackoff_factor = 5.0\n",
     );
-    let out = cli(s.addr("http"), &["apps", "deploy", "--timeout", "60s", &spec]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "deploy", "--timeout", "60s", &spec],
+    )
+    .await;
     assert!(!out.ok, "{}", out.stdout);
     assert!(out.stderr.contains("keep failing"), "{}", out.stderr);
     assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);

@@ -71,7 +71,10 @@ async fn the_standby_takes_over_from_a_dead_leader_and_nothing_restarts() {
 
     let a = ha_server(&dir.path().join("a"), &url_file).await;
     let a_url = format!("http://{}", a.addr("http"));
-    assert_eq!(get_json(&format!("{a_url}/v1/leader")).await["role"], "leader");
+    assert_eq!(
+        get_json(&format!("{a_url}/v1/leader")).await["role"],
+        "leader"
+    );
     let b = ha_server(&dir.path().join("b"), &url_file).await;
     let b_url = format!("http://{}", b.addr("http"));
     let view = get_json(&format!("{b_url}/v1/leader")).await;

@@ -36,7 +36,11 @@ async fn apps_live_in_postgres_and_an_outage_is_a_clear_503() {
 
     // Another server, another data folder, same database: the app is there.
     let second = postgres_server(&dir.path().join("s2"), &url_file, &[]).await;
-    let out = cli(second.addr("http"), &["-o", "json", "apps", "show", "pg/app"]).await;
+    let out = cli(
+        second.addr("http"),
+        &["-o", "json", "apps", "show", "pg/app"],
+    )
+    .await;
     assert!(out.ok, "{}", out.stderr);
     let shown = &out.stdout;
     assert!(shown.contains("\"instances\": 2"), "{shown}");

@@ -1,6 +1,8 @@
 //! Test harness shared by every Berth crate: polling waits instead of sleeps, the real
-//! `berth` binary as a child process for black-box tests, temp folders, the Python venv
-//! that holds third-party clients.
+//! `berth` binary as a child process for black-box tests, the reaper of instances left
+//! behind, fake peers on the real wire (a fake agent for server tests, a fake server for
+//! agent tests), throwaway PostgreSQL, Docker and NATS servers, temp folders, the Python
+//! venv that holds third-party clients.
 //!
 //! Only tests depend on this crate. It must never be a dependency of a role crate, and it
 //! depends on no role crate either (roles are started in-process by their own tests
@@ -9,6 +11,8 @@
 
 pub mod docker;
 pub mod fake_agent;
+pub mod fake_server;
+pub mod nats;
 pub mod postgres;
 mod process;
 mod reaper;

@@ -1,162 +1,21 @@
 //! Black-box tests of `berth agent`: the real binary against a fake server (a real
 //! tonic `AgentLink` service in the test), real processes as instances.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use berth_proto::agent::v1 as pb;
-use berth_proto::agent::v1::agent_link_server::{AgentLink, AgentLinkServer};
-use berth_testkit::{BerthProcess, temp_dir, wait_for, wait_until};
-use futures::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use berth_testkit::fake_server::FakeServer;
+use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_for, wait_until};
+use common::{BIN, WAIT_AGENT, berth, cli, http_get};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-type ToAgent = mpsc::Sender<Result<pb::ServerMessage, Status>>;
-
-#[derive(Clone, Default)]
-struct Fake {
-    received: Arc<Mutex<Vec<pb::AgentMessage>>>,
-    to_agent: Arc<Mutex<Option<ToAgent>>>,
-}
-
-#[tonic::async_trait]
-impl AgentLink for Fake {
-    type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
-
-    async fn session(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(Ok(pb::ServerMessage {
-            kind: Some(pb::server_message::Kind::Welcome(pb::Welcome {
-                server_id: "fake".into(),
-                heartbeat_interval_ms: 200,
-            })),
-        }))
-        .await
-        .ok();
-        *self.to_agent.lock().unwrap() = Some(tx);
-        let received = self.received.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                received.lock().unwrap().push(message);
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-impl Fake {
-    async fn start() -> (Self, SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let fake = Self::default();
-        let service = fake.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(AgentLinkServer::new(service))
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-                .ok();
-        });
-        (fake, addr)
-    }
-
-    async fn send(&self, kind: pb::server_message::Kind) {
-        let tx = wait_for("an agent session", WAIT, || async {
-            self.to_agent.lock().unwrap().clone()
-        })
-        .await;
-        tx.send(Ok(pb::ServerMessage { kind: Some(kind) }))
-            .await
-            .unwrap();
-    }
-
-    /// The newest Hello, once there are `count` of them.
-    async fn hello(&self, count: usize) -> pb::Hello {
-        wait_for("a Hello", WAIT, || async {
-            let hellos: Vec<pb::Hello> = self
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|m| match &m.kind {
-                    Some(pb::agent_message::Kind::Hello(h)) => Some(h.clone()),
-                    _ => None,
-                })
-                .collect();
-            (hellos.len() >= count).then(|| hellos[count - 1].clone())
-        })
-        .await
-    }
-
-    async fn event(&self, id: &str, state: pb::InstanceState) -> pb::InstanceStatus {
-        wait_for(&format!("{id} {state:?}"), WAIT, || async {
-            self.received
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|m| match &m.kind {
-                    Some(pb::agent_message::Kind::Event(pb::InstanceEvent {
-                        instance: Some(i),
-                    })) if i.instance_id == id && i.state == state as i32 => Some(i.clone()),
-                    _ => None,
-                })
-        })
-        .await
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Instances outlive agents by design: when dropped, kills the process group of every
-/// instance recorded under the data folder that is still the recorded process.
-struct Reaper(std::path::PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.0.join("instances")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path().join("instance.json")) else {
-                continue;
-            };
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let handle = &record["handle"];
-            if let (Some(pid), Some(ticks)) =
-                (handle["pid"].as_u64(), handle["start_ticks"].as_u64())
-                && berth_agent::procfs::is_same_live_process(pid as u32, ticks)
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
+/// The fake server as the tests here see it: its id is `fake`, it asks for a heartbeat
+/// every 200 ms.
+async fn fake_server() -> (FakeServer, SocketAddr) {
+    let server = FakeServer::start("fake", 200).await.with_wait(WAIT_AGENT);
+    let addr = server.addr;
+    (server, addr)
 }
 
 fn alive(pid: u32) -> bool {
@@ -174,7 +33,7 @@ async fn start_agent(dir: &std::path::Path, server: SocketAddr) -> BerthProcess 
     let server = server.to_string();
     let data = dir.display().to_string();
     BerthProcess::start(
-        env!("CARGO_BIN_EXE_berth"),
+        BIN,
         &[
             "agent",
             "--server",
@@ -199,11 +58,11 @@ async fn start_agent(dir: &std::path::Path, server: SocketAddr) -> BerthProcess 
 #[tokio::test]
 async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
     let dir = temp_dir();
-    let _reaper = Reaper(dir.path().to_path_buf());
-    let (server, addr) = Fake::start().await;
+    let _reaper = InstanceReaper::new([dir.path()]);
+    let (server, addr) = fake_server().await;
     let agent = start_agent(dir.path(), addr).await;
     let status = agent.addr("http");
-    let hello = server.hello(1).await;
+    let hello = server.wait_hellos(1).await;
     assert_eq!(hello.node_id, "bb-node");
     assert_eq!(hello.labels.get("disk").map(String::as_str), Some("ssd"));
 
@@ -217,7 +76,7 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
             ..Default::default()
         }))
         .await;
-    let healthy = server.event("web-1", pb::InstanceState::Healthy).await;
+    let healthy = server.wait_event("web-1", pb::InstanceState::Healthy).await;
     let (code, body) = http_get(status, "/health").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"server_id\":\"fake\""), "{body}");
@@ -241,7 +100,7 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
     );
 
     let again = start_agent(dir.path(), addr).await;
-    let hello = server.hello(2).await;
+    let hello = server.wait_hellos(2).await;
     let adopted = hello
         .instances
         .iter()
@@ -253,7 +112,7 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
     again.kill().await;
     assert!(alive(healthy.pid));
     let again = start_agent(dir.path(), addr).await;
-    let hello = server.hello(3).await;
+    let hello = server.wait_hellos(3).await;
     assert!(
         hello
             .instances
@@ -270,7 +129,7 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
             reason: "test over".into(),
         }))
         .await;
-    wait_until("the instance is gone", WAIT, || async {
+    wait_until("the instance is gone", WAIT_AGENT, || async {
         !alive(healthy.pid)
     })
     .await;
@@ -280,15 +139,9 @@ async fn agent_runs_instances_and_they_outlive_an_agent_restart() {
 #[tokio::test]
 async fn bad_flags_and_a_busy_data_folder_are_named() {
     let dir = temp_dir();
-    let _reaper = Reaper(dir.path().to_path_buf());
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let _reaper = InstanceReaper::new([dir.path()]);
     let data = dir.path().display().to_string();
-    let out = run(&[
+    let out = berth(&[
         "agent",
         "--server",
         "127.0.0.1:1",
@@ -301,11 +154,11 @@ async fn bad_flags_and_a_busy_data_folder_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--labels") && err.contains("k=v"), "{err}");
 
-    let out = run(&["agent", "--data-dir", &data]);
+    let out = berth(&["agent", "--data-dir", &data]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
 
-    let out = run(&[
+    let out = berth(&[
         "agent",
         "--server",
         "127.0.0.1:1",
@@ -317,9 +170,9 @@ async fn bad_flags_and_a_busy_data_folder_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("port_range"));
 
-    let (_server, addr) = Fake::start().await;
+    let (_server, addr) = fake_server().await;
     let first = start_agent(dir.path(), addr).await;
-    let out = run(&[
+    let out = berth(&[
         "agent",
         "--server",
         &addr.to_string(),
@@ -340,11 +193,10 @@ async fn bad_flags_and_a_busy_data_folder_are_named() {
 #[tokio::test]
 async fn with_real_server_and_registry_healthy_instances_are_registered_then_withdrawn() {
     let dir = temp_dir();
-    let _reaper = Reaper(dir.path().join("agent"));
-    let bin = env!("CARGO_BIN_EXE_berth");
+    let _reaper = InstanceReaper::new([dir.path().join("agent")]);
     let path = |name: &str| dir.path().join(name).display().to_string();
     let registry = BerthProcess::start(
-        bin,
+        BIN,
         &[
             "registry",
             "--listen",
@@ -357,7 +209,7 @@ async fn with_real_server_and_registry_healthy_instances_are_registered_then_wit
     )
     .await;
     let server = BerthProcess::start(
-        bin,
+        BIN,
         &[
             "server",
             "--listen",
@@ -372,7 +224,7 @@ async fn with_real_server_and_registry_healthy_instances_are_registered_then_wit
     )
     .await;
     let agent = BerthProcess::start(
-        bin,
+        BIN,
         &[
             "agent",
             "--server",
@@ -408,24 +260,12 @@ grace_period_seconds = 5
 "#,
     )
     .unwrap();
-    let url = format!("http://{}", server.addr("http"));
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .arg("--server-url")
-            .arg(&url)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "berth {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    cli(&["apps", "deploy", app.to_str().unwrap()]);
+    let api = server.addr("http");
+    let deployed = cli(api, &["apps", "deploy", app.to_str().unwrap()]).await;
+    assert!(deployed.ok, "berth apps deploy: {}", deployed.stderr);
 
     let list = "/nacos/v1/ns/instance/list?serviceName=bb.web";
-    let hosts = wait_for("two registered instances", WAIT, || async {
+    let hosts = wait_for("two registered instances", WAIT_AGENT, || async {
         let (_, body) = http_get(registry.addr("http"), list).await;
         let value: serde_json::Value = serde_json::from_str(&body).ok()?;
         let hosts = value["hosts"].as_array()?.clone();
@@ -443,8 +283,9 @@ grace_period_seconds = 5
         );
     }
 
-    cli(&["apps", "scale", "bb/web", "0"]);
-    wait_until("the registry holds none", WAIT, || async {
+    let scaled = cli(api, &["apps", "scale", "bb/web", "0"]).await;
+    assert!(scaled.ok, "berth apps scale: {}", scaled.stderr);
+    wait_until("the registry holds none", WAIT_AGENT, || async {
         let (_, body) = http_get(registry.addr("http"), list).await;
         serde_json::from_str::<serde_json::Value>(&body)
             .ok()

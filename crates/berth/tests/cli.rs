@@ -1,13 +1,8 @@
 //! Black-box checks of the command line itself.
 
-use std::process::Command;
+mod common;
 
-fn berth(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .output()
-        .expect("run berth")
-}
+use common::berth;
 
 #[test]
 fn version_names_the_release() {

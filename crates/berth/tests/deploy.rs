@@ -9,6 +9,8 @@
 //! stopped, so only the drain (deregister, let in-flight requests finish, then SIGTERM)
 //! keeps every request whole. With `stop_drain` at 0 these tests fail.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,14 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, temp_dir, wait_for, wait_until};
+use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_for, wait_until};
+use common::{BIN, WAIT_DEPLOY, cli};
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
 const HOST: &str = "deploy.localhost";
 const APP: &str = "demo/deploy";
-const WAIT: Duration = Duration::from_secs(60);
 /// Request loops; each waits for its answer (100 ms) then sends the next: ~80 req/s.
 const WORKERS: usize = 8;
 
@@ -31,25 +31,19 @@ const WORKERS: usize = 8;
 struct Dev {
     /// Taken by [`Dev::finish`].
     process: Option<BerthProcess>,
+    /// Kills the app's instances if a test fails before removing its app (instances
+    /// outlive their agent by design); declared before `data`, which it reads.
+    _reaper: InstanceReaper,
     data: tempfile::TempDir,
     http: reqwest::Client,
-    /// Instance pids seen, killed on drop if a test fails before removing its app
-    /// (instances outlive their agent by design).
-    pids: Arc<Mutex<HashSet<u32>>>,
 }
 
 impl Dev {
     async fn start() -> Dev {
         let data = temp_dir();
-        let mut command = Command::new(BIN);
+        let mut command = dev_command(BIN, data.path());
         command
-            .args(["dev", "--no-demo", "--data-dir"])
-            .arg(data.path())
-            .env("BERTH_LOG", "warn");
-        for var in berth_testkit::DEV_LISTENERS {
-            command.env(var, "127.0.0.1:0");
-        }
-        command
+            .arg("--no-demo")
             .env("BERTH_SERVER_STARTUP_GRACE", "500ms")
             .env("BERTH_SERVER_RECONCILE_INTERVAL", "250ms")
             // Deregistered-to-SIGTERM: far above the router's propagation (tens of ms).
@@ -58,9 +52,9 @@ impl Dev {
         let process = BerthProcess::spawn(command).await;
         Dev {
             process: Some(process),
+            _reaper: InstanceReaper::new([data.path().join("agent")]),
             data,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
-            pids: Arc::default(),
         }
     }
 
@@ -96,7 +90,7 @@ impl Dev {
     }
 
     async fn wait_deployment(&self, id: &str, state: &str) -> Value {
-        wait_for(&format!("deployment {id} {state}"), WAIT, || async {
+        wait_for(&format!("deployment {id} {state}"), WAIT_DEPLOY, || async {
             let d = self.deployment(id).await;
             let now = d["state"].as_str().unwrap_or("").to_string();
             assert!(
@@ -112,13 +106,7 @@ impl Dev {
     async fn instances(&self) -> Vec<(String, u64)> {
         let v = self.get(&format!("/v1/instances?app={APP}")).await;
         let list = v["instances"].as_array().cloned().unwrap_or_default();
-        let mut pids = self.pids.lock().unwrap();
         list.iter()
-            .inspect(|i| {
-                if let Some(pid) = i["pid"].as_u64().filter(|p| *p > 0) {
-                    pids.insert(pid as u32);
-                }
-            })
             .filter(|i| {
                 matches!(
                     i["state"].as_str(),
@@ -136,18 +124,8 @@ impl Dev {
 
     /// Runs a `berth` client command against this platform.
     async fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .arg("--server-url")
-            .arg(self.api(""))
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = cli(self.process.as_ref().unwrap().addr("api"), args).await;
+        (out.ok, out.stdout, out.stderr)
     }
 
     fn write(&self, name: &str, spec: &Value) -> PathBuf {
@@ -173,25 +151,12 @@ impl Dev {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.status());
-        wait_until("the app's instances to exit", WAIT, || async {
+        wait_until("the app's instances to exit", WAIT_DEPLOY, || async {
             self.instances().await.is_empty()
         })
         .await;
-        self.pids.lock().unwrap().clear();
         let process = self.process.take().unwrap();
         assert!(process.terminate().await.success());
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        for pid in self.pids.lock().unwrap().drain() {
-            // Each instance leads its own process group.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
     }
 }
 
@@ -370,9 +335,11 @@ async fn v1_serving(dev: &Dev) -> (u64, Load) {
     let id = body["deployment"]["id"].as_str().unwrap().to_string();
     dev.wait_deployment(&id, "succeeded").await;
     let load = Load::start(dev.router(), WORKERS, Duration::from_millis(20));
-    wait_until("the router spreads over 3 instances", WAIT, || async {
-        load.recent_instances().len() == 3
-    })
+    wait_until(
+        "the router spreads over 3 instances",
+        WAIT_DEPLOY,
+        || async { load.recent_instances().len() == 3 },
+    )
     .await;
     (v1, load)
 }
@@ -412,7 +379,7 @@ async fn a_rolling_deploy_and_a_rolling_restart_under_load_fail_no_request() {
     assert!(v2 > v1);
     assert_eq!(instances.len(), 3, "{instances:?}");
     assert!(instances.iter().all(|(_, v)| *v == v2), "{instances:?}");
-    wait_until("only v2 answers", WAIT, || async {
+    wait_until("only v2 answers", WAIT_DEPLOY, || async {
         load.recent_versions() == HashSet::from([v2.to_string()])
     })
     .await;
@@ -447,7 +414,7 @@ async fn a_version_that_never_gets_healthy_rolls_back_and_changes_wait_their_tur
     let deploy = dev.cli(&args);
     let busy = async {
         // While it runs, another change is refused with the running deployment's id.
-        let running = wait_for("the bad deployment", WAIT, || async {
+        let running = wait_for("the bad deployment", WAIT_DEPLOY, || async {
             let v = dev.get("/v1/deployments?active=true").await;
             v["deployments"][0]["id"].as_str().map(str::to_string)
         })
@@ -480,7 +447,7 @@ async fn a_version_that_never_gets_healthy_rolls_back_and_changes_wait_their_tur
         .await;
     assert_eq!(code, 200, "{body}");
     let id = body["deployment"]["id"].as_str().unwrap().to_string();
-    wait_until("new instances started", WAIT, || async {
+    wait_until("new instances started", WAIT_DEPLOY, || async {
         dev.instances().await.iter().any(|(_, v)| *v != v1)
     })
     .await;
@@ -488,7 +455,7 @@ async fn a_version_that_never_gets_healthy_rolls_back_and_changes_wait_their_tur
     assert!(ok, "{out}{err}");
     let d = dev.wait_deployment(&id, "rolled_back").await;
     assert!(count(&d["steps"], "rolling back") >= 1, "{d:#}");
-    wait_until("only v1 left", WAIT, || async {
+    wait_until("only v1 left", WAIT_DEPLOY, || async {
         dev.instances().await.iter().all(|(_, v)| *v == v1)
     })
     .await;
@@ -539,7 +506,7 @@ async fn an_instance_whose_check_fails_leaves_routing_then_is_replaced() {
     let id = body["deployment"]["id"].as_str().unwrap().to_string();
     dev.wait_deployment(&id, "succeeded").await;
     let load = Load::start(dev.router(), WORKERS, Duration::from_millis(20));
-    wait_until("3 instances answer", WAIT, || async {
+    wait_until("3 instances answer", WAIT_DEPLOY, || async {
         load.recent_instances().len() == 3
     })
     .await;
@@ -547,7 +514,7 @@ async fn an_instance_whose_check_fails_leaves_routing_then_is_replaced() {
     let victim = dev.instances().await[0].0.clone();
     std::fs::write(dev.work_dir(&victim).join("sick"), b"").unwrap();
     // Out of routing at its first failed probe, before it counts as unhealthy.
-    wait_until("the sick instance stops answering", WAIT, || async {
+    wait_until("the sick instance stops answering", WAIT_DEPLOY, || async {
         load.recent_instances().len() == 2 && !load.recent_instances().contains(&victim)
     })
     .await;
@@ -562,12 +529,12 @@ async fn an_instance_whose_check_fails_leaves_routing_then_is_replaced() {
         .map(|i| i["state"].clone());
     assert_eq!(state, Some(json!("healthy")), "{v:#}");
     // Then replaced: stopped, and a new one answers.
-    wait_until("a replacement answers", WAIT, || async {
+    wait_until("a replacement answers", WAIT_DEPLOY, || async {
         let ids = load.recent_instances();
         ids.len() == 3 && !ids.contains(&victim)
     })
     .await;
-    wait_until("the sick instance is gone", WAIT, || async {
+    wait_until("the sick instance is gone", WAIT_DEPLOY, || async {
         let now: Vec<String> = dev.instances().await.into_iter().map(|(i, _)| i).collect();
         now.len() == 3 && !now.contains(&victim)
     })

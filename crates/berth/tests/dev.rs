@@ -3,15 +3,18 @@
 //! through the router. Every listener is moved to an ephemeral port through the roles'
 //! own BERTH_<ROLE>_* variables, which `berth dev` honours like the standalone roles.
 
+mod common;
+
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_for, wait_until};
+use common::BIN;
 
 #[tokio::test]
 async fn dev_serves_the_demo_app_through_the_router_and_stops_cleanly() {
     let data = temp_dir();
     let _reaper = InstanceReaper::new([data.path().join("agent")]);
-    let command = dev_command(env!("CARGO_BIN_EXE_berth"), data.path());
+    let command = dev_command(BIN, data.path());
     let dev = BerthProcess::spawn(command).await;
     let api = dev.addr("api");
     let router = dev.addr("router");

@@ -5,54 +5,16 @@
 //! named, and that when the gateway holding the agent dies the agent re-attaches to the
 //! other one and diagnostics work again.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, InstanceReaper, temp_dir};
-use serde_json::Value;
-use tokio::process::Command;
+use common::{BIN, WAIT_ROLES, cli, get_json, role};
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(45);
 const APP: &str = "diag/web";
-
-async fn role(name: &str, env: &[(&str, String)]) -> BerthProcess {
-    let mut command = Command::new(BIN);
-    command.arg(name).env("BERTH_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    BerthProcess::spawn(command).await
-}
-
-struct Cli {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn berth(api: SocketAddr, args: &[&str]) -> Cli {
-    let out = Command::new(BIN)
-        .arg("--server-url")
-        .arg(format!("http://{api}"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    Cli {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn get_json(url: &str) -> Value {
-    match reqwest::get(url).await {
-        Ok(response) => response.json().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
-}
 
 async fn gateway(registry: SocketAddr) -> BerthProcess {
     role(
@@ -132,7 +94,7 @@ ports = 1
         ),
     )
     .unwrap();
-    let deployed = berth(
+    let deployed = cli(
         api,
         &[
             "apps",
@@ -183,7 +145,7 @@ ports = 1
         "{grep}"
     );
     assert!(!grep.contains("request one"), "{grep}");
-    let insensitive = berth(api, &["inspect", "grep", APP, "error DISK", "-i"]).await;
+    let insensitive = cli(api, &["inspect", "grep", APP, "error DISK", "-i"]).await;
     assert!(insensitive.ok, "{}", insensitive.stderr);
     assert_eq!(
         insensitive
@@ -197,21 +159,21 @@ ports = 1
 
     // Processes and listening ports of one instance.
     let (id, port) = &instances[1];
-    let ps = berth(api, &["inspect", "ps", APP, "--instance", id]).await;
+    let ps = cli(api, &["inspect", "ps", APP, "--instance", id]).await;
     assert!(
         ps.ok && ps.stdout.contains("hello-app"),
         "{}{}",
         ps.stdout,
         ps.stderr
     );
-    let ports = berth(api, &["inspect", "ports", APP, "--instance", id]).await;
+    let ports = cli(api, &["inspect", "ports", APP, "--instance", id]).await;
     assert!(
         ports.ok && ports.stdout.contains(&format!(":{port} pid ")),
         "{}{}",
         ports.stdout,
         ports.stderr
     );
-    let tail = berth(api, &["inspect", "tail", APP, "--instance", id, "-n", "2"]).await;
+    let tail = cli(api, &["inspect", "tail", APP, "--instance", id, "-n", "2"]).await;
     assert_eq!(
         tail.stdout,
         format!("request two ok\nberth hello-app ready http=127.0.0.1:{port}\n"),
@@ -220,14 +182,14 @@ ports = 1
     );
 
     // Bad requests are named.
-    let bad = berth(api, &["inspect", "grep", APP, "(unclosed"]).await;
+    let bad = cli(api, &["inspect", "grep", APP, "(unclosed"]).await;
     assert!(
         !bad.ok && bad.stdout.contains("not a valid regular expression"),
         "{}{}",
         bad.stdout,
         bad.stderr
     );
-    let unknown = berth(api, &["inspect", "ps", "no/such-app"]).await;
+    let unknown = cli(api, &["inspect", "ps", "no/such-app"]).await;
     assert!(
         !unknown.ok && unknown.stderr.contains("no agent reports"),
         "{}",
@@ -256,9 +218,9 @@ ports = 1
 /// Retries until the command succeeds (the agent may still be attaching); its output.
 async fn wait_until_ok(api: SocketAddr, args: &[&str]) -> String {
     let mut last = String::new();
-    let found = tokio::time::timeout(WAIT, async {
+    let found = tokio::time::timeout(WAIT_ROLES, async {
         loop {
-            let out = berth(api, args).await;
+            let out = cli(api, args).await;
             if out.ok && !out.stdout.is_empty() {
                 return out.stdout;
             }
@@ -274,7 +236,7 @@ async fn wait_until_ok(api: SocketAddr, args: &[&str]) -> String {
 async fn held_by(a: &BerthProcess, b: &BerthProcess) -> usize {
     use berth_proto::diag::v1::{NodesRequest, diag_gateway_client::DiagGatewayClient};
     let addrs = [a.addr("grpc"), b.addr("grpc")];
-    let found = tokio::time::timeout(WAIT, async {
+    let found = tokio::time::timeout(WAIT_ROLES, async {
         loop {
             for (i, addr) in addrs.iter().enumerate() {
                 if let Ok(mut client) = DiagGatewayClient::connect(format!("http://{addr}")).await

@@ -4,55 +4,17 @@
 //! CPU and memory limits, becomes healthy, is reached through the router, shows its output
 //! through `berth logs`, and leaves no container behind when scaled to zero.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use berth_testkit::docker::{BUSYBOX_INDEX, TempDocker};
-use berth_testkit::{BerthProcess, temp_dir, wait_until};
+use berth_testkit::{temp_dir, wait_until};
+use common::{WAIT_ROLES, cli, get_json, role};
 use serde_json::Value;
-use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(45);
 const IMAGE: &str = "berth-test/busybox:1";
-
-async fn role(name: &str, env: &[(&str, String)]) -> BerthProcess {
-    let mut command = Command::new(BIN);
-    command.arg(name).env("BERTH_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    BerthProcess::spawn(command).await
-}
-
-async fn get_json(url: &str) -> Value {
-    match reqwest::get(url).await {
-        Ok(response) => response.json().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
-}
-
-struct Cli {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn berth(api: SocketAddr, args: &[&str]) -> Cli {
-    let out = Command::new(BIN)
-        .arg("--server-url")
-        .arg(format!("http://{api}"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    Cli {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 async fn through_router(router: SocketAddr, host: &str) -> Option<String> {
     let response = reqwest::Client::new()
@@ -143,7 +105,7 @@ async fn an_image_app_runs_as_containers_behind_the_router() {
     let _boxed = role("agent", &boxed).await;
     wait_until(
         "both nodes ready, one with the docker driver",
-        WAIT,
+        WAIT_ROLES,
         || async {
             let v = get_json(&format!("http://{api}/v1/nodes")).await;
             let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -177,7 +139,7 @@ interval_seconds = 1
         ),
     )
     .unwrap();
-    let deployed = berth(
+    let deployed = cli(
         api,
         &[
             "apps",
@@ -213,22 +175,26 @@ interval_seconds = 1
     assert_eq!(inspected["HostConfig"]["NanoCpus"], 200_000_000);
     assert_eq!(inspected["HostConfig"]["NetworkMode"], "host");
 
-    wait_until("the containers answer through the router", WAIT, || async {
-        through_router(router.addr("http"), "boxed.test")
-            .await
-            .as_deref()
-            == Some(BUSYBOX_INDEX)
-    })
+    wait_until(
+        "the containers answer through the router",
+        WAIT_ROLES,
+        || async {
+            through_router(router.addr("http"), "boxed.test")
+                .await
+                .as_deref()
+                == Some(BUSYBOX_INDEX)
+        },
+    )
     .await;
-    wait_until("their output shows in berth logs", WAIT, || async {
-        let out = berth(api, &["logs", "shop/boxed"]).await;
+    wait_until("their output shows in berth logs", WAIT_ROLES, || async {
+        let out = cli(api, &["logs", "shop/boxed"]).await;
         out.ok && out.stdout.matches("serving on ").count() == 2
     })
     .await;
 
-    let scaled = berth(api, &["apps", "scale", "shop/boxed", "0"]).await;
+    let scaled = cli(api, &["apps", "scale", "shop/boxed", "0"]).await;
     assert!(scaled.ok, "{}{}", scaled.stdout, scaled.stderr);
-    wait_until("no container is left", WAIT, || async {
+    wait_until("no container is left", WAIT_ROLES, || async {
         docker
             .containers_labelled("berth.app", "shop/boxed")
             .is_empty()

@@ -2,47 +2,21 @@
 //! that runs it, merged and prefixed per instance, one instance alone, stderr, and
 //! following live output until the instances stop.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_until};
+use berth_testkit::{InstanceReaper, temp_dir, wait_until};
+use common::{BIN, cli, dev_without_demo};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-
-async fn dev(data: &std::path::Path) -> BerthProcess {
-    let mut command = dev_command(BIN, data);
-    command.arg("--no-demo");
-    BerthProcess::spawn(command).await
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn berth(api: std::net::SocketAddr, args: &[&str]) -> Out {
-    let out = Command::new(BIN)
-        .arg("--server-url")
-        .arg(format!("http://{api}"))
-        .args(args)
-        .output()
-        .await
-        .expect("run berth");
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 #[tokio::test]
 async fn logs_of_every_instance_one_instance_stderr_and_follow() {
     let data = temp_dir();
     let _reaper = InstanceReaper::new([data.path().join("agent")]);
-    let dev = dev(data.path()).await;
+    let dev = dev_without_demo(data.path()).await;
     let api = dev.addr("api");
     // Each instance says who it is on both outputs, then ticks once per 100 ms on stdout.
     let spec = data.path().join("chatty.toml");
@@ -57,11 +31,11 @@ mem = 32
 "#,
     )
     .unwrap();
-    let deployed = berth(api, &["apps", "deploy", spec.to_str().unwrap()]).await;
+    let deployed = cli(api, &["apps", "deploy", spec.to_str().unwrap()]).await;
     assert!(deployed.ok, "{}\n{}", deployed.stdout, deployed.stderr);
 
     let instances: Vec<String> = {
-        let out = berth(api, &["-o", "json", "instances", "--app", "logs/chatty"]).await;
+        let out = cli(api, &["-o", "json", "instances", "--app", "logs/chatty"]).await;
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         let mut ids: Vec<String> = v["instances"]
             .as_array()
@@ -79,7 +53,7 @@ mem = 32
         "both instances' first lines",
         Duration::from_secs(20),
         || async {
-            let out = berth(api, &["logs", "logs/chatty", "-n", "10000"]).await;
+            let out = cli(api, &["logs", "logs/chatty", "-n", "10000"]).await;
             out.ok
                 && instances
                     .iter()
@@ -94,13 +68,13 @@ mem = 32
         "the last 3 lines of one instance, all ticks",
         Duration::from_secs(20),
         || async {
-            let out = berth(api, &["logs", "logs/chatty", "--instance", one, "-n", "3"]).await;
+            let out = cli(api, &["logs", "logs/chatty", "--instance", one, "-n", "3"]).await;
             let lines: Vec<&str> = out.stdout.lines().collect();
             out.ok && lines.len() == 3 && lines.iter().all(|l| l.starts_with("tick "))
         },
     )
     .await;
-    let err = berth(
+    let err = cli(
         api,
         &[
             "logs",
@@ -115,9 +89,9 @@ mem = 32
     assert_eq!(err.stdout, format!("oops from {one}\n"), "{}", err.stderr);
 
     // Wrong requests are named.
-    let bad = berth(api, &["logs", "logs/chatty", "-n", "0"]).await;
+    let bad = cli(api, &["logs", "logs/chatty", "-n", "0"]).await;
     assert!(!bad.ok && bad.stderr.contains("lines"), "{}", bad.stderr);
-    let unknown = berth(api, &["logs", "logs/none"]).await;
+    let unknown = cli(api, &["logs", "logs/none"]).await;
     assert!(
         !unknown.ok && unknown.stderr.contains("logs/none") && unknown.stderr.contains("404"),
         "{}",
@@ -151,7 +125,7 @@ mem = 32
     .await
     .unwrap_or_else(|_| panic!("live lines from both instances, got {ticks:?}"));
 
-    let scaled = berth(api, &["apps", "scale", "logs/chatty", "0"]).await;
+    let scaled = cli(api, &["apps", "scale", "logs/chatty", "0"]).await;
     assert!(scaled.ok, "{}", scaled.stderr);
     let status = tokio::time::timeout(Duration::from_secs(30), async {
         while lines.next_line().await.unwrap().is_some() {}

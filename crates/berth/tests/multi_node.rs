@@ -4,26 +4,14 @@
 //! and, when one node is lost for good (agent and its instances killed), its instances
 //! replaced on the other node while the router keeps answering.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_until};
-use serde_json::Value;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(45);
-
-async fn role(name: &str, env: &[(&str, String)]) -> BerthProcess {
-    let mut command = Command::new(BIN);
-    command.arg(name).env("BERTH_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    BerthProcess::spawn(command).await
-}
+use common::{BIN, WAIT_ROLES, cli, get_json, role};
 
 async fn agent(
     dir: &Path,
@@ -48,13 +36,6 @@ async fn agent(
         ],
     )
     .await
-}
-
-async fn get_json(url: &str) -> Value {
-    match reqwest::get(url).await {
-        Ok(response) => response.json().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
 }
 
 /// Instance id -> (node, pid) of the app's instances that are healthy.
@@ -100,25 +81,12 @@ async fn greetings(router: SocketAddr, tries: usize) -> BTreeSet<String> {
 async fn deploy(api: SocketAddr, dir: &Path, name: &str, spec: &str) {
     let path = dir.join(name);
     std::fs::write(&path, spec).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "--server-url",
-            &format!("http://{api}"),
-            "apps",
-            "deploy",
-            "--timeout",
-            "40s",
-        ])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli(
+        api,
+        &["apps", "deploy", "--timeout", "40s", path.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
 }
 
 #[tokio::test]
@@ -168,7 +136,7 @@ async fn two_nodes_route_constrain_and_survive_a_lost_node() {
     let nacos = registry.addr("http");
     let node_a = agent(dir, grpc, nacos, "node-a", "a", "21000-21999").await;
     let _node_b = agent(dir, grpc, nacos, "node-b", "b", "22000-22999").await;
-    wait_until("both nodes ready", WAIT, || async {
+    wait_until("both nodes ready", WAIT_ROLES, || async {
         let v = get_json(&format!("http://{api}/v1/nodes")).await;
         v["nodes"]
             .as_array()
@@ -207,7 +175,7 @@ timeout_seconds = 1
     assert_eq!(nodes.len(), 2, "spread over both nodes: {first:?}");
     wait_until(
         "all three instances answer through the router",
-        WAIT,
+        WAIT_ROLES,
         || async { greetings(router.addr("http"), 12).await.len() == 3 },
     )
     .await;
@@ -246,7 +214,7 @@ constraints = [["rack", "CLUSTER", "b"]]
             .args(["-9", "--", &format!("-{pid}")])
             .status();
     }
-    wait_until("node a lost", WAIT, || async {
+    wait_until("node a lost", WAIT_ROLES, || async {
         let v = get_json(&format!("http://{api}/v1/nodes")).await;
         v["nodes"].as_array().is_some_and(|n| {
             n.iter()
@@ -256,7 +224,7 @@ constraints = [["rack", "CLUSTER", "b"]]
     .await;
     wait_until(
         "three healthy web instances, all on node b",
-        WAIT,
+        WAIT_ROLES,
         || async {
             let now = healthy(api, "multi/web").await;
             now.len() == 3 && now.iter().all(|(_, node, _)| node == "node-b")
@@ -270,7 +238,7 @@ constraints = [["rack", "CLUSTER", "b"]]
         .collect();
     wait_until(
         "the router reaches the three instances on node b",
-        WAIT,
+        WAIT_ROLES,
         || async {
             let seen = greetings(router.addr("http"), 12).await;
             seen.len() == 3

@@ -1,13 +1,14 @@
 //! Black-box tests of `berth registry`: the real binary on loopback, driven by the real
 //! third-party clients (nacos-sdk-python 1.0.0, py-consul) from `tests/registry_clients`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, python, temp_dir, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
+use common::BIN;
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")

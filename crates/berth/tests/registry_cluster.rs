@@ -1,14 +1,14 @@
 //! Registry cluster (Distro, AP): three real `berth registry` processes on loopback,
 //! their peer traffic through links the tests cut and heal.
 
-mod cluster_support;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth_proto::registry::v1 as pb;
 use berth_testkit::wait_until;
-use cluster_support::{Beater, Cluster, expected};
+use common::registry_cluster::{self, Beater, Cluster, expected};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -224,7 +224,7 @@ async fn owner_killed_restarted_empty_and_expiry_everywhere() {
     c.kill(victim).await;
     let survivors: Vec<usize> = c.alive();
     let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(cluster_support::BEAT_TIMEOUT_MS + 2_000);
+        + Duration::from_millis(registry_cluster::BEAT_TIMEOUT_MS + 2_000);
     while tokio::time::Instant::now() < deadline {
         for &i in &survivors {
             for (svc, set) in &want {
@@ -326,7 +326,7 @@ async fn bad_cluster_settings_are_named() {
     let run = |extra: Vec<String>| {
         let dir = dir.path().to_path_buf();
         async move {
-            let out = tokio::process::Command::new(cluster_support::BIN)
+            let out = tokio::process::Command::new(common::BIN)
                 .args([
                     "registry",
                     "--listen",

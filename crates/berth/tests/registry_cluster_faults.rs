@@ -4,11 +4,11 @@
 //!
 //! The seed is printed; set BERTH_CLUSTER_SEED to replay a failure.
 
-mod cluster_support;
+mod common;
 
 use std::time::Duration;
 
-use cluster_support::{Beater, Cluster, expected};
+use common::registry_cluster::{Beater, Cluster, expected};
 
 const ROUNDS: usize = 7;
 

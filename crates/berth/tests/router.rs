@@ -1,29 +1,14 @@
 //! `berth router` as a black box: the real binary, a real nats-server, a loopback backend.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::Duration;
 
+use berth_testkit::nats::NatsServer;
 use berth_testkit::{BerthProcess, wait_until};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{BIN, WAIT, raw_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(15);
-
-/// Plain HTTP/1.1 over a fresh connection; returns the whole answer.
-async fn http_get(addr: SocketAddr, host: &str, path: &str) -> String {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// A one-line HTTP backend that says its name.
 async fn backend(name: &'static str) -> SocketAddr {
@@ -52,39 +37,9 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-struct Nats {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-async fn nats_server() -> Nats {
-    let mut child = tokio::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server missing: run scripts/setup.d/router.sh");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut port = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(a) = line.split("Listening for client connections on ").nth(1) {
-            port = a.trim().rsplit(':').next().map(str::to_string);
-        }
-        if line.contains("Server is ready") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Nats {
-        _child: child,
-        url: format!("nats://127.0.0.1:{}", port.expect("nats-server port")),
-    }
-}
-
 #[tokio::test]
 async fn router_binary_routes_nats_registrations_and_exits_cleanly() {
-    let nats = nats_server().await;
+    let nats = NatsServer::start(None).await;
     let dir = berth_testkit::temp_dir();
     let cache = dir.path().join("routes.json");
     let cache_arg = cache.display().to_string();
@@ -97,7 +52,7 @@ async fn router_binary_routes_nats_registrations_and_exits_cleanly() {
             "--status-listen",
             "127.0.0.1:0",
             "--nats",
-            &nats.url,
+            &nats.url(),
             "--route-cache",
             &cache_arg,
         ],
@@ -106,18 +61,18 @@ async fn router_binary_routes_nats_registrations_and_exits_cleanly() {
     let http = router.addr("http");
     let status = router.addr("status");
     assert!(
-        http_get(status, "s", "/health")
+        raw_get(status, "s", "/health")
             .await
             .starts_with("HTTP/1.1 200")
     );
     assert!(
-        http_get(http, "app.example", "/")
+        raw_get(http, "app.example", "/")
             .await
             .contains("x-berth-router-error: unknown_route")
     );
 
     let be = backend("nats-app").await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
     let msg = format!(
         r#"{{"host":"127.0.0.1","port":{},"uris":["app.example"],"app":"guid","private_instance_id":"i-1","private_instance_index":"0"}}"#,
         be.port()
@@ -128,13 +83,13 @@ async fn router_binary_routes_nats_registrations_and_exits_cleanly() {
         async move {
             client.publish("router.register", msg.into()).await.unwrap();
             client.flush().await.unwrap();
-            http_get(http, "app.example", "/")
+            raw_get(http, "app.example", "/")
                 .await
                 .contains("hello from nats-app")
         }
     })
     .await;
-    let routes = http_get(status, "s", "/routes").await;
+    let routes = raw_get(status, "s", "/routes").await;
     assert!(
         routes.contains("app.example") && routes.contains(&be.to_string()),
         "{routes}"
@@ -165,7 +120,7 @@ async fn router_binary_routes_nats_registrations_and_exits_cleanly() {
         ],
     )
     .await;
-    let answer = http_get(again.addr("http"), "app.example", "/").await;
+    let answer = raw_get(again.addr("http"), "app.example", "/").await;
     assert!(answer.contains("hello from nats-app"), "{answer}");
     assert!(again.terminate().await.success());
 }

@@ -1,12 +1,13 @@
 //! Black-box test of `berth routes`: the route table of a running router, as a table, as
 //! JSON, filtered by host, and behind the status listener's basic auth.
 
+mod common;
+
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_for};
+use common::BIN;
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
 async fn routes(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(BIN);

@@ -1,14 +1,14 @@
 //! Black-box: the real `berth server` process driven by the real `berth apps ...` client
 //! commands, with fake agents on the real gRPC stream.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use berth_testkit::fake_agent::{FakeAgent, NodeSpec};
 use berth_testkit::{BerthProcess, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(15);
+use common::{BIN, WAIT, cli, get_json};
 
 async fn server(dir: &Path) -> BerthProcess {
     server_on(dir, "127.0.0.1:0").await
@@ -42,28 +42,6 @@ async fn server_on(dir: &Path, agent_listen: &str) -> BerthProcess {
     .await
 }
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn cli(server: &BerthProcess, args: &[&str]) -> Out {
-    let url = format!("http://{}", server.addr("http"));
-    let out = tokio::process::Command::new(BIN)
-        .arg("--server-url")
-        .arg(&url)
-        .args(args)
-        .output()
-        .await
-        .expect("run berth");
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -82,7 +60,7 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
         "web.toml",
         "id = \"shop/web\"\ncmd = \"exec ./web --port $PORT\"\ninstances = 2\nmem = 128\nroutes = [\"web.shop.example\"]\n",
     );
-    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    let out = cli(s.addr("http"), &["apps", "deploy", &spec]).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains("shop/web deployed: 2/2 running"),
@@ -91,21 +69,25 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
     );
     assert_eq!(total(), 2);
 
-    let out = cli(&s, &["apps", "list"]).await;
+    let out = cli(s.addr("http"), &["apps", "list"]).await;
     assert!(
         out.stdout.contains("shop/web") && out.stdout.contains("2/2"),
         "{}",
         out.stdout
     );
-    let out = cli(&s, &["-o", "json", "apps", "list"]).await;
+    let out = cli(s.addr("http"), &["-o", "json", "apps", "list"]).await;
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json output");
     assert_eq!(v["apps"][0]["spec"]["id"], "shop/web");
 
-    let out = cli(&s, &["apps", "scale", "--wait", "shop/web", "3"]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "scale", "--wait", "shop/web", "3"],
+    )
+    .await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("3 running", WAIT, || async { total() == 3 }).await;
 
-    let out = cli(&s, &["apps", "show", "shop/web"]).await;
+    let out = cli(s.addr("http"), &["apps", "show", "shop/web"]).await;
     assert!(out.ok, "{}", out.stderr);
     for part in [
         "running:   3/3",
@@ -121,13 +103,13 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
             out.stdout
         );
     }
-    let out = cli(&s, &["nodes"]).await;
+    let out = cli(s.addr("http"), &["nodes"]).await;
     assert!(
         out.stdout.contains("n1") && out.stdout.contains("n2") && out.stdout.contains("ready"),
         "{}",
         out.stdout
     );
-    let out = cli(&s, &["instances", "--app", "shop/web"]).await;
+    let out = cli(s.addr("http"), &["instances", "--app", "shop/web"]).await;
     assert_eq!(
         out.stdout
             .lines()
@@ -139,17 +121,17 @@ async fn deploy_waits_then_scale_restart_show_and_remove() {
     );
 
     let starts = a.starts() + b.starts();
-    let out = cli(&s, &["apps", "restart", "shop/web"]).await;
+    let out = cli(s.addr("http"), &["apps", "restart", "shop/web"]).await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("3 new instances", WAIT, || async {
         a.starts() + b.starts() == starts + 3 && total() == 3
     })
     .await;
 
-    let out = cli(&s, &["apps", "rm", "shop/web"]).await;
+    let out = cli(s.addr("http"), &["apps", "rm", "shop/web"]).await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("all stopped", WAIT, || async { total() == 0 }).await;
-    let out = cli(&s, &["apps", "show", "shop/web"]).await;
+    let out = cli(s.addr("http"), &["apps", "show", "shop/web"]).await;
     assert!(!out.ok);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
     let status = s.terminate().await;
@@ -165,7 +147,7 @@ async fn bad_spec_names_every_field_and_exits_nonzero() {
         "bad.toml",
         "id = \"Bad/App\"\ncpus = -2\ninstnces = 2\n[[health_checks]]\nprotocol = \"http\"\ntimeout_seconds = 0\n",
     );
-    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    let out = cli(s.addr("http"), &["apps", "deploy", &spec]).await;
     assert!(!out.ok);
     for field in [
         "id:",
@@ -186,14 +168,14 @@ async fn bad_spec_names_every_field_and_exits_nonzero() {
         "{}",
         out.stderr
     );
-    let out = cli(&s, &["apps", "list"]).await;
+    let out = cli(s.addr("http"), &["apps", "list"]).await;
     assert_eq!(
         out.stdout.lines().count(),
         1,
         "nothing stored: {}",
         out.stdout
     );
-    let out = cli(&s, &["apps", "deploy", "/nonexistent/app.toml"]).await;
+    let out = cli(s.addr("http"), &["apps", "deploy", "/nonexistent/app.toml"]).await;
     assert!(!out.ok);
     assert!(
         out.stderr.contains("cannot read the spec file"),
@@ -212,7 +194,7 @@ async fn deploy_that_cannot_be_placed_fails_with_the_reason() {
         "big.toml",
         "id = \"big\"\ncmd = \"x\"\nmem = 512\n",
     );
-    let out = cli(&s, &["apps", "deploy", &spec]).await;
+    let out = cli(s.addr("http"), &["apps", "deploy", &spec]).await;
     assert!(!out.ok, "{}", out.stdout);
     assert!(
         out.stderr
@@ -220,7 +202,7 @@ async fn deploy_that_cannot_be_placed_fails_with_the_reason() {
         "{}",
         out.stderr
     );
-    let detached = cli(&s, &["apps", "deploy", "--detach", &spec]).await;
+    let detached = cli(s.addr("http"), &["apps", "deploy", "--detach", &spec]).await;
     assert!(detached.ok, "{}", detached.stderr);
 }
 
@@ -233,10 +215,10 @@ async fn apps_survive_a_server_restart() {
         "a.toml",
         "id = \"keep\"\ncmd = \"x\"\ninstances = 0\n",
     );
-    assert!(cli(&s, &["apps", "deploy", &spec]).await.ok);
+    assert!(cli(s.addr("http"), &["apps", "deploy", &spec]).await.ok);
     assert!(s.terminate().await.success());
     let s = server(data.path()).await;
-    let out = cli(&s, &["apps", "list"]).await;
+    let out = cli(s.addr("http"), &["apps", "list"]).await;
     assert!(out.stdout.contains("keep"), "{}", out.stdout);
 }
 
@@ -290,7 +272,7 @@ async fn deploy_of_a_crashing_app_fails_with_the_exit_reason() {
         "id = \"crash\"\ncmd = \"exit 1\"\nbackoff_seconds = 0.1\nmax_launch_delay_seconds = 0.5\n[[health_checks]]\nprotocol = \"tcp\"\n",
     );
     let args = ["apps", "deploy", "--timeout", "30s", &spec];
-    let deploy = cli(&s, &args);
+    let deploy = cli(s.addr("http"), &args);
     let crasher = async {
         for _ in 0..3 {
             let id = berth_testkit::wait_for("an instance to crash", WAIT, || async {
@@ -353,7 +335,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
         "sleeper.toml",
         "id = \"real/sleeper\"\ncmd = \"exec sleep 300\"\ninstances = 2\nmem = 16\n",
     );
-    let out = cli(&s, &["apps", "deploy", "--timeout", "30s", &spec]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "deploy", "--timeout", "30s", &spec],
+    )
+    .await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
 
     let running = |v: &serde_json::Value| -> Vec<(String, u64)> {
@@ -371,7 +357,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
             .collect()
     };
     let instances = || async {
-        let out = cli(&s, &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        let out = cli(
+            s.addr("http"),
+            &["-o", "json", "instances", "--app", "real/sleeper"],
+        )
+        .await;
         serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
     };
     let before = running(&instances().await);
@@ -400,7 +390,11 @@ async fn real_agent_runs_heals_and_scales_an_app() {
     assert!(s.terminate().await.success());
     let s = server_on(&data.path().join("server"), &grpc).await;
     let instances = || async {
-        let out = cli(&s, &["-o", "json", "instances", "--app", "real/sleeper"]).await;
+        let out = cli(
+            s.addr("http"),
+            &["-o", "json", "instances", "--app", "real/sleeper"],
+        )
+        .await;
         serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()
     };
     wait_until("agent reports again", WAIT, || async {
@@ -409,7 +403,7 @@ async fn real_agent_runs_heals_and_scales_an_app() {
     .await;
     let url = format!("http://{}/v1/info", s.addr("http"));
     wait_until("reconciler active", WAIT, || async {
-        let info: serde_json::Value = reqwest_get(&url).await;
+        let info: serde_json::Value = get_json(&url).await;
         info["reconciler"] == "active"
     })
     .await;
@@ -423,7 +417,7 @@ async fn real_agent_runs_heals_and_scales_an_app() {
     after.sort();
     assert_eq!(pids, after, "same processes after the server restart");
 
-    let out = cli(&s, &["apps", "scale", "real/sleeper", "0"]).await;
+    let out = cli(s.addr("http"), &["apps", "scale", "real/sleeper", "0"]).await;
     assert!(out.ok, "{}", out.stderr);
     wait_until("all stopped", WAIT, || async {
         running(&instances().await).is_empty()
@@ -436,13 +430,6 @@ async fn real_agent_runs_heals_and_scales_an_app() {
                 .is_ok_and(|s| s.contains(") Z"))
     })
     .await;
-}
-
-async fn reqwest_get(url: &str) -> serde_json::Value {
-    match reqwest::get(url).await {
-        Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    }
 }
 
 /// A crash loop on the real agent: `deploy` fails with the exit code and stderr, and
@@ -477,7 +464,11 @@ async fn a_crash_loop_shows_its_exit_code_stderr_and_backoff() {
         "crash.toml",
         "id = \"crashy\"\ncmd = \"echo 'config file /etc/crashy.conf missing' >&2; exit 3\"\nmem = 16\nbackoff_seconds = 0.2\nbackoff_factor = 5.0\n",
     );
-    let out = cli(&s, &["apps", "deploy", "--timeout", "60s", &spec]).await;
+    let out = cli(
+        s.addr("http"),
+        &["apps", "deploy", "--timeout", "60s", &spec],
+    )
+    .await;
     assert!(!out.ok, "{}", out.stdout);
     assert!(out.stderr.contains("keep failing"), "{}", out.stderr);
     assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
@@ -488,7 +479,7 @@ async fn a_crash_loop_shows_its_exit_code_stderr_and_backoff() {
         out.stdout
     );
 
-    let out = cli(&s, &["apps", "show", "crashy"]).await;
+    let out = cli(s.addr("http"), &["apps", "show", "crashy"]).await;
     assert!(out.ok, "{}", out.stderr);
     for part in [
         "failures:  3 in a row",
@@ -503,6 +494,6 @@ async fn a_crash_loop_shows_its_exit_code_stderr_and_backoff() {
             out.stdout
         );
     }
-    let out = cli(&s, &["apps", "rm", "crashy"]).await;
+    let out = cli(s.addr("http"), &["apps", "rm", "crashy"]).await;
     assert!(out.ok, "{}", out.stderr);
 }

@@ -3,33 +3,22 @@
 //! leader; when the leader is killed, the standby takes over, the agent reconnects to it,
 //! and the running instances are adopted, not restarted.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use berth_testkit::postgres::TempPostgres;
 use berth_testkit::{BerthProcess, InstanceReaper, temp_dir, wait_for, wait_until};
-use serde_json::Value;
+use common::{BIN, WAIT_PLATFORM, get_json, postgres_server};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn server(data: &Path, url_file: &Path) -> BerthProcess {
-    BerthProcess::start(
-        BIN,
+/// A server of the pair: short lease, heartbeats and passes, so a takeover is quick.
+async fn ha_server(data: &Path, url_file: &Path) -> BerthProcess {
+    postgres_server(
+        data,
+        url_file,
         &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--postgres-url-file",
-            url_file.to_str().unwrap(),
-            "--leader-lease",
-            "1500ms",
             "--startup-grace",
             "1s",
             "--heartbeat-interval",
@@ -43,16 +32,9 @@ async fn server(data: &Path, url_file: &Path) -> BerthProcess {
     .await
 }
 
-async fn get(url: &str) -> Value {
-    match reqwest::get(url).await {
-        Ok(r) => r.json().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
-}
-
 /// Instance id -> pid of the app's running instances, as `base` answers.
 async fn running(base: &str) -> BTreeMap<String, u64> {
-    get(&format!("{base}/v1/instances?app=ha/sleeper")).await["instances"]
+    get_json(&format!("{base}/v1/instances?app=ha/sleeper")).await["instances"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -87,12 +69,15 @@ async fn the_standby_takes_over_from_a_dead_leader_and_nothing_restarts() {
     let url_file = dir.path().join("postgres-url");
     std::fs::write(&url_file, pg.create_database("berth")).unwrap();
 
-    let a = server(&dir.path().join("a"), &url_file).await;
+    let a = ha_server(&dir.path().join("a"), &url_file).await;
     let a_url = format!("http://{}", a.addr("http"));
-    assert_eq!(get(&format!("{a_url}/v1/leader")).await["role"], "leader");
-    let b = server(&dir.path().join("b"), &url_file).await;
+    assert_eq!(
+        get_json(&format!("{a_url}/v1/leader")).await["role"],
+        "leader"
+    );
+    let b = ha_server(&dir.path().join("b"), &url_file).await;
     let b_url = format!("http://{}", b.addr("http"));
-    let view = get(&format!("{b_url}/v1/leader")).await;
+    let view = get_json(&format!("{b_url}/v1/leader")).await;
     assert_eq!(view["role"], "standby", "{view}");
     assert_eq!(view["leader"]["api_url"], a_url.as_str(), "{view}");
 
@@ -119,8 +104,8 @@ async fn the_standby_takes_over_from_a_dead_leader_and_nothing_restarts() {
     )
     .await;
     // Asked through the standby, answered by the leader (307).
-    wait_until("the node reports to the leader", WAIT, || async {
-        get(&format!("{b_url}/v1/nodes")).await["nodes"]
+    wait_until("the node reports to the leader", WAIT_PLATFORM, || async {
+        get_json(&format!("{b_url}/v1/nodes")).await["nodes"]
             .as_array()
             .is_some_and(|n| n.len() == 1 && n[0]["status"] == "ready")
     })
@@ -147,21 +132,21 @@ async fn the_standby_takes_over_from_a_dead_leader_and_nothing_restarts() {
 
     // The leader dies without a word: the standby takes over once the lease runs out.
     a.kill().await;
-    wait_until("b leads", WAIT, || async {
-        get(&format!("{b_url}/v1/leader")).await["role"] == "leader"
+    wait_until("b leads", WAIT_PLATFORM, || async {
+        get_json(&format!("{b_url}/v1/leader")).await["role"] == "leader"
     })
     .await;
-    wait_until("the agent reports to b", WAIT, || async {
+    wait_until("the agent reports to b", WAIT_PLATFORM, || async {
         running(&b_url).await == before
     })
     .await;
-    wait_for("b's reconciler active", WAIT, || async {
-        (get(&format!("{b_url}/v1/info")).await["reconciler"] == "active").then_some(())
+    wait_for("b's reconciler active", WAIT_PLATFORM, || async {
+        (get_json(&format!("{b_url}/v1/info")).await["reconciler"] == "active").then_some(())
     })
     .await;
     // Two full reconcile passes later the very same processes run.
     let passes = reconcile_passes(&b_url).await;
-    wait_until("two more reconcile passes", WAIT, || async {
+    wait_until("two more reconcile passes", WAIT_PLATFORM, || async {
         reconcile_passes(&b_url).await >= passes + 2
     })
     .await;
@@ -178,7 +163,7 @@ async fn the_standby_takes_over_from_a_dead_leader_and_nothing_restarts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_until("three running", WAIT, || async {
+    wait_until("three running", WAIT_PLATFORM, || async {
         running(&b_url).await.len() == 3
     })
     .await;

@@ -3,43 +3,14 @@
 //! outage makes reads and writes fail with a clear 503 while the server stays up, and it
 //! recovers by itself once the database is back.
 
+mod common;
+
 use std::time::Duration;
 
 use berth_testkit::postgres::TempPostgres;
-use berth_testkit::{BerthProcess, temp_dir, wait_until};
+use berth_testkit::{temp_dir, wait_until};
+use common::{BIN, cli, postgres_server};
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-
-async fn server(data: &std::path::Path, url_file: &std::path::Path) -> BerthProcess {
-    BerthProcess::start(
-        BIN,
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--postgres-url-file",
-            url_file.to_str().unwrap(),
-            "--leader-lease",
-            "1500ms",
-        ],
-    )
-    .await
-}
-
-async fn berth(server: &BerthProcess, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--server-url")
-        .arg(format!("http://{}", server.addr("http")))
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn apps_live_in_postgres_and_an_outage_is_a_clear_503() {
@@ -54,28 +25,24 @@ async fn apps_live_in_postgres_and_an_outage_is_a_clear_503() {
     )
     .unwrap();
 
-    let first = server(&dir.path().join("s1"), &url_file).await;
-    let out = berth(
-        &first,
+    let first = postgres_server(&dir.path().join("s1"), &url_file, &[]).await;
+    let out = cli(
+        first.addr("http"),
         &["apps", "deploy", "--detach", spec.to_str().unwrap()],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.ok, "{}", out.stderr);
     assert!(first.terminate().await.success());
 
     // Another server, another data folder, same database: the app is there.
-    let second = server(&dir.path().join("s2"), &url_file).await;
-    let out = berth(&second, &["-o", "json", "apps", "show", "pg/app"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let second = postgres_server(&dir.path().join("s2"), &url_file, &[]).await;
+    let out = cli(
+        second.addr("http"),
+        &["-o", "json", "apps", "show", "pg/app"],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    let shown = &out.stdout;
     assert!(shown.contains("\"instances\": 2"), "{shown}");
 
     // The database goes away: a clear 503, the server keeps serving what it can.

@@ -2,17 +2,17 @@
 //! `berth dev`: create an app from a spec, watch it run, scale it, diagnose it (processes,
 //! grep), see live changes made elsewhere, get every bad field named, delete it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_testkit::{BerthProcess, InstanceReaper, dev_command, temp_dir, wait_until};
+use berth_testkit::{InstanceReaper, temp_dir, wait_until};
+use common::{BIN, WAIT_PLATFORM, dev_without_demo};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const WAIT: Duration = Duration::from_secs(30);
 
 /// ChromeDriver on a free loopback port. Dropping it kills its whole process group, the
 /// browsers it started included, also when the test fails half-way.
@@ -48,7 +48,7 @@ async fn chromedriver() -> Driver {
         .expect("chromedriver runs (scripts/test installs Debian's chromium-driver)");
     let url = format!("http://127.0.0.1:{port}");
     let status = format!("{url}/status");
-    wait_until("chromedriver answers", WAIT, || async {
+    wait_until("chromedriver answers", WAIT_PLATFORM, || async {
         reqwest::get(&status).await.is_ok()
     })
     .await;
@@ -86,7 +86,7 @@ async fn eval(page: &Client, expr: &str) -> Value {
 }
 
 async fn wait_page(page: &Client, what: &str, expr: &str) {
-    wait_until(what, WAIT, || async {
+    wait_until(what, WAIT_PLATFORM, || async {
         eval(page, expr).await == json!(true)
     })
     .await;
@@ -105,7 +105,7 @@ async fn running_text(page: &Client) -> String {
 
 /// Waits until the app has no deployment in progress (a change meanwhile gets 409).
 async fn deployment_done(app_url: &str) {
-    wait_until("the deployment done", WAIT, || async {
+    wait_until("the deployment done", WAIT_PLATFORM, || async {
         let app: Value = reqwest::get(app_url).await.unwrap().json().await.unwrap();
         app["deployment"].is_null() || app["deployment"]["state"] == "succeeded"
     })
@@ -116,9 +116,7 @@ async fn deployment_done(app_url: &str) {
 async fn create_scale_watch_validate_and_delete_from_the_browser() {
     let data = temp_dir();
     let _reaper = InstanceReaper::new([data.path().join("agent")]);
-    let mut command = dev_command(BIN, data.path());
-    command.arg("--no-demo");
-    let dev = BerthProcess::spawn(command).await;
+    let dev = dev_without_demo(data.path()).await;
     let api: SocketAddr = dev.addr("api");
     let driver = chromedriver().await;
     let profile = temp_dir();
@@ -166,7 +164,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
         .click()
         .await
         .unwrap();
-    wait_until("the app page shows 1/1 running", WAIT, || async {
+    wait_until("the app page shows 1/1 running", WAIT_PLATFORM, || async {
         running_text(&page).await == "1/1"
     })
     .await;
@@ -177,7 +175,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     deployment_done(&app_url).await;
     // The page redraws as events arrive, until the field has the focus: find it again if
     // a redraw replaced it before the first keystroke.
-    wait_until("typed 2 into the scale field", WAIT, || async {
+    wait_until("typed 2 into the scale field", WAIT_PLATFORM, || async {
         let Ok(input) = page.find(Locator::Id("scale-to")).await else {
             return false;
         };
@@ -192,7 +190,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
         .click()
         .await
         .unwrap();
-    let scaled_in_page = tokio::time::timeout(WAIT, async {
+    let scaled_in_page = tokio::time::timeout(WAIT_PLATFORM, async {
         while running_text(&page).await != "2/2" {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -228,7 +226,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     .await;
     // Run until both instances answer (the second may still be starting): as a user
     // would press Run again.
-    wait_until("both instances' processes listed", WAIT, || async {
+    wait_until("both instances' processes listed", WAIT_PLATFORM, || async {
         let listed = eval(
             &page,
             "document.getElementById('diag-status').textContent === 'done' && (document.getElementById('diag-output').textContent.match(/hello-app/g) || []).length >= 2",

@@ -81,32 +81,14 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// Instances outlive agents by design, so a test must end them itself: when dropped
-/// (also on a failed assertion), kills the process group of every instance recorded
-/// under the data folder that is still the recorded process.
+/// (also on a failed assertion), kills what the shared [`berth_testkit::InstanceReaper`]
+/// kills: the process group of every instance recorded under the data folder that is
+/// still the recorded process.
 pub struct Reaper(pub std::path::PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.0.join("instances")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path().join("instance.json")) else {
-                continue;
-            };
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let handle = &record["handle"];
-            if let (Some(pid), Some(ticks)) =
-                (handle["pid"].as_u64(), handle["start_ticks"].as_u64())
-                && berth_agent::procfs::is_same_live_process(pid as u32, ticks)
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        // The shared reaper reaps when it is dropped, here and now.
+        drop(berth_testkit::InstanceReaper::new([&self.0]));
     }
 }

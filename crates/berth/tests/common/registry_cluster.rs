@@ -2,8 +2,6 @@
 //! loopback whose peer traffic runs through in-test TCP links that can be cut (traffic
 //! blackholed, as in a network partition) and healed; beating clients on the Nacos API.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
+use super::BIN;
 
 /// Beat timings the test clients ask for (metadata), short so expiry is quick.
 pub const BEAT_TIMEOUT_MS: u64 = 3_000;

@@ -1,0 +1,148 @@
+//! Helpers of the black-box tests of the `berth` binary, written once: the binary's path,
+//! the wait bounds, roles started as processes, client commands against a server, and
+//! HTTP GETs. What does not need the `berth` binary (waits, the process wrapper, the
+//! instance reaper, fake peers, throwaway PostgreSQL, Docker and NATS) is in
+//! `berth-testkit`, shared with the crates' own tests.
+//!
+//! Every test file (`mod common;`) is its own crate and uses only part of this module,
+//! so what one file leaves unused is not dead code.
+#![allow(dead_code)]
+
+pub mod registry_cluster;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_testkit::BerthProcess;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// The `berth` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+// Wait bounds: how long a test polls for a condition before it fails. They bound a
+// failure, never delay a pass, and grow with how much must happen before the condition
+// can hold on a small, busy machine.
+
+/// One role against in-test fakes.
+pub const WAIT: Duration = Duration::from_secs(15);
+/// A real agent starting real instances for a fake server.
+pub const WAIT_AGENT: Duration = Duration::from_secs(20);
+/// Servers with a real agent and a database, or `berth dev` driven by a browser.
+pub const WAIT_PLATFORM: Duration = Duration::from_secs(30);
+/// Several roles, each its own `berth` process, placing and routing real instances.
+pub const WAIT_ROLES: Duration = Duration::from_secs(45);
+/// Rolling deployments of a real app under load.
+pub const WAIT_DEPLOY: Duration = Duration::from_secs(60);
+
+/// `berth NAME` configured only through `env` (its `BERTH_<ROLE>_*` variables), with
+/// quiet logs; returns once it printed its ready line.
+pub async fn role(name: &str, env: &[(&str, String)]) -> BerthProcess {
+    let mut command = Command::new(BIN);
+    command.arg(name).env("BERTH_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    BerthProcess::spawn(command).await
+}
+
+/// `berth dev` in `data` without the demo app, every listener on an ephemeral port.
+pub async fn dev_without_demo(data: &Path) -> BerthProcess {
+    let mut command = berth_testkit::dev_command(BIN, data);
+    command.arg("--no-demo");
+    BerthProcess::spawn(command).await
+}
+
+/// `berth server` keeping its desired state in the PostgreSQL database `url_file` names,
+/// every listener on an ephemeral port; `extra` flags follow.
+pub async fn postgres_server(data: &Path, url_file: &Path, extra: &[&str]) -> BerthProcess {
+    let mut args = vec![
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--postgres-url-file",
+        url_file.to_str().unwrap(),
+        "--leader-lease",
+        "1500ms",
+    ];
+    args.extend_from_slice(extra);
+    BerthProcess::start(BIN, &args).await
+}
+
+/// Runs `berth ARGS` to its end (commands that exit at once: flags, help, refusals),
+/// blocking the caller.
+pub fn berth(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run berth")
+}
+
+/// What a client command did.
+pub struct Cli {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the client command `berth --server-url http://API ARGS` to its end.
+pub async fn cli(api: SocketAddr, args: &[&str]) -> Cli {
+    let out = Command::new(BIN)
+        .arg("--server-url")
+        .arg(format!("http://{api}"))
+        .args(args)
+        .output()
+        .await
+        .expect("run berth");
+    Cli {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// GETs `url` and reads the answer as JSON; `Null` when there is no answer or no JSON,
+/// so a poll can ask again.
+pub async fn get_json(url: &str) -> Value {
+    match reqwest::get(url).await {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// A GET written by hand over a fresh HTTP/1.1 connection (`Connection: close`), so the
+/// test sees exactly what came back: the whole answer, head and body, or "" when the
+/// connection fails. Reading stops after 5 s.
+pub async fn raw_get(addr: SocketAddr, host: &str, path: &str) -> String {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// [`raw_get`] of `http://ADDR/PATH`: the status and the body. Panics when no HTTP
+/// answer comes.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let answer = raw_get(addr, &addr.to_string(), path).await;
+    let status = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET http://{addr}{path}: no HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -92,6 +92,18 @@ async fn wait_page(page: &Client, what: &str, expr: &str) {
     .await;
 }
 
+/// Clicks the element with `id`, finding it again when a redraw replaced it between the
+/// find and the click (the app page redraws as events arrive).
+async fn click(page: &Client, id: &str) {
+    wait_until(&format!("#{id} clicked"), WAIT_PLATFORM, || async {
+        match page.find(Locator::Id(id)).await {
+            Ok(element) => element.click().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
 async fn running_text(page: &Client) -> String {
     eval(
         page,
@@ -131,12 +143,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     .await;
 
     // Create from the spec editor.
-    page.find(Locator::Id("nav-new"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "nav-new").await;
     wait_page(
         &page,
         "the spec editor",
@@ -158,12 +165,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     )
     .await
     .unwrap();
-    page.find(Locator::Id("save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "save").await;
     wait_until("the app page shows 1/1 running", WAIT_PLATFORM, || async {
         running_text(&page).await == "1/1"
     })
@@ -184,12 +186,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
             && input.prop("value").await.ok().flatten().as_deref() == Some("2")
     })
     .await;
-    page.find(Locator::Id("scale"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "scale").await;
     let scaled_in_page = tokio::time::timeout(WAIT_PLATFORM, async {
         while running_text(&page).await != "2/2" {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -212,12 +209,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     .await;
 
     // Live diagnostics from the app page: the instances' processes, then a grep.
-    page.find(Locator::Id("diagnose"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "diagnose").await;
     wait_page(
         &page,
         "the diagnostics page",
@@ -254,12 +246,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     )
     .await
     .unwrap();
-    page.find(Locator::Id("diag-run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "diag-run").await;
     wait_page(
         &page,
         "a bad pattern named",
@@ -309,12 +296,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
     )
     .await
     .unwrap();
-    page.find(Locator::Id("save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "save").await;
     wait_page(&page, "the error names the bad field", "!document.getElementById('error').hidden && document.getElementById('error').textContent.includes('instancez')").await;
     let version: Value = reqwest::get(format!("http://{api}/v1/apps/ui/hello"))
         .await
@@ -333,12 +315,7 @@ async fn create_scale_watch_validate_and_delete_from_the_browser() {
         .await
         .unwrap();
     wait_page(&page, "the app page", "!!document.getElementById('delete')").await;
-    page.find(Locator::Id("delete"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "delete").await;
     page.accept_alert().await.unwrap();
     wait_page(
         &page,

@@ -5,8 +5,8 @@
 //! NATS messages, the on-disk route cache), the proxy engine, and the status endpoints.
 //!
 //! Must never depend on another role's crate (registry, server, agent, diag): it talks to
-//! the registry only through `berth-proto`, so the router keeps routing while the control
-//! plane is down.
+//! the registry only through its watch contract (`berth-proto`, opened with
+//! `berth-registry-client`), so the router keeps routing while the control plane is down.
 
 mod config;
 mod error;

@@ -3,8 +3,10 @@
 //!
 //! Owns: the REST API (`/v1/...`), the agent stream gRPC service, the in-memory real
 //! state, the reconciler and the server's metrics. Placement and spec rules live in
-//! `berth-core`, storage in `berth-store`. Must never depend on another role's crate
-//! (agent, registry, router): roles talk only through their network contracts.
+//! `berth-core`, storage in `berth-store`, the agent link's protobuf mapping in
+//! `berth-wire`, the registry look-ups in `berth-registry-client`. Must never depend on
+//! another role's crate (agent, registry, router): roles talk only through their network
+//! contracts.
 
 mod agents;
 mod api;

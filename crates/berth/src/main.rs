@@ -58,6 +58,9 @@ enum Command {
     Services(cmd::services::Args),
     /// Show the router's route table: every route with its endpoints and their state.
     Routes(cmd::routes::Args),
+    /// ACLs of a server started with --acl: bootstrap, policies, tokens.
+    #[command(subcommand)]
+    Acl(cmd::acl::AclCommand),
 
     // Tools.
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
             Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
             Command::Diag(args) => cmd::diag::run(*args).await,
+            Command::Acl(c) => cmd::acl::run(c, &cli.global).await,
         }
     });
     exit(result)

@@ -67,17 +67,45 @@ pub struct InstancesArgs {
     app: Option<String>,
 }
 
+/// The server's REST API as client commands use it: every request carries the ACL token
+/// (see [`super::auth`]), every refusal becomes an error with the server's message.
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<super::auth::Token>,
 }
 
 impl Client {
-    pub(crate) fn new(global: &GlobalArgs) -> Self {
-        Client {
+    pub(crate) fn new(global: &GlobalArgs) -> anyhow::Result<Self> {
+        Ok(Client {
             http: reqwest::Client::new(),
             base: global.server_url.trim_end_matches('/').to_string(),
+            token: global.token()?,
+        })
+    }
+
+    /// A request to `path` carrying the token, for callers that read the answer
+    /// themselves (streams); pass the response through [`Client::send`].
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.base);
+        super::auth::authorize(self.http.request(method, url), self.token.as_ref())
+    }
+
+    /// Sends `request`; a refusal becomes an error with the server's message.
+    pub(crate) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the server at {}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL", self.base)
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
         }
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        bail!("{}", self.describe_error(status.as_u16(), &value))
     }
 
     pub(crate) async fn call(
@@ -86,32 +114,36 @@ impl Client {
         path: &str,
         body: Option<(&str, String)>,
     ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .timeout(Duration::from_secs(30));
+        let mut req = self.request(method, path).timeout(Duration::from_secs(30));
         if let Some((ct, body)) = body {
             req = req.header("content-type", ct).body(body);
         }
-        let resp = req.send().await.with_context(|| {
-            format!("cannot reach the server at {}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL", self.base)
-        })?;
-        let status = resp.status();
+        let resp = self.send(req).await?;
         let text = resp.text().await.context("reading the server's answer")?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status.is_success() {
-            return Ok(value);
-        }
-        bail!("{}", describe_error(status.as_u16(), &value))
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
+
+    fn describe_error(&self, status: u16, v: &Value) -> String {
+        let mut out = describe_error(status, v);
+        // The server's 401 says how to get a token; what it cannot know is which of the
+        // user's settings the refused one came from.
+        if status == 401 {
+            match &self.token {
+                Some(token) => out.push_str(&format!(" [token sent from {}]", token.source)),
+                None => out.push_str(
+                    " [no token sent: pass --token-file FILE, --token, BERTH_TOKEN or BERTH_TOKEN_FILE]",
+                ),
+            }
+        }
+        out
+    }
 }
 
-fn describe_error(status: u16, v: &Value) -> String {
+pub(crate) fn describe_error(status: u16, v: &Value) -> String {
     let mut out = match v.get("message").and_then(Value::as_str) {
         Some(m) => format!("server said ({status}): {m}"),
         None => format!("server answered {status}: {v}"),
@@ -129,8 +161,13 @@ pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-/// Left-aligned columns sized to their content.
+/// Left-aligned columns sized to their content, printed.
 pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    print!("{}", table_text(headers, rows));
+}
+
+/// Left-aligned columns sized to their content, one line each (the header first).
+pub(crate) fn table_text(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -143,12 +180,13 @@ pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        format!("{}\n", parts.join("  ").trim_end())
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
-        line(row);
+        out.push_str(&line(row));
     }
+    out
 }
 
 pub(crate) fn s(v: &Value) -> String {
@@ -160,7 +198,7 @@ pub(crate) fn s(v: &Value) -> String {
 }
 
 pub async fn run(cmd: AppsCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Client::new(global);
+    let client = Client::new(global)?;
     let json_out = global.output == OutputFormat::Json;
     match cmd {
         AppsCommand::List => {
@@ -615,7 +653,7 @@ async fn deploy(
 }
 
 pub async fn nodes(global: &GlobalArgs) -> anyhow::Result<()> {
-    let v = Client::new(global).get("/v1/nodes").await?;
+    let v = Client::new(global)?.get("/v1/nodes").await?;
     if global.output == OutputFormat::Json {
         print_json(&v);
         return Ok(());
@@ -670,7 +708,7 @@ pub async fn instances(args: InstancesArgs, global: &GlobalArgs) -> anyhow::Resu
         Some(app) => format!("/v1/instances?app={app}"),
         None => "/v1/instances".to_string(),
     };
-    let v = Client::new(global).get(&path).await?;
+    let v = Client::new(global)?.get(&path).await?;
     if global.output == OutputFormat::Json {
         print_json(&v);
         return Ok(());

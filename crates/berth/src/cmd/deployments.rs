@@ -48,7 +48,7 @@ pub enum DeploymentsCommand {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = Client::new(global);
+    let client = Client::new(global)?;
     let json_out = global.output == OutputFormat::Json;
     let command = args.command.unwrap_or(DeploymentsCommand::List {
         app: None,

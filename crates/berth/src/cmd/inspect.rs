@@ -107,26 +107,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
     query.push(("app", app));
     query.extend(target.instance.map(|i| ("instance", i)));
     query.extend(target.node.map(|n| ("node", n)));
-    let base = global.server_url.trim_end_matches('/');
-    let response = reqwest::Client::new()
-        .get(format!("{base}/v1/diag/{name}"))
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the server at {base}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL"
-            )
-        })?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        bail!("server said ({}): {message}", status.as_u16());
-    }
+    let client = super::apps::Client::new(global)?;
+    let request = client
+        .request(reqwest::Method::GET, &format!("/v1/diag/{name}"))
+        .query(&query);
+    let response = client.send(request).await?;
     let mut response = response;
     let mut stdout = std::io::stdout();
     let mut failed = false;

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use super::GlobalArgs;
 
@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
-    let base = global.server_url.trim_end_matches('/');
+    let client = super::apps::Client::new(global)?;
     let mut query = vec![
         ("app", args.app.clone()),
         ("stream", args.stream.clone()),
@@ -36,26 +36,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(instance) = &args.instance {
         query.push(("instance", instance.clone()));
     }
-    let mut request = reqwest::Client::new()
-        .get(format!("{base}/v1/logs"))
+    let mut request = client
+        .request(reqwest::Method::GET, "/v1/logs")
         .query(&query);
     if !args.follow {
         request = request.timeout(Duration::from_secs(30));
     }
-    let response = request.send().await.with_context(|| {
-        format!(
-            "cannot reach the server at {base}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL"
-        )
-    })?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or(text);
-        bail!("server said ({}): {message}", status.as_u16());
-    }
+    let response = client.send(request).await?;
     let mut response = response;
     let mut stdout = std::io::stdout();
     while let Some(chunk) = response.chunk().await.context("the log stream broke")? {

@@ -1,8 +1,10 @@
 //! One module per subcommand. Role commands only translate flags into the role's config,
 //! start it, announce readiness and wait for shutdown (see [`run_until_shutdown`]).
 
+pub mod acl;
 pub mod agent;
 pub mod apps;
+pub mod auth;
 pub mod completions;
 pub mod deployments;
 pub mod dev;
@@ -42,6 +44,27 @@ pub struct GlobalArgs {
     /// Output of client commands: `table` for people, `json` for scripts.
     #[arg(short = 'o', long, global = true, default_value = "table")]
     pub output: OutputFormat,
+    /// ACL token of client commands, sent as `Authorization: Bearer` (when the server runs
+    /// with --acl). Also BERTH_TOKEN; prefer --token-file or BERTH_TOKEN_FILE, which keep
+    /// the secret out of the process list and the shell history.
+    #[arg(long, global = true, value_name = "SECRET")]
+    pub token: Option<auth::SecretArg>,
+    /// File holding the ACL token (only its owner may read it: `chmod 600`). Also
+    /// BERTH_TOKEN_FILE. First found wins: --token, --token-file, BERTH_TOKEN,
+    /// BERTH_TOKEN_FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The token client commands send, read from the flags and the real environment.
+    pub fn token(&self) -> Result<Option<auth::Token>, auth::TokenError> {
+        auth::resolve(
+            self.token.as_ref().map(auth::SecretArg::as_str),
+            self.token_file.as_deref(),
+            |name| std::env::var(name).ok(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,104 +5,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use berth_testkit::{InstanceReaper, temp_dir, wait_until};
+use common::browser::{browser, chromedriver, click, eval, wait_page};
 use common::{BIN, WAIT_PLATFORM, dev_without_demo};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-/// ChromeDriver on a free loopback port. Dropping it kills its whole process group, the
-/// browsers it started included, also when the test fails half-way.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-async fn chromedriver() -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver runs (scripts/test installs Debian's chromium-driver)");
-    let url = format!("http://127.0.0.1:{port}");
-    let status = format!("{url}/status");
-    wait_until("chromedriver answers", WAIT_PLATFORM, || async {
-        reqwest::get(&status).await.is_ok()
-    })
-    .await;
-    Driver { child, url }
-}
-
-async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    // ChromeDriver speaks plain HTTP on loopback.
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a browser session")
-}
-
-/// Evaluates `expr` in the page.
-async fn eval(page: &Client, expr: &str) -> Value {
-    page.execute(&format!("return {expr};"), vec![])
-        .await
-        .unwrap_or(Value::Null)
-}
-
-async fn wait_page(page: &Client, what: &str, expr: &str) {
-    wait_until(what, WAIT_PLATFORM, || async {
-        eval(page, expr).await == json!(true)
-    })
-    .await;
-}
-
-/// Clicks the element with `id`, finding it again when a redraw replaced it between the
-/// find and the click (the app page redraws as events arrive).
-async fn click(page: &Client, id: &str) {
-    wait_until(&format!("#{id} clicked"), WAIT_PLATFORM, || async {
-        match page.find(Locator::Id(id)).await {
-            Ok(element) => element.click().await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await;
-}
 
 async fn running_text(page: &Client) -> String {
     eval(

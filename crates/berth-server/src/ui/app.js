@@ -53,8 +53,34 @@ class ApiError extends Error {
   }
 }
 
+// --- the ACL token ---------------------------------------------------------------------
+// A server started with --acl answers 401 to a call without a token; the page then shows
+// the login view, and the token given there is kept in this tab's sessionStorage (gone
+// when the tab closes or on sign out), sent as `Authorization: Bearer` with every call,
+// the event stream included, and never put in a URL. A server without ACLs never answers
+// 401, so the login view never shows there.
+
+const TOKEN_KEY = "berth.token";
+
+function token() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+}
+
+function setToken(secret) {
+  if (secret) sessionStorage.setItem(TOKEN_KEY, secret);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("sign-out").hidden = !secret;
+}
+
+/** The headers every call to the API carries: the token, when there is one. */
+function authHeaders(headers) {
+  const secret = token();
+  if (secret) headers["authorization"] = "Bearer " + secret;
+  return headers;
+}
+
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: authHeaders({}) };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = typeof body === "string" ? body : JSON.stringify(body);
@@ -86,7 +112,8 @@ async function act(work) {
     showError(null);
     await render();
   } catch (err) {
-    showError(err);
+    if (err.status === 401) loginView(err);
+    else showError(err);
   }
 }
 
@@ -205,7 +232,7 @@ async function diagView(id) {
     status.textContent = "running";
     showError(null);
     try {
-      const response = await fetch("/v1/diag/" + op.value + "?" + query, { signal: controller.signal });
+      const response = await fetch("/v1/diag/" + op.value + "?" + query, { signal: controller.signal, headers: authHeaders({}) });
       if (!response.ok) {
         const text = await response.text();
         let body = null;
@@ -223,7 +250,8 @@ async function diagView(id) {
     } catch (err) {
       if (err.name === "AbortError") { status.textContent = "stopped"; return; }
       status.textContent = "failed";
-      showError(err);
+      if (err.status === 401) loginView(err);
+      else showError(err);
     }
   };
   return [
@@ -271,6 +299,46 @@ async function specView(id) {
   ];
 }
 
+/** Shown when the API answered 401: asks for a token (a password field, so it is not
+ *  shown on screen) and says where tokens come from. `err` is the server's refusal. */
+function loginView(err) {
+  const refused = token() !== null;
+  // Several calls can be refused at once (the view and the event stream): the first
+  // one draws the login view, the others leave it (and what the user typed) alone.
+  if (!refused && view.dataset.ready === "login") return;
+  // A token the server refused (unknown, revoked, expired) is of no more use.
+  if (refused) setToken(null);
+  stopEvents();
+  showError(null);
+  const input = el("input", { type: "password", id: "login-token", autocomplete: "off",
+    placeholder: "secret ID", size: 40, "aria-label": "ACL token secret ID" });
+  const submit = (event) => {
+    event.preventDefault();
+    const secret = input.value.trim();
+    if (!secret) return;
+    setToken(secret);
+    showError(null);
+    render();
+    listen();
+  };
+  for (const a of document.querySelectorAll("header nav a")) a.classList.remove("active");
+  view.replaceChildren(
+    el("h1", {}, "Sign in"),
+    el("p", {}, "This server runs with ACLs: its API answers only requests that carry a token."),
+    el("p", { class: refused ? "why" : "muted", id: "login-reason" },
+      refused ? "The server refused the token: " + err.message : err.message),
+    el("form", { id: "login", onsubmit: submit },
+      el("label", {}, "Token (secret ID) ", input),
+      el("button", { class: "primary", id: "login-submit", type: "submit" }, "Sign in")),
+    el("p", { class: "muted" },
+      "The first token comes from ", el("code", {}, "berth acl bootstrap"),
+      " on the server (it prints the secret ID once); an operator creates more with ",
+      el("code", {}, "berth acl token create --name NAME --policy POLICY"),
+      ". The token stays in this tab's session storage until you sign out or close the tab."));
+  view.dataset.ready = "login";
+  input.focus();
+}
+
 // --- routing and live updates --------------------------------------------------------
 
 function route() {
@@ -300,7 +368,8 @@ async function render() {
     view.replaceChildren(...nodes.flat().filter((n) => n !== ""));
     view.dataset.ready = location.hash;
   } catch (err) {
-    showError(err);
+    if (err.status === 401) loginView(err);
+    else showError(err);
   }
 }
 
@@ -325,14 +394,75 @@ view.addEventListener("focusout", () => {
   if (deferred) { deferred = false; setTimeout(refreshSoon, 0); }
 });
 
-function listen() {
+let events = null;
+
+function stopEvents() {
+  if (events) { events.abort(); events = null; }
   const live = document.getElementById("live");
-  const source = new EventSource("/v1/events?named=false");
-  source.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
-  source.onmessage = refreshSoon;
-  source.onerror = () => { live.textContent = "reconnecting"; live.classList.remove("on"); };
+  live.textContent = "offline";
+  live.classList.remove("on");
 }
 
+/** Follows /v1/events and redraws live views as events arrive. EventSource cannot send
+ *  an Authorization header, so the stream is read with fetch: one `data:` block, ended
+ *  by a blank line, is one event. Reconnects after a break, unless the server answered
+ *  401 (the login view takes over, and calls this again once signed in). */
+function listen() {
+  stopEvents();
+  const controller = new AbortController();
+  events = controller;
+  const live = document.getElementById("live");
+  live.textContent = "connecting";
+  const follow = async () => {
+    let retry = 1000;
+    while (!controller.signal.aborted) {
+      try {
+        const response = await fetch("/v1/events?named=false", {
+          headers: authHeaders({ accept: "text/event-stream" }), signal: controller.signal, cache: "no-store" });
+        if (response.status === 401) {
+          let body = null;
+          try { body = await response.json(); } catch (_) { body = null; }
+          if (events === controller) { events = null; loginView(new ApiError(401, body)); }
+          return;
+        }
+        if (!response.ok) throw new ApiError(response.status, null);
+        live.textContent = "live"; live.classList.add("on");
+        retry = 1000;
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        let data = false;
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let end;
+          while ((end = buffer.indexOf("\n")) >= 0) {
+            const line = buffer.slice(0, end).replace(/\r$/, "");
+            buffer = buffer.slice(end + 1);
+            if (line === "") { if (data) refreshSoon(); data = false; }
+            else if (line.startsWith("data:")) data = true;
+          }
+        }
+      } catch (err) {
+        if (controller.signal.aborted) return;
+      }
+      live.textContent = "reconnecting"; live.classList.remove("on");
+      await new Promise((resolve) => setTimeout(resolve, retry));
+      retry = Math.min(retry * 2, 10000);
+    }
+  };
+  follow();
+}
+
+function signOut() {
+  setToken(null);
+  stopEvents();
+  render();
+}
+
+document.getElementById("sign-out").addEventListener("click", signOut);
+document.getElementById("sign-out").hidden = token() === null;
 window.addEventListener("hashchange", () => { showError(null); render(); });
 render();
 listen();

@@ -64,12 +64,6 @@ pub struct Token {
     pub source: Source,
 }
 
-impl Token {
-    pub fn secret(&self) -> &str {
-        &self.secret
-    }
-}
-
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
@@ -221,19 +215,19 @@ mod tests {
         let t = resolve(Some("from-flag"), Some(&flag_file), &all)
             .unwrap()
             .unwrap();
-        assert_eq!((t.secret(), &t.source), ("from-flag", &Source::Flag));
+        assert_eq!((t.secret.as_str(), &t.source), ("from-flag", &Source::Flag));
 
         let t = resolve(None, Some(&flag_file), &all).unwrap().unwrap();
-        assert_eq!(t.secret(), "from-flag-file");
+        assert_eq!(t.secret.as_str(), "from-flag-file");
         assert_eq!(t.source, Source::FlagFile(flag_file.clone()));
 
         let t = resolve(None, None, &all).unwrap().unwrap();
-        assert_eq!((t.secret(), &t.source), ("from-env", &Source::Env));
+        assert_eq!((t.secret.as_str(), &t.source), ("from-env", &Source::Env));
 
         let t = resolve(None, None, env_of(&[(ENV_TOKEN_FILE, env_file_text)]))
             .unwrap()
             .unwrap();
-        assert_eq!(t.secret(), "from-env-file");
+        assert_eq!(t.secret.as_str(), "from-env-file");
         assert_eq!(t.source, Source::EnvFile(env_file.clone()));
 
         assert_eq!(resolve(None, None, env_of(&[])).unwrap(), None);

@@ -8,6 +8,7 @@
 //! so what one file leaves unused is not dead code.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod registry_cluster;
 
 use std::net::SocketAddr;

@@ -94,18 +94,69 @@ pub struct Cli {
 
 /// Runs the client command `berth --server-url http://API ARGS` to its end.
 pub async fn cli(api: SocketAddr, args: &[&str]) -> Cli {
-    let out = Command::new(BIN)
+    cli_env(api, &[], args).await
+}
+
+/// [`cli`] with the environment variables `env` set; the ACL token variables of the
+/// test's own environment are cleared first, so only what the test gives counts.
+pub async fn cli_env(api: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Cli {
+    let mut command = Command::new(BIN);
+    command
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_TOKEN_FILE")
+        .envs(env.iter().copied())
         .arg("--server-url")
         .arg(format!("http://{api}"))
-        .args(args)
-        .output()
-        .await
-        .expect("run berth");
+        .args(args);
+    let out = command.output().await.expect("run berth");
     Cli {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `berth server --acl` in `data` with no agent, every listener on an ephemeral port
+/// (its API is `addr("http")`); `extra` flags follow.
+pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
+    let mut args = vec![
+        "server",
+        "--acl",
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    BerthProcess::start(BIN, &args).await
+}
+
+/// `POST /v1/acl/bootstrap` on the server at `api`: the management token's secret.
+pub async fn acl_bootstrap(api: SocketAddr) -> String {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("http://{api}/v1/acl/bootstrap"))
+        .send()
+        .await
+        .expect("POST /v1/acl/bootstrap")
+        .json()
+        .await
+        .expect("the bootstrap answer is JSON");
+    answer["secret_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret_id in the bootstrap answer: {answer}"))
+        .to_string()
+}
+
+/// Writes `secret` into `dir/name` readable by its owner only (as a token file must be);
+/// returns the path.
+pub fn token_file(dir: &Path, name: &str, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 /// GETs `url` and reads the answer as JSON; `Null` when there is no answer or no JSON,

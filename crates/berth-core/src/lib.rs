@@ -4,12 +4,13 @@
 //! Owns: ids, [`spec::AppSpec`] and its validation, resources (as requested and as
 //! accounted), placement constraints, instance states, the launch spec of one instance
 //! ([`launch`]: command line, resolved health checks), version ids, launch backoff,
-//! deployment records and the scheduler. This is the one vocabulary the server and the
+//! deployment records, the scheduler and access control ([`acl`]: policies, capabilities). This is the one vocabulary the server and the
 //! agent share; `berth-wire` maps it to and from protobuf. Everything here is pure logic
 //! over plain values so it can be tested exhaustively and shared by every role.
 //! Must never depend on I/O (no files, sockets, clocks, async runtimes), on protobuf, nor
 //! on any other Berth crate: time comes in as arguments.
 
+pub mod acl;
 pub mod backoff;
 pub mod constraint;
 pub mod deployment;

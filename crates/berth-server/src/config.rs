@@ -31,6 +31,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
+/// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -58,6 +59,8 @@ pub struct ServerConfig {
     /// Where the diagnostics gateway of a node is looked up.
     pub registry_http: Option<SocketAddr>,
     pub diag_secret: Option<berth_util::config::Secret>,
+    /// Tokens and policies guard the API.
+    pub acl: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -94,6 +97,7 @@ impl ServerConfig {
             diag_secret: layers
                 .secret("diag_secret")?
                 .map(berth_util::config::Secret::new),
+            acl: layers.get_or("acl", d.acl)?,
         };
         layers.finish()?;
         Ok(config)
@@ -122,7 +126,28 @@ impl ServerConfig {
             advertise_agent: None,
             registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
             diag_secret: None,
+            acl: false,
         }
+    }
+
+    /// Why this configuration must not start: a listener off loopback without ACLs.
+    pub fn refusal(&self) -> Option<String> {
+        if self.acl {
+            return None;
+        }
+        if !self.listen.ip().is_loopback() {
+            return Some(format!(
+                "the server's API listens on {}, off loopback, without ACLs: set acl = true (--acl) and bootstrap a token (`berth acl bootstrap`), or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        if !self.agent_listen.ip().is_loopback() {
+            return Some(format!(
+                "the server's agent stream listens on {}, off loopback, without ACLs: set acl = true (--acl) and bootstrap a token (`berth acl bootstrap`), or listen on 127.0.0.1",
+                self.agent_listen
+            ));
+        }
+        None
     }
 
     /// Loopback on ephemeral ports with short timings, for tests.

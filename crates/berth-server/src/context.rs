@@ -35,6 +35,8 @@ pub struct Ctx {
     pub cancel: tokio_util::sync::CancellationToken,
     /// Whether this server leads, and if not who does (see `leader`).
     pub leadership: Mutex<Leadership>,
+    /// Recent failed token attempts per client address (see `api::auth`).
+    pub auth_failures: crate::api::auth::Failures,
 }
 
 impl Ctx {

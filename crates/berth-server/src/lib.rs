@@ -44,6 +44,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("{0}")]
+    Insecure(String),
     #[error("cannot read a bound address: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,6 +68,9 @@ impl ServerHandle {
 
 /// Opens the store, binds both listeners and spawns every task on `shutdown`.
 pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
+    if let Some(why) = config.refusal() {
+        return Err(Error::Insecure(why));
+    }
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let db = data_dir.join("server.db");
     let postgres = config.postgres_url.clone();
@@ -112,6 +117,7 @@ async fn start_with_store(
         leadership: Mutex::new(leader::Leadership::Unknown {
             reason: "the first election has not finished".into(),
         }),
+        auth_failures: Default::default(),
         config,
     });
 

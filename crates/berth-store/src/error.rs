@@ -44,6 +44,12 @@ pub enum StoreError {
         "stored deployment {id} cannot be read: {reason}; the row is kept as is, fix or delete it by hand"
     )]
     CorruptDeployment { id: String, reason: String },
+    #[error(
+        "stored ACL {what} cannot be read: {reason}; the row is kept as is, fix or delete it by hand"
+    )]
+    CorruptAcl { what: String, reason: String },
+    #[error("ACL token {0} already exists")]
+    TokenExists(String),
     #[error("store failure: {0}")]
     Engine(String),
 }

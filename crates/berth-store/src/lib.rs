@@ -1,4 +1,5 @@
-//! Berth's desired-state store: apps, every version of them, and deployments.
+//! Berth's desired-state store: apps, every version of them, deployments, and the ACL
+//! state (tokens by the hash of their secret, policies, whether ACLs were bootstrapped).
 //!
 //! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
 //! file in the data folder; [`PostgresStore`], for servers that share one database) and a
@@ -8,6 +9,7 @@
 //! here: it lives in the server's memory and is rebuilt from agents.
 //! Must never depend on roles' crates.
 
+mod acl;
 mod error;
 mod postgres;
 mod record;
@@ -15,11 +17,13 @@ mod sqlite;
 #[cfg(test)]
 mod testsuite;
 
+pub use acl::AclToken;
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use record::{AppVersion, Change, Lease};
 pub use sqlite::SqliteStore;
 
+use berth_core::acl::Policy;
 use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 
 /// Desired state. Calls are blocking and short; async callers run them on a blocking
@@ -76,4 +80,36 @@ pub trait Store: Send + Sync + 'static {
     /// Removes finished deployments of `app` beyond the newest `keep` finished ones.
     /// Active ones are never removed. Returns how many went.
     fn prune_deployments(&self, app: &AppId, keep: usize) -> Result<usize, StoreError>;
+
+    /// Stores a policy, replacing the one with the same name.
+    fn put_policy(&self, policy: &Policy) -> Result<(), StoreError>;
+
+    fn get_policy(&self, name: &str) -> Result<Option<Policy>, StoreError>;
+
+    /// Every stored policy, ordered by name.
+    fn list_policies(&self) -> Result<Vec<Policy>, StoreError>;
+
+    /// `false` when it did not exist.
+    fn delete_policy(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a new token. Fails with [`StoreError::TokenExists`] when its accessor id or
+    /// secret hash is taken.
+    fn create_token(&self, token: &AclToken) -> Result<(), StoreError>;
+
+    fn get_token(&self, accessor_id: &str) -> Result<Option<AclToken>, StoreError>;
+
+    /// The token whose secret hashes to `secret_hash`: how a request's token is found.
+    fn get_token_by_hash(&self, secret_hash: &str) -> Result<Option<AclToken>, StoreError>;
+
+    /// Every token, oldest first.
+    fn list_tokens(&self) -> Result<Vec<AclToken>, StoreError>;
+
+    /// Revokes a token. `false` when it did not exist.
+    fn delete_token(&self, accessor_id: &str) -> Result<bool, StoreError>;
+
+    /// Creates the first management token, once: in one transaction, when no bootstrap
+    /// was recorded (or `reset`, which clears the record first), records it and stores
+    /// `token` (`true`); otherwise changes nothing (`false`). Two servers bootstrapping
+    /// at once on one database get one `true` between them.
+    fn bootstrap(&self, token: &AclToken, reset: bool) -> Result<bool, StoreError>;
 }

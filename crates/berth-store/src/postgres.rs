@@ -12,8 +12,11 @@ use std::time::Duration;
 use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 use postgres::{Client, GenericClient, NoTls, Row};
 
+use berth_core::acl::Policy;
+
+use crate::acl::{TOKEN_COLUMNS, TokenRow, decode_policy, encode_policies, encode_policy};
 use crate::record::{VersionRow, decode_deployment};
-use crate::{AppVersion, Lease, Store, StoreError};
+use crate::{AclToken, AppVersion, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -48,6 +51,27 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     info TEXT NOT NULL,
     expires_at_ms BIGINT NOT NULL
+);
+"#,
+    // IF NOT EXISTS: a store whose earlier steps are replayed (tests that fake an old
+    // schema) keeps these tables.
+    r#"
+CREATE TABLE IF NOT EXISTS acl_policies (
+    name TEXT PRIMARY KEY NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acl_tokens (
+    accessor_id TEXT PRIMARY KEY NOT NULL,
+    secret_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    policies TEXT NOT NULL,
+    create_time_ms BIGINT NOT NULL,
+    expiration_time_ms BIGINT
+);
+CREATE TABLE IF NOT EXISTS acl_bootstrap (
+    id BIGINT PRIMARY KEY NOT NULL CHECK (id = 1),
+    accessor_id TEXT NOT NULL,
+    time_ms BIGINT NOT NULL
 );
 "#,
 ];
@@ -521,6 +545,178 @@ impl Store for PostgresStore {
             Ok(n as usize)
         })
     }
+
+    fn put_policy(&self, p: &Policy) -> Result<(), StoreError> {
+        let body = encode_policy(p)?;
+        self.with(|client| {
+            client
+                .execute(
+                    "INSERT INTO acl_policies (name, body) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
+                    &[&p.name, &body],
+                )
+                .map_err(engine)?;
+            Ok(())
+        })
+    }
+
+    fn get_policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
+        self.with(|client| {
+            client
+                .query_opt(
+                    "SELECT name, body FROM acl_policies WHERE name = $1",
+                    &[&name],
+                )
+                .map_err(engine)?
+                .as_ref()
+                .map(read_policy)
+                .transpose()
+        })
+    }
+
+    fn list_policies(&self) -> Result<Vec<Policy>, StoreError> {
+        self.with(|client| {
+            client
+                .query("SELECT name, body FROM acl_policies ORDER BY name", &[])
+                .map_err(engine)?
+                .iter()
+                .map(read_policy)
+                .collect()
+        })
+    }
+
+    fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        self.with(|client| {
+            let n = client
+                .execute("DELETE FROM acl_policies WHERE name = $1", &[&name])
+                .map_err(engine)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn create_token(&self, t: &AclToken) -> Result<(), StoreError> {
+        self.with(|client| insert_token(client, t))
+    }
+
+    fn get_token(&self, accessor_id: &str) -> Result<Option<AclToken>, StoreError> {
+        self.with(|client| {
+            client
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM acl_tokens WHERE accessor_id = $1"),
+                    &[&accessor_id],
+                )
+                .map_err(engine)?
+                .as_ref()
+                .map(read_token)
+                .transpose()
+        })
+    }
+
+    fn get_token_by_hash(&self, secret_hash: &str) -> Result<Option<AclToken>, StoreError> {
+        self.with(|client| {
+            client
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM acl_tokens WHERE secret_hash = $1"),
+                    &[&secret_hash],
+                )
+                .map_err(engine)?
+                .as_ref()
+                .map(read_token)
+                .transpose()
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<AclToken>, StoreError> {
+        self.with(|client| {
+            client
+                .query(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM acl_tokens ORDER BY create_time_ms, accessor_id"
+                    ),
+                    &[],
+                )
+                .map_err(engine)?
+                .iter()
+                .map(read_token)
+                .collect()
+        })
+    }
+
+    fn delete_token(&self, accessor_id: &str) -> Result<bool, StoreError> {
+        self.with(|client| {
+            let n = client
+                .execute(
+                    "DELETE FROM acl_tokens WHERE accessor_id = $1",
+                    &[&accessor_id],
+                )
+                .map_err(engine)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn bootstrap(&self, t: &AclToken, reset: bool) -> Result<bool, StoreError> {
+        self.with(|client| {
+            let mut tx = client.transaction().map_err(engine)?;
+            // Serialises concurrent bootstraps on one database: the second waits, then
+            // sees the first's record.
+            tx.execute("LOCK TABLE acl_bootstrap IN EXCLUSIVE MODE", &[])
+                .map_err(engine)?;
+            if reset {
+                tx.execute("DELETE FROM acl_bootstrap", &[])
+                    .map_err(engine)?;
+            }
+            let n = tx
+                .execute(
+                    "INSERT INTO acl_bootstrap (id, accessor_id, time_ms) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&t.accessor_id, &(t.create_time_ms as i64)],
+                )
+                .map_err(engine)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_token(&mut tx, t)?;
+            tx.commit().map_err(engine)?;
+            Ok(true)
+        })
+    }
+}
+
+fn insert_token(client: &mut impl GenericClient, t: &AclToken) -> Result<(), StoreError> {
+    let policies = encode_policies(&t.policies)?;
+    let result = client.execute(
+        &format!("INSERT INTO acl_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+        &[
+            &t.accessor_id,
+            &t.secret_hash,
+            &t.name,
+            &policies,
+            &(t.create_time_ms as i64),
+            &t.expiration_time_ms.map(|v| v as i64),
+        ],
+    );
+    match result {
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(StoreError::TokenExists(t.accessor_id.clone()))
+        }
+        other => other.map(|_| ()).map_err(engine),
+    }
+}
+
+fn read_policy(row: &Row) -> Result<Policy, StoreError> {
+    decode_policy(row.get::<_, &str>(0), row.get::<_, &str>(1))
+}
+
+fn read_token(row: &Row) -> Result<AclToken, StoreError> {
+    TokenRow {
+        accessor_id: row.get(0),
+        secret_hash: row.get(1),
+        name: row.get(2),
+        policies: row.get(3),
+        create_time_ms: row.get(4),
+        expiration_time_ms: row.get(5),
+    }
+    .decode()
 }
 
 fn read_deployment(row: &Row) -> Result<Deployment, StoreError> {

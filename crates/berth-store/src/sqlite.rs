@@ -7,8 +7,11 @@ use std::time::Duration;
 use berth_core::{AppId, Deployment, DeploymentId, VersionId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use berth_core::acl::Policy;
+
+use crate::acl::{TOKEN_COLUMNS, TokenRow, decode_policy, encode_policies, encode_policy};
 use crate::record::{VersionRow, decode_deployment};
-use crate::{AppVersion, Lease, Store, StoreError};
+use crate::{AclToken, AppVersion, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -43,6 +46,27 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     info TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL
+);
+"#,
+    // IF NOT EXISTS: a store whose earlier steps are replayed (tests that fake an old
+    // schema) keeps these tables.
+    r#"
+CREATE TABLE IF NOT EXISTS acl_policies (
+    name TEXT PRIMARY KEY NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acl_tokens (
+    accessor_id TEXT PRIMARY KEY NOT NULL,
+    secret_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    policies TEXT NOT NULL,
+    create_time_ms INTEGER NOT NULL,
+    expiration_time_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS acl_bootstrap (
+    id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    accessor_id TEXT NOT NULL,
+    time_ms INTEGER NOT NULL
 );
 "#,
 ];
@@ -348,6 +372,142 @@ impl Store for SqliteStore {
         )?;
         Ok(n)
     }
+
+    fn put_policy(&self, p: &Policy) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO acl_policies (name, body) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            params![p.name, encode_policy(p)?],
+        )?;
+        Ok(())
+    }
+
+    fn get_policy(&self, name: &str) -> Result<Option<Policy>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT name, body FROM acl_policies WHERE name = ?1",
+                params![name],
+                read_policy,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    fn list_policies(&self) -> Result<Vec<Policy>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, body FROM acl_policies ORDER BY name")?;
+        let rows = stmt.query_map([], read_policy)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM acl_policies WHERE name = ?1", params![name])?;
+        Ok(n > 0)
+    }
+
+    fn create_token(&self, t: &AclToken) -> Result<(), StoreError> {
+        insert_token(&self.conn(), t)
+    }
+
+    fn get_token(&self, accessor_id: &str) -> Result<Option<AclToken>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM acl_tokens WHERE accessor_id = ?1"),
+                params![accessor_id],
+                read_token,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    fn get_token_by_hash(&self, secret_hash: &str) -> Result<Option<AclToken>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM acl_tokens WHERE secret_hash = ?1"),
+                params![secret_hash],
+                read_token,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    fn list_tokens(&self) -> Result<Vec<AclToken>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM acl_tokens ORDER BY create_time_ms, accessor_id"
+        ))?;
+        let rows = stmt.query_map([], read_token)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn delete_token(&self, accessor_id: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM acl_tokens WHERE accessor_id = ?1",
+            params![accessor_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn bootstrap(&self, t: &AclToken, reset: bool) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if reset {
+            tx.execute("DELETE FROM acl_bootstrap", [])?;
+        }
+        let n = tx.execute(
+            "INSERT INTO acl_bootstrap (id, accessor_id, time_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO NOTHING",
+            params![t.accessor_id, t.create_time_ms as i64],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        insert_token(&tx, t)?;
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
+fn insert_token(conn: &Connection, t: &AclToken) -> Result<(), StoreError> {
+    let result = conn.execute(
+        &format!("INSERT INTO acl_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            t.accessor_id,
+            t.secret_hash,
+            t.name,
+            encode_policies(&t.policies)?,
+            t.create_time_ms as i64,
+            t.expiration_time_ms.map(|v| v as i64)
+        ],
+    );
+    match result {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::TokenExists(t.accessor_id.clone()))
+        }
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+fn read_policy(row: &Row<'_>) -> rusqlite::Result<Result<Policy, StoreError>> {
+    let name: String = row.get(0)?;
+    let body: String = row.get(1)?;
+    Ok(decode_policy(&name, &body))
+}
+
+fn read_token(row: &Row<'_>) -> rusqlite::Result<Result<AclToken, StoreError>> {
+    Ok(TokenRow {
+        accessor_id: row.get(0)?,
+        secret_hash: row.get(1)?,
+        name: row.get(2)?,
+        policies: row.get(3)?,
+        create_time_ms: row.get(4)?,
+        expiration_time_ms: row.get(5)?,
+    }
+    .decode())
 }
 
 fn unix_ms() -> i64 {

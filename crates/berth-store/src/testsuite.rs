@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, VersionId};
 
-use crate::{AppVersion, Change, Store, StoreError};
+use berth_core::acl::Policy;
+
+use crate::{AclToken, AppVersion, Change, Store, StoreError};
 
 /// Runs every check, each on a fresh store from `fresh`. Panics on the first failure,
 /// naming the check.
@@ -20,6 +22,9 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     deployments_round_trip_and_update_in_place(fresh().as_ref());
     deployments_list_newest_first(fresh().as_ref());
     pruning_keeps_active_and_newest_finished(fresh().as_ref());
+    policies_round_trip_replace_and_delete(fresh().as_ref());
+    tokens_are_found_by_accessor_and_hash(fresh().as_ref());
+    bootstrap_succeeds_once_unless_reset(fresh().as_ref());
 }
 
 fn spec(id: &str, instances: u32) -> AppSpec {
@@ -250,4 +255,106 @@ fn pruning_keeps_active_and_newest_finished(store: &dyn Store) {
     want.sort();
     assert_eq!(left, want);
     assert_eq!(store.prune_deployments(&id("a"), 2).unwrap(), 0);
+}
+
+fn policy(name: &str, apps: &str) -> Policy {
+    Policy::from_json(
+        name,
+        &format!(r#"{{"description":"d","rules":[{{"apps":"{apps}","capabilities":["read"]}}]}}"#),
+    )
+    .unwrap()
+}
+
+fn token(accessor: &str, hash: &str, at: u64) -> AclToken {
+    AclToken {
+        accessor_id: accessor.into(),
+        secret_hash: hash.into(),
+        name: format!("name of {accessor}"),
+        policies: vec!["ro".into(), "ops".into()],
+        create_time_ms: at,
+        expiration_time_ms: None,
+    }
+}
+
+fn policies_round_trip_replace_and_delete(store: &dyn Store) {
+    store.put_policy(&policy("ro", "demo/*")).unwrap();
+    store.put_policy(&policy("alpha", "*")).unwrap();
+    assert_eq!(
+        store.get_policy("ro").unwrap(),
+        Some(policy("ro", "demo/*"))
+    );
+    assert_eq!(store.get_policy("nope").unwrap(), None);
+    store.put_policy(&policy("ro", "prod/*")).unwrap();
+    assert_eq!(
+        store.get_policy("ro").unwrap(),
+        Some(policy("ro", "prod/*")),
+        "replaced"
+    );
+    let names: Vec<_> = store
+        .list_policies()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["alpha", "ro"], "ordered by name");
+    assert!(store.delete_policy("ro").unwrap());
+    assert!(!store.delete_policy("ro").unwrap());
+    assert_eq!(store.list_policies().unwrap().len(), 1);
+}
+
+fn tokens_are_found_by_accessor_and_hash(store: &dyn Store) {
+    let mut a = token("acc-a", "hash-a", 2_000);
+    a.expiration_time_ms = Some(9_000);
+    let b = token("acc-b", "hash-b", 1_000);
+    store.create_token(&a).unwrap();
+    store.create_token(&b).unwrap();
+    assert_eq!(store.get_token("acc-a").unwrap(), Some(a.clone()));
+    assert_eq!(store.get_token_by_hash("hash-b").unwrap(), Some(b.clone()));
+    assert_eq!(
+        store.get_token_by_hash("acc-b").unwrap(),
+        None,
+        "hash, not accessor"
+    );
+    assert!(matches!(
+        store.create_token(&token("acc-a", "hash-c", 3_000)),
+        Err(StoreError::TokenExists(_))
+    ));
+    assert!(matches!(
+        store.create_token(&token("acc-c", "hash-a", 3_000)),
+        Err(StoreError::TokenExists(_))
+    ));
+    assert_eq!(
+        store.list_tokens().unwrap(),
+        vec![b, a.clone()],
+        "oldest first"
+    );
+    assert!(store.delete_token("acc-b").unwrap());
+    assert!(!store.delete_token("acc-b").unwrap());
+    assert_eq!(
+        store.get_token_by_hash("hash-b").unwrap(),
+        None,
+        "revoked at once"
+    );
+    assert_eq!(store.list_tokens().unwrap(), vec![a]);
+}
+
+fn bootstrap_succeeds_once_unless_reset(store: &dyn Store) {
+    let mut first = token("boot-1", "h1", 1_000);
+    first.policies = vec!["management".into()];
+    assert!(store.bootstrap(&first, false).unwrap());
+    assert_eq!(store.get_token("boot-1").unwrap(), Some(first));
+    let second = token("boot-2", "h2", 2_000);
+    assert!(!store.bootstrap(&second, false).unwrap(), "only once");
+    assert_eq!(store.get_token("boot-2").unwrap(), None, "nothing stored");
+    assert!(
+        store.bootstrap(&second, true).unwrap(),
+        "a reset allows one more"
+    );
+    assert!(store.get_token("boot-2").unwrap().is_some());
+    let third = token("boot-3", "h3", 3_000);
+    assert!(!store.bootstrap(&third, false).unwrap(), "and only one");
+    // Revoking the bootstrap token does not reopen bootstrap.
+    store.delete_token("boot-1").unwrap();
+    store.delete_token("boot-2").unwrap();
+    assert!(!store.bootstrap(&third, false).unwrap());
 }

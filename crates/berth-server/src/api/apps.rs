@@ -15,13 +15,16 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::auth::Caller;
 use crate::apps::{self, Changed};
 use crate::context::Ctx;
 use crate::deploy::ChangeOptions;
 use crate::events::{Event, EventKind};
 use crate::reconcile::plan::count_up;
 use crate::state::{AppHealth, Instance, LastFailure};
+use axum::extract::Extension;
 use berth_core::Deployment;
+use berth_core::acl::{Capability, Target};
 use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -193,14 +196,22 @@ fn parse_id(raw: &str) -> Result<AppId> {
         .map_err(|e| ApiError::bad_request(format!("{} ({})", e.message, e.fix)).field("id"))
 }
 
-pub async fn list(State(ctx): State<Arc<Ctx>>) -> Result<Json<Value>> {
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>> {
     let apps = apps::list(&ctx).await?;
-    let views: Vec<AppView> = apps.into_iter().map(|a| view(&ctx, a, false)).collect();
+    let views: Vec<AppView> = apps
+        .into_iter()
+        .filter(|a| caller.may_read_app(a.spec.id.as_str()))
+        .map(|a| view(&ctx, a, false))
+        .collect();
     Ok(Json(json!({ "apps": views })))
 }
 
 pub async fn create(
     State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     raw: std::result::Result<Bytes, BytesRejection>,
@@ -208,6 +219,8 @@ pub async fn create(
     let options = change_options(&q)?;
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let spec = parse_spec(&headers, &bytes)?;
+    // The app is only known from the body; the route let in deployers of some app.
+    caller.require(Capability::Deploy, Target::App(spec.id.as_str()))?;
     let changed = apps::create(&ctx, spec, &options).await?;
     Ok((StatusCode::CREATED, Json(changed_view(&ctx, changed))).into_response())
 }

@@ -12,8 +12,10 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::apps::change_options;
+use super::auth::Caller;
 use crate::context::Ctx;
 use crate::deploy;
+use axum::extract::Extension;
 
 type Result<T> = std::result::Result<T, ApiError>;
 type Params = Query<HashMap<String, String>>;
@@ -28,12 +30,17 @@ fn parse_id(raw: &str) -> Result<DeploymentId> {
 }
 
 /// `GET /v1/deployments[?app=ID][&active=true]`, newest first.
-pub async fn list(State(ctx): State<Arc<Ctx>>, Query(q): Params) -> Result<Json<Value>> {
+pub async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Params,
+) -> Result<Json<Value>> {
     let app = q.get("app");
     let only_active = matches!(q.get("active").map(String::as_str), Some("true" | "1"));
     let list: Vec<_> = deploy::list(&ctx)
         .await?
         .into_iter()
+        .filter(|d| caller.may_read_app(d.app.as_str()))
         .filter(|d| app.is_none_or(|a| d.app.as_str() == a))
         .filter(|d| !only_active || d.state.is_active())
         .collect();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,35 +17,48 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::ApiError;
+use super::auth::Caller;
 use crate::context::Ctx;
 use crate::events::Event;
 use crate::leader::Leadership;
+use berth_core::acl::Capability::Read;
+use berth_core::acl::Target;
 
 type Params = Query<HashMap<String, String>>;
 
-pub async fn instances(State(ctx): State<Arc<Ctx>>, Query(q): Params) -> Json<Value> {
+pub async fn instances(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Params,
+) -> Json<Value> {
     let state = ctx.lock_state();
     let app = q.get("app");
     let node = q.get("node");
     let list: Vec<_> = state
         .instances()
+        .filter(|i| caller.may_read_app(&i.app))
         .filter(|i| app.is_none_or(|a| &i.app == a))
         .filter(|i| node.is_none_or(|n| i.node.as_str() == n))
         .collect();
     let pending: Vec<_> = state
         .pending
         .values()
+        .filter(|p| caller.may_read_app(&p.app))
         .filter(|p| app.is_none_or(|a| &p.app == a))
         .filter(|p| node.is_none_or(|n| p.node.as_str() == n))
         .collect();
     Json(json!({ "instances": list, "pending": pending }))
 }
 
-pub async fn nodes(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
+pub async fn nodes(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Value> {
     let state = ctx.lock_state();
     let nodes: Vec<Value> = state
         .nodes
         .values()
+        .filter(|n| caller.allows(Read, Target::Node(n.id.as_str())))
         .map(|n| {
             let allocated = n
                 .instances
@@ -124,6 +137,7 @@ pub async fn leader(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
 /// a browser's `EventSource.onmessage` sees every type (the web UI listens that way).
 pub async fn events(
     State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Params,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let types: Option<Vec<String>> = q.get("types").map(|t| {
@@ -138,6 +152,7 @@ pub async fn events(
             .as_ref()
             .is_none_or(|t| t.iter().any(|t| t == e.kind.as_str()))
             && app.as_ref().is_none_or(|a| e.app.as_ref() == Some(a))
+            && visible(&caller, e)
     };
     let replay_n = q
         .get("replay")
@@ -171,13 +186,27 @@ pub async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-pub async fn recent_events(State(ctx): State<Arc<Ctx>>, Query(q): Params) -> Json<Value> {
+pub async fn recent_events(
+    State(ctx): State<Arc<Ctx>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Params,
+) -> Json<Value> {
     let limit = q.get("limit").and_then(|n| n.parse().ok()).unwrap_or(100);
     let app = q.get("app").cloned();
     let events = ctx.events.recent(limit, |e| {
-        app.as_ref().is_none_or(|a| e.app.as_ref() == Some(a))
+        app.as_ref().is_none_or(|a| e.app.as_ref() == Some(a)) && visible(&caller, e)
     });
     Json(json!({ "events": events }))
+}
+
+/// Whether the caller may see an event: an app's events need read on the app, a node's
+/// on the node; the rest (leadership) any caller that may read something.
+fn visible(caller: &Caller, e: &Event) -> bool {
+    match (&e.app, &e.node) {
+        (Some(app), _) => caller.may_read_app(app),
+        (None, Some(node)) => caller.allows(Read, Target::Node(node)),
+        (None, None) => true,
+    }
 }
 
 /// The in-memory real state, as the reconciler sees it.

@@ -76,6 +76,10 @@ pub struct Args {
     /// File holding the diagnostics gateways' secret.
     #[arg(long, value_name = "FILE")]
     diag_secret_file: Option<std::path::PathBuf>,
+    /// Require an ACL token on every API request (bootstrap the first with `berth acl
+    /// bootstrap`); required when a listener is off loopback. Or BERTH_SERVER_ACL=true.
+    #[arg(long)]
+    acl: bool,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -101,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("stop_grace", args.stop_grace)
         .set("deployment_timeout", args.deployment_timeout)
         .set("max_body_bytes", args.max_body_bytes)
+        .set("acl", args.acl.then_some(true))
         .set("leader_lease", args.leader_lease)
         .set("advertise_url", args.advertise_url)
         .set("advertise_agent", args.advertise_agent)

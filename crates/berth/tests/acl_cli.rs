@@ -126,6 +126,18 @@ async fn bootstrap_policies_tokens_and_refusals_from_the_command_line() {
     assert!(!out.stderr.contains("not-a-token"), "{}", out.stderr);
 
     let mgmt = [("BERTH_TOKEN_FILE", file.as_str())];
+    // The streaming commands carry it too: refused without it, past the check with it
+    // (the app does not exist, so the server answers something else than 401).
+    for args in [&["logs", "demo/none"][..], &["inspect", "ps", "demo/none"]] {
+        let out = cli(api, args).await;
+        assert!(
+            !out.ok && out.stderr.contains("(401)"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        let out = cli_env(api, &mgmt, args).await;
+        assert!(!out.stderr.contains("(401)"), "{args:?}: {}", out.stderr);
+    }
     // Policies from a JSON file and a TOML file.
     let ro = write(
         data.path(),

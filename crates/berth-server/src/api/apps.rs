@@ -219,7 +219,7 @@ pub async fn create(
     let options = change_options(&q)?;
     let bytes = body(raw, ctx.config.max_body_bytes)?;
     let spec = parse_spec(&headers, &bytes)?;
-    // The app is only known from the body; the route let in deployers of some app.
+    // The route checked the body's id already; this keeps the handler safe on its own.
     caller.require(Capability::Deploy, Target::App(spec.id.as_str()))?;
     let changed = apps::create(&ctx, spec, &options).await?;
     Ok((StatusCode::CREATED, Json(changed_view(&ctx, changed))).into_response())

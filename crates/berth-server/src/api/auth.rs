@@ -58,6 +58,8 @@ pub enum AppIn {
     Deployment,
     /// `?app=ID` or `?instance=ID` (the app of the instance).
     Query,
+    /// The `id` of the app spec in the body (create): read here once, handed on intact.
+    Body,
 }
 
 /// The caller's authority, in every request's extensions once [`check`] let it through.
@@ -97,9 +99,31 @@ pub async fn check(
     request: Request,
     next: Next,
 ) -> Response {
-    // Only the head is read (a body is not `Sync`, so it stays out of the awaits).
-    let (mut parts, body) = request.into_parts();
-    match authorize(&ctx, access, &parts).await {
+    // Only the head is read (a body is not `Sync`, so it stays out of the awaits), but
+    // for a create, whose app is named in the body: that is read whole (within the body
+    // limit) and handed on unchanged.
+    let (mut parts, mut body) = request.into_parts();
+    let mut in_body = None;
+    if ctx.config.acl && matches!(access, Access::App(_, AppIn::Body)) {
+        match axum::body::to_bytes(body, ctx.config.max_body_bytes).await {
+            Ok(bytes) => {
+                in_body = spec_id(&parts.headers, &bytes);
+                body = axum::body::Body::from(bytes);
+            }
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "the request body is larger than the {}-byte limit; send a smaller spec (or raise max_body_bytes on the server)",
+                        ctx.config.max_body_bytes
+                    ),
+                )
+                .into_response();
+            }
+        }
+    }
+    match authorize(&ctx, access, &parts, in_body).await {
         Ok(caller) => {
             parts.extensions.insert(caller);
             next.run(Request::from_parts(parts, body)).await
@@ -108,7 +132,12 @@ pub async fn check(
     }
 }
 
-async fn authorize(ctx: &Arc<Ctx>, access: Access, request: &Parts) -> Result<Caller, ApiError> {
+async fn authorize(
+    ctx: &Arc<Ctx>,
+    access: Access,
+    request: &Parts,
+    in_body: Option<String>,
+) -> Result<Caller, ApiError> {
     if !ctx.config.acl || access == Access::Public {
         return Ok(Caller::anonymous());
     }
@@ -118,7 +147,7 @@ async fn authorize(ctx: &Arc<Ctx>, access: Access, request: &Parts) -> Result<Ca
         Access::Management => caller.require(Capability::Management, Target::Global)?,
         Access::SomeApp(cap) => some(&caller, cap, Kind::Apps)?,
         Access::SomeNode(cap) => some(&caller, cap, Kind::Nodes)?,
-        Access::App(cap, place) => match app_of(ctx, place, request).await {
+        Access::App(cap, place) => match app_of(ctx, place, request, in_body).await {
             Some(app) => caller.require(cap, Target::App(&app))?,
             // Nothing named (the handler answers 400 or 404): still only for callers
             // who hold the capability somewhere, so nothing leaks to the others.
@@ -219,9 +248,15 @@ async fn authenticate(ctx: &Arc<Ctx>, request: &Parts) -> Result<Caller, ApiErro
 }
 
 /// The app a request names, read the way its handler will read it.
-async fn app_of(ctx: &Arc<Ctx>, place: AppIn, request: &Parts) -> Option<String> {
+async fn app_of(
+    ctx: &Arc<Ctx>,
+    place: AppIn,
+    request: &Parts,
+    in_body: Option<String>,
+) -> Option<String> {
     let path = percent_decode(request.uri.path());
     match place {
+        AppIn::Body => in_body,
         AppIn::Path => path.strip_prefix("/v1/apps/").map(str::to_string),
         AppIn::PathAction => path
             .strip_prefix("/v1/apps/")
@@ -255,6 +290,22 @@ async fn app_of(ctx: &Arc<Ctx>, place: AppIn, request: &Parts) -> Option<String>
                 .map(|i| i.app.clone())
         }
     }
+}
+
+/// The id of a valid app spec (JSON, or TOML by content type); an invalid one names
+/// none, and its handler lists the problems to callers who may deploy somewhere.
+fn spec_id(headers: &HeaderMap, bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let is_toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("toml"));
+    let spec = if is_toml {
+        berth_core::AppSpec::from_toml(text)
+    } else {
+        berth_core::AppSpec::from_json(text)
+    };
+    spec.ok().map(|s| s.id.to_string())
 }
 
 /// `%XX` decoded, as axum's `Path` decodes what the handler sees.

@@ -102,7 +102,12 @@ pub fn routes() -> Vec<RouteSpec> {
     use berth_core::acl::Capability::{Deploy, Diagnose, Logs, Read};
     vec![
         route(M::GET, "/v1/apps", Access::SomeApp(Read), apps::list),
-        route(M::POST, "/v1/apps", Access::SomeApp(Deploy), apps::create),
+        route(
+            M::POST,
+            "/v1/apps",
+            Access::App(Deploy, AppIn::Body),
+            apps::create,
+        ),
         route(
             M::GET,
             "/v1/apps/{*path}",

@@ -198,3 +198,74 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// `berth server --acl` in `data` on ephemeral loopback ports; `extra` flags follow.
+pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
+    let mut args = vec![
+        "server",
+        "--acl",
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+        "--registry-http",
+        "off",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    BerthProcess::start(BIN, &args).await
+}
+
+/// One API call with an optional token (`Authorization: Bearer`) and JSON body: the
+/// status and the answer as JSON (`Null` when it is not JSON).
+pub async fn api_call(
+    api: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client.request(method, format!("http://{api}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = tokio::time::timeout(WAIT, request.send())
+        .await
+        .expect("the server answers")
+        .expect("the server answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST /v1/acl/token` with `policies` (and `ttl`), as `token` (a management token):
+/// the new token's secret.
+pub async fn acl_token(
+    api: SocketAddr,
+    token: &str,
+    name: &str,
+    policies: &[&str],
+    ttl: Option<&str>,
+) -> String {
+    let mut body = serde_json::json!({ "name": name, "policies": policies });
+    if let Some(ttl) = ttl {
+        body["ttl"] = ttl.into();
+    }
+    let (status, answer) = api_call(
+        api,
+        reqwest::Method::POST,
+        "/v1/acl/token",
+        Some(token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "token create: {answer}");
+    answer["secret_id"]
+        .as_str()
+        .expect("a secret_id")
+        .to_string()
+}

@@ -116,33 +116,11 @@ pub async fn cli_env(api: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Cl
     }
 }
 
-/// `berth server --acl` in `data` with no agent, every listener on an ephemeral port
-/// (its API is `addr("http")`); `extra` flags follow.
-pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
-    let mut args = vec![
-        "server",
-        "--acl",
-        "--listen",
-        "127.0.0.1:0",
-        "--agent-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    BerthProcess::start(BIN, &args).await
-}
-
 /// `POST /v1/acl/bootstrap` on the server at `api`: the management token's secret.
 pub async fn acl_bootstrap(api: SocketAddr) -> String {
-    let answer: Value = reqwest::Client::new()
-        .post(format!("http://{api}/v1/acl/bootstrap"))
-        .send()
-        .await
-        .expect("POST /v1/acl/bootstrap")
-        .json()
-        .await
-        .expect("the bootstrap answer is JSON");
+    let (status, answer) =
+        api_call(api, reqwest::Method::POST, "/v1/acl/bootstrap", None, None).await;
+    assert_eq!(status, 200, "bootstrap: {answer}");
     answer["secret_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no secret_id in the bootstrap answer: {answer}"))

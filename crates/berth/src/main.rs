@@ -60,6 +60,9 @@ enum Command {
     Routes(cmd::routes::Args),
 
     // Tools.
+    /// Certificates for mutual TLS: `tls ca create`, `tls cert create --role R --name N`.
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
             Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
             Command::Diag(args) => cmd::diag::run(*args).await,
+            Command::Tls(c) => cmd::tls::run(c),
         }
     });
     exit(result)

@@ -48,7 +48,8 @@ pub enum CertCommand {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|e: berth_identity::IdentityError| e.to_string())
+    s.parse()
+        .map_err(|e: berth_identity::IdentityError| e.to_string())
 }
 
 pub fn run(command: TlsCommand) -> anyhow::Result<()> {

@@ -34,6 +34,8 @@ pub enum Error {
     Lock(#[from] berth_util::datadir::DataDirError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Tls(#[from] berth_identity::TlsError),
     #[error("cannot listen on {addr} for the agent's status endpoints: {source} (change --listen)")]
     Bind {
         addr: SocketAddr,
@@ -119,6 +121,14 @@ pub async fn start_with_token(
             ),
         });
     }
+    // Unreadable certificates stop the start, before anything is adopted or listens.
+    let tls = berth_identity::TlsFiles::from_options(
+        config.tls_cert_file.clone(),
+        config.tls_key_file.clone(),
+        config.tls_ca_file.clone(),
+    )?
+    .map(|files| berth_identity::client_config(&files))
+    .transpose()?;
     // One agent per data folder: two would adopt and stop each other's instances.
     let data_dir = berth_util::datadir::DataDir::open(&config.data_dir)?;
     let node_id = node_id(&config)?;
@@ -234,12 +244,17 @@ pub async fn start_with_token(
         status_url: status_url(status_addr, config.advertise),
     };
     let link_config = LinkConfig {
-        servers: config.servers.iter().map(|s| server_uri(s)).collect(),
+        servers: config
+            .servers
+            .iter()
+            .map(|s| server_uri(s, tls.is_some()))
+            .collect(),
         connect_timeout: config.connect_timeout,
         default_heartbeat: config.heartbeat,
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,
         keepalive: config.keepalive,
+        tls,
     };
     tasks.spawn(link::run(
         link_config,

@@ -23,6 +23,7 @@
 //! | `driver` | `process` | `process` (real programs) or `sim` (simulated instances, for tests and benchmarks) |
 //! | `diag` | none | diagnostics gateway addresses `host:port[,host:port...]` (or one load-balanced address); the agent holds a stream to one of them |
 //! | `diag_secret` / `diag_secret_file` | none | the gateways' shared secret |
+//! | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS to the server: this agent's certificate (`berth tls cert create --role agent --name NODE_ID`), its key, and the CA the server's certificate is verified against (as `server.berth`); all three or none |
 //! | `docker_socket` | none | a Docker engine's Unix socket (e.g. `/var/run/docker.sock`): the node also offers the `docker` driver |
 
 use std::collections::BTreeMap;
@@ -69,6 +70,10 @@ pub struct AgentConfig {
     pub exit_poll: Duration,
     pub registry_beat: Duration,
     pub registry_timeout: Duration,
+    /// Mutual TLS to the server, all three or none (checked when the agent starts).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7072);
@@ -108,6 +113,9 @@ impl AgentConfig {
             exit_poll: Duration::from_millis(500),
             registry_beat: crate::registry::BEAT_INTERVAL,
             registry_timeout: Duration::from_secs(2),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
     }
 
@@ -168,6 +176,9 @@ impl AgentConfig {
         config.docker_socket = layers.get("docker_socket")?;
         config.diag = layers.get("diag")?.unwrap_or_default();
         config.diag_secret = layers.secret("diag_secret")?;
+        config.tls_cert_file = layers.get("tls_cert_file")?;
+        config.tls_key_file = layers.get("tls_key_file")?;
+        config.tls_ca_file = layers.get("tls_ca_file")?;
         layers.finish()?;
         Ok(config)
     }

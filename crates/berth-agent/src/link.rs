@@ -12,6 +12,11 @@
 //! `backoff_max`, each delay drawn at random between half and all of it, so agents that
 //! lost the same server do not come back in lockstep. Instances keep running while no
 //! server is reachable; the next Hello carries their state.
+//!
+//! With TLS files the agent dials `https://ADDR` over mutual TLS: it verifies the
+//! server's certificate against the CA for the name `server.berth` (whatever address it
+//! dialed, so one certificate serves every address of a server) and presents its own,
+//! whose node id the server holds the Hello to.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +43,8 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// HTTP/2 pings that find a server which vanished without closing the connection.
     pub keepalive: Duration,
+    /// Mutual TLS to the server; `None`: cleartext HTTP/2.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// What the agent says about its node in the Hello.
@@ -69,13 +76,42 @@ enum SessionError {
     Broken { server: String, reason: String },
 }
 
-/// The server address as a URI; plain `host:port` means cleartext HTTP/2.
-pub fn server_uri(addr: &str) -> String {
+/// The server address as a URI; plain `host:port` means cleartext HTTP/2, or TLS when
+/// the agent has certificates.
+pub fn server_uri(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
+}
+
+/// Dials the server's authority over TCP, then TLS verifying `server.berth`.
+async fn dial_tls(
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    uri: http::Uri,
+) -> Result<
+    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    std::io::Error,
+> {
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{uri} has no host:port"),
+            )
+        })?;
+    let tcp = tokio::net::TcpStream::connect(&authority).await?;
+    tcp.set_nodelay(true)?;
+    let name = berth_identity::server_name(berth_identity::SERVER_NAME);
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(tls))
 }
 
 /// Delay before attempt number `failures` (1 = after the first failure).
@@ -161,8 +197,21 @@ async fn session(
         .http2_keep_alive_interval(config.keepalive)
         .keep_alive_timeout(config.keepalive)
         .keep_alive_while_idle(true);
+    let connect = async {
+        match &config.tls {
+            Some(tls) => {
+                let tls = tls.clone();
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |uri| {
+                        dial_tls(tls.clone(), uri)
+                    }))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+    };
     let channel = tokio::select! {
-        result = tokio::time::timeout(config.connect_timeout, endpoint.connect()) => match result {
+        result = tokio::time::timeout(config.connect_timeout, connect) => match result {
             Ok(Ok(channel)) => channel,
             Ok(Err(err)) => return Err(connect_err(error_chain(&err))),
             Err(_) => return Err(connect_err(format!("no connection within {:?}", config.connect_timeout))),
@@ -326,6 +375,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             keepalive: Duration::from_secs(5),
+            tls: None,
         };
         let mut rng = rand::rng();
         for _ in 0..100 {
@@ -340,7 +390,8 @@ mod tests {
 
     #[test]
     fn server_addresses_become_uris() {
-        assert_eq!(server_uri("127.0.0.1:7071"), "http://127.0.0.1:7071");
-        assert_eq!(server_uri("https://s:1"), "https://s:1");
+        assert_eq!(server_uri("127.0.0.1:7071", false), "http://127.0.0.1:7071");
+        assert_eq!(server_uri("127.0.0.1:7071", true), "https://127.0.0.1:7071");
+        assert_eq!(server_uri("https://s:1", false), "https://s:1");
     }
 }

@@ -32,6 +32,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
 /// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
+/// | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on the agent stream: this server's certificate and key (`berth tls cert create --role server`) and the CA agents' certificates must be signed by; all three or none, required when `agent_listen` is off loopback |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -61,6 +62,10 @@ pub struct ServerConfig {
     pub diag_secret: Option<berth_util::config::Secret>,
     /// Tokens and policies guard the API.
     pub acl: bool,
+    /// Mutual TLS on the agent stream (checked as a set by [`ServerConfig::agent_tls`]).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -98,6 +103,9 @@ impl ServerConfig {
                 .secret("diag_secret")?
                 .map(berth_util::config::Secret::new),
             acl: layers.get_or("acl", d.acl)?,
+            tls_cert_file: layers.get("tls_cert_file")?,
+            tls_key_file: layers.get("tls_key_file")?,
+            tls_ca_file: layers.get("tls_ca_file")?,
         };
         layers.finish()?;
         Ok(config)
@@ -127,7 +135,28 @@ impl ServerConfig {
             registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
             diag_secret: None,
             acl: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
+    }
+
+    /// The agent stream's TLS files, all three or none; and the rule that an agent
+    /// listener off loopback needs them: without a certificate anyone who reaches the
+    /// port could join as any node.
+    pub fn agent_tls(&self) -> Result<Option<berth_identity::TlsFiles>, crate::Error> {
+        let files = berth_identity::TlsFiles::from_options(
+            self.tls_cert_file.clone(),
+            self.tls_key_file.clone(),
+            self.tls_ca_file.clone(),
+        )?;
+        if files.is_none() && !self.agent_listen.ip().is_loopback() {
+            return Err(crate::Error::Refused(format!(
+                "the server's agent stream listens on {}, off loopback, without TLS: anyone reaching it could join as any node; set --tls-cert-file, --tls-key-file and --tls-ca-file (tls_cert_file, tls_key_file, tls_ca_file; make them with `berth tls ca create` and `berth tls cert create --role server`), or listen on 127.0.0.1",
+                self.agent_listen
+            )));
+        }
+        Ok(files)
     }
 
     /// Why this configuration must not start: a listener off loopback without ACLs.

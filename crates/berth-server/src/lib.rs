@@ -48,6 +48,11 @@ pub enum Error {
     Insecure(String),
     #[error("cannot read a bound address: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] berth_identity::TlsError),
+    /// A configuration the server will not start with; the message names the setting.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A running server.
@@ -68,6 +73,9 @@ impl ServerHandle {
 
 /// Opens the store, binds both listeners and spawns every task on `shutdown`.
 pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
+    // The TLS rule first: an agent listener off loopback is refused for its missing
+    // certificates before its missing ACLs, the more specific fix.
+    config.agent_tls()?;
     if let Some(why) = config.refusal() {
         return Err(Error::Insecure(why));
     }
@@ -89,6 +97,11 @@ async fn start_with_store(
     data_dir: Arc<DataDir>,
     shutdown: &Shutdown,
 ) -> Result<ServerHandle, Error> {
+    // Refusals and unreadable certificates stop the start before anything listens.
+    let agent_tls = match config.agent_tls()? {
+        Some(files) => Some(berth_identity::server_config(&files)?),
+        None => None,
+    };
     let http_listener = bind_tcp(config.listen, "--listen").await?;
     let agent_listener = bind_tcp(config.agent_listen, "--agent-listen").await?;
     let http = http_listener.local_addr()?;
@@ -131,11 +144,23 @@ async fn start_with_store(
     let service = AgentLinkServer::new(agents::AgentService { ctx: ctx.clone() });
     let cancel = shutdown.token();
     shutdown.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
-        let result = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-            .await;
+        let server = tonic::transport::Server::builder().add_service(service);
+        let result = match agent_tls {
+            // Mutual TLS: the handshake verifies the agent's certificate against the CA;
+            // the session then checks the identity in it against the Hello.
+            Some(tls) => {
+                let incoming = agents::tls::incoming(agent_listener, tls, cancel.clone());
+                server
+                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                    .await
+            }
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
+                server
+                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                    .await
+            }
+        };
         if let Err(e) = result {
             tracing::error!("agent stream server failed: {e}");
         }

@@ -12,7 +12,7 @@ use crate::StoreError;
 pub struct AclToken {
     /// The public id of the token: how operators name it to show or revoke it.
     pub accessor_id: String,
-    /// SHA-256 of the secret, hex (see `berth_identity::secret::hash`).
+    /// SHA-256 of the secret, hex (see `berth_identity::secret::hash_secret`).
     #[serde(skip)]
     pub secret_hash: String,
     pub name: String,

@@ -63,6 +63,9 @@ enum Command {
     Acl(cmd::acl::AclCommand),
 
     // Tools.
+    /// Certificates for mutual TLS: `tls ca create`, `tls cert create --role R --name N`.
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(cmd::completions::Args),
     /// The demo web app deployed by `berth dev` (serves / and /healthz on $PORT).
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
             Command::Diag(args) => cmd::diag::run(*args).await,
             Command::Acl(c) => cmd::acl::run(c, &cli.global).await,
+            Command::Tls(c) => cmd::tls::run(c),
         }
     });
     exit(result)

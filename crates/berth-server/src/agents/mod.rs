@@ -2,9 +2,12 @@
 //! heartbeats and instance events in, commands out.
 //!
 //! Owns the protobuf side of the conversation: [`wire`] translates, [`sessions`] keeps
-//! each connected node's command sender. Real state only hears decoded reports.
+//! each connected node's command sender. Real state only hears decoded reports. Over
+//! mutual TLS ([`tls`]), the node id a Hello claims must be the one in the agent's
+//! certificate ([`check_identity`]).
 
 pub mod sessions;
+pub mod tls;
 pub mod wire;
 
 use std::pin::Pin;
@@ -55,6 +58,35 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
     Ok(())
 }
 
+/// Over mutual TLS: the certificate must be an agent's, of the node the Hello claims.
+/// `peer` is `None` on the cleartext loopback listener, where there is no certificate.
+pub fn check_identity(peer: Option<&tls::PeerCert>, hello: &pb::Hello) -> Result<(), Status> {
+    let Some(peer) = peer else { return Ok(()) };
+    let identity = peer.identity.as_ref().map_err(|reason| {
+        Status::permission_denied(format!(
+            "the client certificate names no agent: {reason}; give the agent the certificate of its node (`berth tls cert create --role agent --name {}`)",
+            hello.node_id
+        ))
+    })?;
+    if identity.role != berth_identity::Role::Agent {
+        return Err(Status::permission_denied(format!(
+            "the client certificate is a {} certificate ({}), not an agent's: a certificate of one role cannot act as another; give the agent `berth tls cert create --role agent --name {}`",
+            identity.role,
+            identity.dns_name(),
+            hello.node_id
+        )));
+    }
+    if identity.name != hello.node_id {
+        return Err(Status::permission_denied(format!(
+            "the Hello claims node {:?} but the certificate is node {:?}'s ({}): an agent may only claim the node id in its certificate",
+            hello.node_id,
+            identity.name,
+            identity.dns_name()
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl AgentLink for AgentService {
     type SessionStream = Outbound;
@@ -67,6 +99,7 @@ impl AgentLink for AgentService {
         let Some(term) = self.ctx.leadership().term() else {
             return Err(Status::unavailable(self.ctx.leadership().refusal()));
         };
+        let peer = request.extensions().get::<tls::PeerCert>().cloned();
         let mut inbound = request.into_inner();
         let hello_timeout = self.ctx.config.hello_timeout;
         let first = tokio::time::timeout(hello_timeout, inbound.next())
@@ -90,6 +123,11 @@ impl AgentLink for AgentService {
             None => return Err(Status::cancelled("stream closed before hello")),
         };
         check_hello(&hello)?;
+        if let Err(refused) = check_identity(peer.as_ref(), &hello) {
+            let remote = peer.as_ref().map(|p| p.remote);
+            tracing::warn!(?remote, "agent refused: {}", refused.message());
+            return Err(refused);
+        }
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let welcome = wire::welcome(&self.ctx.server_id, self.ctx.config.heartbeat_interval);

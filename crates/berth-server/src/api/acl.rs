@@ -43,7 +43,7 @@ fn reset_file(ctx: &Ctx) -> PathBuf {
 
 /// A random accessor id shaped like a UUID, so operators can tell it from a secret.
 fn accessor_id() -> String {
-    let hex = berth_identity::secret::secret();
+    let hex = berth_identity::secret::generate_secret();
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],
@@ -60,10 +60,10 @@ fn new_token(
     policies: Vec<String>,
     expiration_time_ms: Option<u64>,
 ) -> (AclToken, String) {
-    let secret = berth_identity::secret::secret();
+    let secret = berth_identity::secret::generate_secret();
     let token = AclToken {
         accessor_id: accessor_id(),
-        secret_hash: berth_identity::secret::hash(&secret),
+        secret_hash: berth_identity::secret::hash_secret(&secret),
         name,
         policies,
         create_time_ms: crate::clock::unix_ms(),

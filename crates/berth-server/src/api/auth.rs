@@ -201,7 +201,7 @@ async fn authenticate(ctx: &Arc<Ctx>, request: &Parts) -> Result<Caller, ApiErro
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let hash = berth_identity::secret::hash(secret);
+    let hash = berth_identity::secret::hash_secret(secret);
     let lookup = hash.clone();
     let found = ctx.store.run(move |s| s.get_token_by_hash(&lookup)).await?;
     let now = crate::clock::unix_ms();

@@ -17,6 +17,7 @@ pub mod router;
 pub mod routes;
 pub mod server;
 pub mod services;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

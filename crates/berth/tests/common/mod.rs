@@ -186,6 +186,49 @@ pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
         "127.0.0.1:0",
         "--agent-listen",
         "127.0.0.1:0",
+/// A private CA in `dir` (`berth tls ca create`) and one certificate per `(role, name)`
+/// (`berth tls cert create`), made by the binary as an operator would.
+pub fn tls_pki(dir: &Path, certs: &[(&str, &str)]) {
+    let dir_arg = dir.to_str().unwrap();
+    let out = berth(&["tls", "ca", "create", "--dir", dir_arg]);
+    assert!(out.status.success(), "tls ca create: {out:?}");
+    for (role, name) in certs {
+        let out = berth(&[
+            "tls", "cert", "create", "--role", role, "--name", name, "--dir", dir_arg,
+        ]);
+        assert!(
+            out.status.success(),
+            "tls cert create {role} {name}: {out:?}"
+        );
+    }
+}
+
+/// `--tls-cert-file DIR/ROLE-NAME.pem --tls-key-file DIR/ROLE-NAME-key.pem
+/// --tls-ca-file DIR/ca.pem`, the files [`tls_pki`] wrote.
+pub fn tls_flags(dir: &Path, role: &str, name: &str) -> Vec<String> {
+    let file = |f: String| dir.join(f).display().to_string();
+    vec![
+        "--tls-cert-file".into(),
+        file(format!("{role}-{name}.pem")),
+        "--tls-key-file".into(),
+        file(format!("{role}-{name}-key.pem")),
+        "--tls-ca-file".into(),
+        file("ca.pem".into()),
+    ]
+}
+
+/// `berth agent` on the simulated driver, no registry, status on an ephemeral port,
+/// dialing `server` as node `node`; `extra` flags follow.
+pub async fn sim_agent(
+    server: SocketAddr,
+    data: &Path,
+    node: &str,
+    extra: &[String],
+) -> BerthProcess {
+    let mut args: Vec<String> = [
+        "agent",
+        "--server",
+        &server.to_string(),
         "--registry-http",
         "off",
         "--data-dir",
@@ -246,4 +289,30 @@ pub async fn acl_token(
         .as_str()
         .expect("a secret_id")
         .to_string()
+        "--node-id",
+        node,
+        "--listen",
+        "127.0.0.1:0",
+        "--driver",
+        "sim",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    BerthProcess::start(BIN, &args).await
+}
+
+/// The ids of the nodes `GET /v1/nodes` lists.
+pub async fn node_ids(api: SocketAddr) -> Vec<String> {
+    get_json(&format!("http://{api}/v1/nodes")).await["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

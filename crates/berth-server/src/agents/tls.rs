@@ -1,0 +1,135 @@
+//! The agent stream over mutual TLS: a tokio-rustls acceptor in front of tonic.
+//!
+//! Each accepted TCP connection does its handshake in its own task (a slow or silent
+//! client never holds up the others) and reaches tonic only once the client's
+//! certificate verified against the CA. tonic puts the connection's [`PeerCert`] into
+//! every request's extensions, where the session reads who the agent is.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use berth_identity::Identity;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// Time a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for tonic to take them.
+const BACKLOG: usize = 64;
+
+/// Who is at the other end of a TLS connection: the identity read from its verified
+/// certificate, or why none could be read.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    pub remote: SocketAddr,
+    pub identity: Result<Identity, String>,
+}
+
+/// A verified TLS connection, as tonic serves it.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    peer: PeerCert,
+}
+
+/// The stream of verified connections accepted on `listener` until `cancel`.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    cancel: CancellationToken,
+) -> ReceiverStream<Result<TlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pass, try again.
+                        tracing::warn!("agent stream accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = cancel.cancelled() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let identity = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .ok_or_else(|| "no client certificate".to_string())
+                            .and_then(|leaf| {
+                                berth_identity::identity_of(leaf).map_err(|e| e.to_string())
+                            });
+                        let peer = PeerCert { remote, identity };
+                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                    }
+                    // A refused certificate ends here, before any gRPC.
+                    Ok(Err(e)) => tracing::warn!(%remote, "agent TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%remote, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerCert;
+    fn connect_info(&self) -> PeerCert {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -186,49 +186,6 @@ pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
         "127.0.0.1:0",
         "--agent-listen",
         "127.0.0.1:0",
-/// A private CA in `dir` (`berth tls ca create`) and one certificate per `(role, name)`
-/// (`berth tls cert create`), made by the binary as an operator would.
-pub fn tls_pki(dir: &Path, certs: &[(&str, &str)]) {
-    let dir_arg = dir.to_str().unwrap();
-    let out = berth(&["tls", "ca", "create", "--dir", dir_arg]);
-    assert!(out.status.success(), "tls ca create: {out:?}");
-    for (role, name) in certs {
-        let out = berth(&[
-            "tls", "cert", "create", "--role", role, "--name", name, "--dir", dir_arg,
-        ]);
-        assert!(
-            out.status.success(),
-            "tls cert create {role} {name}: {out:?}"
-        );
-    }
-}
-
-/// `--tls-cert-file DIR/ROLE-NAME.pem --tls-key-file DIR/ROLE-NAME-key.pem
-/// --tls-ca-file DIR/ca.pem`, the files [`tls_pki`] wrote.
-pub fn tls_flags(dir: &Path, role: &str, name: &str) -> Vec<String> {
-    let file = |f: String| dir.join(f).display().to_string();
-    vec![
-        "--tls-cert-file".into(),
-        file(format!("{role}-{name}.pem")),
-        "--tls-key-file".into(),
-        file(format!("{role}-{name}-key.pem")),
-        "--tls-ca-file".into(),
-        file("ca.pem".into()),
-    ]
-}
-
-/// `berth agent` on the simulated driver, no registry, status on an ephemeral port,
-/// dialing `server` as node `node`; `extra` flags follow.
-pub async fn sim_agent(
-    server: SocketAddr,
-    data: &Path,
-    node: &str,
-    extra: &[String],
-) -> BerthProcess {
-    let mut args: Vec<String> = [
-        "agent",
-        "--server",
-        &server.to_string(),
         "--registry-http",
         "off",
         "--data-dir",
@@ -289,6 +246,55 @@ pub async fn acl_token(
         .as_str()
         .expect("a secret_id")
         .to_string()
+}
+
+/// A private CA in `dir` (`berth tls ca create`) and one certificate per `(role, name)`
+/// (`berth tls cert create`), made by the binary as an operator would.
+pub fn tls_pki(dir: &Path, certs: &[(&str, &str)]) {
+    let dir_arg = dir.to_str().unwrap();
+    let out = berth(&["tls", "ca", "create", "--dir", dir_arg]);
+    assert!(out.status.success(), "tls ca create: {out:?}");
+    for (role, name) in certs {
+        let out = berth(&[
+            "tls", "cert", "create", "--role", role, "--name", name, "--dir", dir_arg,
+        ]);
+        assert!(
+            out.status.success(),
+            "tls cert create {role} {name}: {out:?}"
+        );
+    }
+}
+
+/// `--tls-cert-file DIR/ROLE-NAME.pem --tls-key-file DIR/ROLE-NAME-key.pem
+/// --tls-ca-file DIR/ca.pem`, the files [`tls_pki`] wrote.
+pub fn tls_flags(dir: &Path, role: &str, name: &str) -> Vec<String> {
+    let file = |f: String| dir.join(f).display().to_string();
+    vec![
+        "--tls-cert-file".into(),
+        file(format!("{role}-{name}.pem")),
+        "--tls-key-file".into(),
+        file(format!("{role}-{name}-key.pem")),
+        "--tls-ca-file".into(),
+        file("ca.pem".into()),
+    ]
+}
+
+/// `berth agent` on the simulated driver, no registry, status on an ephemeral port,
+/// dialing `server` as node `node`; `extra` flags follow.
+pub async fn sim_agent(
+    server: SocketAddr,
+    data: &Path,
+    node: &str,
+    extra: &[String],
+) -> BerthProcess {
+    let mut args: Vec<String> = [
+        "agent",
+        "--server",
+        &server.to_string(),
+        "--registry-http",
+        "off",
+        "--data-dir",
+        data.to_str().unwrap(),
         "--node-id",
         node,
         "--listen",

@@ -73,11 +73,15 @@ impl ServerHandle {
 
 /// Opens the store, binds both listeners and spawns every task on `shutdown`.
 pub async fn start(config: ServerConfig, shutdown: &Shutdown) -> Result<ServerHandle, Error> {
-    // The TLS rule first: an agent listener off loopback is refused for its missing
-    // certificates before its missing ACLs, the more specific fix.
-    config.agent_tls()?;
-    if let Some(why) = config.refusal() {
-        return Err(Error::Insecure(why));
+    // Every reason not to start, in one message: an operator who moves a listener off
+    // loopback learns at once everything it needs (certificates and ACLs), not one by one.
+    match (config.agent_tls(), config.refusal()) {
+        (Err(Error::Refused(tls)), Some(acl)) => {
+            return Err(Error::Insecure(format!("{tls}; and {acl}")));
+        }
+        (Err(e), _) => return Err(e),
+        (Ok(_), Some(acl)) => return Err(Error::Insecure(acl)),
+        (Ok(_), None) => {}
     }
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let db = data_dir.join("server.db");

@@ -92,17 +92,8 @@ pub struct Args {
     /// File holding the diagnostics gateways' secret.
     #[arg(long, value_name = "FILE")]
     diag_secret_file: Option<PathBuf>,
-    /// This agent's certificate (`berth tls cert create --role agent --name NODE_ID`):
-    /// with --tls-key-file and --tls-ca-file the agent dials the server over mutual TLS,
-    /// verifying it as `server.berth` against the CA.
-    #[arg(long, value_name = "FILE")]
-    tls_cert_file: Option<PathBuf>,
-    /// The key of --tls-cert-file.
-    #[arg(long, value_name = "FILE")]
-    tls_key_file: Option<PathBuf>,
-    /// The CA the server's certificate must be signed by (`berth tls ca create`'s ca.pem).
-    #[arg(long, value_name = "FILE")]
-    tls_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::TlsFileArgs,
     /// Grace of a stop resumed after an agent restart. [default: 10s]
     #[arg(long, value_name = "DURATION")]
     stop_grace: Option<String>,
@@ -131,18 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("log_keep", args.log_keep)
         .set("retention", args.retention)
         .set("stop_grace", args.stop_grace)
-        .set(
-            "tls_cert_file",
-            args.tls_cert_file.map(|p| p.display().to_string()),
-        )
-        .set(
-            "tls_key_file",
-            args.tls_key_file.map(|p| p.display().to_string()),
-        )
-        .set(
-            "tls_ca_file",
-            args.tls_ca_file.map(|p| p.display().to_string()),
-        )
+        .set_tls(args.tls)
         .set("driver", args.driver)
         .set_list("diag", &args.diag)
         .set(

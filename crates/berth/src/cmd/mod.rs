@@ -116,6 +116,33 @@ impl Flags {
     }
 }
 
+/// The three files of mutual TLS on a role's link (`berth tls`), the same flags on every
+/// role that has one: all three or none (the role's config says which are missing).
+#[derive(clap::Args, Debug, Default)]
+pub struct TlsFileArgs {
+    /// This role's certificate for mutual TLS (`berth tls cert create --role ROLE`); with
+    /// --tls-key-file and --tls-ca-file the peer must present a certificate signed by the
+    /// same CA.
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The key of --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// The CA the peer's certificate must be signed by (`berth tls ca create`'s ca.pem).
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl Flags {
+    /// The TLS file flags as the config keys `tls_cert_file`, `tls_key_file`, `tls_ca_file`.
+    pub fn set_tls(self, tls: TlsFileArgs) -> Self {
+        let path = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
+        self.set("tls_cert_file", path(tls.tls_cert_file))
+            .set("tls_key_file", path(tls.tls_key_file))
+            .set("tls_ca_file", path(tls.tls_ca_file))
+    }
+}
+
 /// The three configuration layers of `role` from the real environment.
 pub fn layers(role: &str, file: Option<&Path>, flags: Flags) -> anyhow::Result<Layers<'static>> {
     // The env source lives as long as the process; leaking one small struct is simpler

@@ -80,18 +80,8 @@ pub struct Args {
     /// bootstrap`); required when a listener is off loopback. Or BERTH_SERVER_ACL=true.
     #[arg(long)]
     acl: bool,
-    /// This server's certificate for mutual TLS on the agent stream (`berth tls cert
-    /// create --role server`); with --tls-key-file and --tls-ca-file agents must present
-    /// a certificate signed by that CA, naming their node. Required with an
-    /// --agent-listen off loopback.
-    #[arg(long, value_name = "FILE")]
-    tls_cert_file: Option<PathBuf>,
-    /// The key of --tls-cert-file.
-    #[arg(long, value_name = "FILE")]
-    tls_key_file: Option<PathBuf>,
-    /// The CA agents' certificates must be signed by (`berth tls ca create`'s ca.pem).
-    #[arg(long, value_name = "FILE")]
-    tls_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::TlsFileArgs,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<String>,
@@ -118,18 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("deployment_timeout", args.deployment_timeout)
         .set("max_body_bytes", args.max_body_bytes)
         .set("acl", args.acl.then_some(true))
-        .set(
-            "tls_cert_file",
-            args.tls_cert_file.map(|p| p.display().to_string()),
-        )
-        .set(
-            "tls_key_file",
-            args.tls_key_file.map(|p| p.display().to_string()),
-        )
-        .set(
-            "tls_ca_file",
-            args.tls_ca_file.map(|p| p.display().to_string()),
-        )
+        .set_tls(args.tls)
         .set("leader_lease", args.leader_lease)
         .set("advertise_url", args.advertise_url)
         .set("advertise_agent", args.advertise_agent)

@@ -134,8 +134,8 @@ pub async fn leader(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
 
 /// `GET /v1/events?types=a,b&app=X&replay=N[&named=false]`: Server-Sent Events, one JSON
 /// event each, its `event:` field the type; with `named=false` the field is left out, so
-/// a browser's `EventSource.onmessage` sees every type (the web UI reads the stream with `fetch`, so
-/// it can send its token, and parses it the same way).
+/// a browser's `EventSource.onmessage` sees every type (the web UI reads the stream with
+/// `fetch`, so it can send its token, and parses it the same way).
 pub async fn events(
     State(ctx): State<Arc<Ctx>>,
     Extension(caller): Extension<Caller>,

@@ -6,7 +6,7 @@
 mod common;
 
 use berth_testkit::wait_until;
-use common::{BIN, WAIT, acl_server, acl_token, api_call, berth};
+use common::{WAIT, acl_server, acl_token, api_call, berth, loopback_server};
 use reqwest::Method;
 use serde_json::json;
 
@@ -260,21 +260,7 @@ async fn revoked_and_expired_tokens_are_refused_at_once() {
 #[tokio::test]
 async fn without_acls_everything_is_open_and_the_acl_endpoints_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let server = berth_testkit::BerthProcess::start(
-        BIN,
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--registry-http",
-            "off",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let server = loopback_server(dir.path(), &["--registry-http", "off"]).await;
     let api = server.addr("http");
     let (status, _) = api_call(api, Method::GET, "/v1/apps", None, None).await;
     assert_eq!(status, 200);

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, wait_until};
-use common::{BIN, WAIT_PLATFORM, berth, node_ids, sim_agent, tls_flags, tls_pki};
+use common::{BIN, WAIT_PLATFORM, berth, loopback_server, node_ids, sim_agent, tls_flags, tls_pki};
 
 #[test]
 fn tls_commands_write_a_ca_and_certificates_once() {
@@ -93,20 +93,9 @@ async fn agents_join_only_as_the_node_their_certificate_names() {
     let other = dir.path().join("other-pki");
     tls_pki(&other, &[("agent", "n4")]);
 
-    let mut args = vec![
-        "server".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--agent-listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.path().join("server").display().to_string(),
-        "--registry-http".into(),
-        "off".into(),
-    ];
+    let mut args = vec!["--registry-http".to_string(), "off".into()];
     args.extend(tls_flags(&pki, "server", "s1"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = BerthProcess::start(BIN, &args).await;
+    let server = loopback_server(&dir.path().join("server"), &args).await;
     let api = server.addr("http");
     let grpc = server.addr("grpc");
 

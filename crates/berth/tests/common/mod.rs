@@ -56,9 +56,9 @@ pub async fn dev_without_demo(data: &Path) -> BerthProcess {
     BerthProcess::spawn(command).await
 }
 
-/// `berth server` keeping its desired state in the PostgreSQL database `url_file` names,
-/// every listener on an ephemeral port; `extra` flags follow.
-pub async fn postgres_server(data: &Path, url_file: &Path, extra: &[&str]) -> BerthProcess {
+/// `berth server` in `data` with both listeners on ephemeral loopback ports; `extra`
+/// flags follow. The one way black-box tests start a lone server.
+pub async fn loopback_server<S: AsRef<str>>(data: &Path, extra: &[S]) -> BerthProcess {
     let mut args = vec![
         "server",
         "--listen",
@@ -67,13 +67,22 @@ pub async fn postgres_server(data: &Path, url_file: &Path, extra: &[&str]) -> Be
         "127.0.0.1:0",
         "--data-dir",
         data.to_str().unwrap(),
+    ];
+    args.extend(extra.iter().map(AsRef::as_ref));
+    BerthProcess::start(BIN, &args).await
+}
+
+/// `berth server` keeping its desired state in the PostgreSQL database `url_file` names,
+/// every listener on an ephemeral port; `extra` flags follow.
+pub async fn postgres_server(data: &Path, url_file: &Path, extra: &[&str]) -> BerthProcess {
+    let mut args = vec![
         "--postgres-url-file",
         url_file.to_str().unwrap(),
         "--leader-lease",
         "1500ms",
     ];
     args.extend_from_slice(extra);
-    BerthProcess::start(BIN, &args).await
+    loopback_server(data, &args).await
 }
 
 /// Runs `berth ARGS` to its end (commands that exit at once: flags, help, refusals),
@@ -179,20 +188,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `berth server --acl` in `data` on ephemeral loopback ports; `extra` flags follow.
 pub async fn acl_server(data: &Path, extra: &[&str]) -> BerthProcess {
-    let mut args = vec![
-        "server",
-        "--acl",
-        "--listen",
-        "127.0.0.1:0",
-        "--agent-listen",
-        "127.0.0.1:0",
-        "--registry-http",
-        "off",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let mut args = vec!["--acl", "--registry-http", "off"];
     args.extend_from_slice(extra);
-    BerthProcess::start(BIN, &args).await
+    loopback_server(data, &args).await
 }
 
 /// One API call with an optional token (`Authorization: Bearer`) and JSON body: the

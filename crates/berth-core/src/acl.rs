@@ -108,7 +108,8 @@ impl Pattern {
                 "{bad:?} is not allowed in a pattern; use `*`, `demo/*` or an exact id"
             ));
         }
-        if raw[..raw.len() - 1].contains('*') {
+        // Only a final `*` is a wildcard (sliced by char, not byte: ids may be non-ASCII).
+        if raw.strip_suffix('*').unwrap_or(raw).contains('*') {
             return Err(
                 "`*` may only end a pattern (`*`, `demo/*`); list several rules for other shapes"
                     .into(),
@@ -695,6 +696,80 @@ mod tests {
         for cap in Capability::ALL {
             assert_eq!(Capability::parse(cap.as_str()), Some(cap));
             assert_eq!(serde_json::to_value(cap).unwrap(), cap.as_str());
+        }
+    }
+}
+
+/// The policy parser takes outside input (the ACL API and `berth acl policy apply`): no
+/// document, however malformed, may panic it, and whatever it refuses names a field.
+#[cfg(test)]
+mod parser_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Documents near the real shape: known and unknown keys, good and bad values.
+    fn document() -> impl Strategy<Value = String> {
+        // Rule keys; a document's own `rules` is never repeated (JSON keeps the last).
+        let key = prop::sample::select(vec![
+            "apps",
+            "nodes",
+            "capabilities",
+            "description",
+            "name",
+            "appz",
+        ]);
+        let value = prop::sample::select(vec![
+            r#""demo/*""#,
+            r#""*""#,
+            r#""""#,
+            r#""a/*/b""#,
+            r#"["read","deploy"]"#,
+            r#"["reed"]"#,
+            r#"[]"#,
+            "7",
+            "null",
+            r#"{"x":1}"#,
+        ]);
+        let rule = prop::collection::vec((key.clone(), value.clone()), 0..4).prop_map(|kv| {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        });
+        (prop::collection::vec(rule, 0..4), key, value)
+            .prop_map(|(rules, k, v)| format!(r#"{{"rules":[{}],{k:?}:{v}}}"#, rules.join(",")))
+    }
+
+    #[test]
+    fn a_pattern_ending_in_a_multibyte_character_is_judged_not_sliced() {
+        assert!(Pattern::parse("é").is_ok());
+        assert!(Pattern::parse("dé*").is_ok());
+        assert!(Pattern::parse("*é").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_with_a_field(text in ".{0,200}") {
+            for parsed in [Policy::from_json("p", &text), Policy::from_toml("p", &text)] {
+                if let Err(e) = parsed {
+                    prop_assert!(!e.0.is_empty());
+                    prop_assert!(e.0.iter().all(|f| !f.message.is_empty() && !f.fix.is_empty()));
+                }
+            }
+            let _ = Pattern::parse(&text);
+            let _ = check_policy_name(&text);
+        }
+
+        #[test]
+        fn near_miss_documents_are_parsed_or_refused_with_a_field(text in document()) {
+            match Policy::from_json("p", &text) {
+                Ok(_) => prop_assert!(!text.contains("appz"), "an unknown field passed: {text}"),
+                Err(e) => {
+                    prop_assert!(e.0.iter().all(|f| !f.message.is_empty() && !f.fix.is_empty()));
+                    if text.contains("appz") {
+                        prop_assert!(e.0.iter().any(|f| f.field.ends_with("appz")), "{e:?}");
+                    }
+                }
+            }
         }
     }
 }

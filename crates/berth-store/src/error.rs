@@ -48,6 +48,12 @@ pub enum StoreError {
         "stored ACL {what} cannot be read: {reason}; the row is kept as is, fix or delete it by hand"
     )]
     CorruptAcl { what: String, reason: String },
+    #[error(
+        "stored audit entry {id} cannot be read: {reason}; the row is kept as is, fix or delete it by hand"
+    )]
+    CorruptAudit { id: i64, reason: String },
+    #[error("audit entry {0} does not exist (pruned meanwhile?)")]
+    AuditEntryMissing(u64),
     #[error("ACL token {0} already exists")]
     TokenExists(String),
     #[error("store failure: {0}")]

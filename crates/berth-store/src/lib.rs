@@ -1,5 +1,6 @@
-//! Berth's desired-state store: apps, every version of them, deployments, and the ACL
-//! state (tokens by the hash of their secret, policies, whether ACLs were bootstrapped).
+//! Berth's desired-state store: apps, every version of them, deployments, the ACL
+//! state (tokens by the hash of their secret, policies, whether ACLs were bootstrapped)
+//! and the audit trail of the server's API.
 //!
 //! Owns: the [`Store`] trait, its records, two engines ([`SqliteStore`], the default, one
 //! file in the data folder; [`PostgresStore`], for servers that share one database) and a
@@ -10,6 +11,7 @@
 //! Must never depend on roles' crates.
 
 mod acl;
+mod audit;
 mod error;
 mod postgres;
 mod record;
@@ -18,6 +20,7 @@ mod sqlite;
 mod testsuite;
 
 pub use acl::AclToken;
+pub use audit::{AuditEntry, AuditFilter, AuditRecord, Decision};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use record::{AppVersion, Change, Lease};
@@ -112,4 +115,18 @@ pub trait Store: Send + Sync + 'static {
     /// `token` (`true`); otherwise changes nothing (`false`). Two servers bootstrapping
     /// at once on one database get one `true` between them.
     fn bootstrap(&self, token: &AclToken, reset: bool) -> Result<bool, StoreError>;
+
+    /// Appends an audit entry; returns its id, greater than every id before it (ids
+    /// are never reused, pruned or not).
+    fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError>;
+
+    /// Records the final HTTP status of entry `id`. Fails with
+    /// [`StoreError::AuditEntryMissing`] when there is none.
+    fn set_audit_outcome(&self, id: u64, status: u16) -> Result<(), StoreError>;
+
+    /// The entries `filter` selects, newest (highest id) first.
+    fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Deletes the entries older than `older_than_ms` (Unix ms); returns how many went.
+    fn prune_audit(&self, older_than_ms: u64) -> Result<usize, StoreError>;
 }

@@ -14,9 +14,12 @@ use postgres::{Client, GenericClient, NoTls, Row};
 
 use berth_core::acl::Policy;
 
+use crate::audit::{AUDIT_COLUMNS, AuditRow, encode_params, opt_i64};
 use crate::acl::{TOKEN_COLUMNS, TokenRow, decode_policy, encode_policies, encode_policy};
 use crate::record::{VersionRow, decode_deployment};
-use crate::{AclToken, AppVersion, Lease, Store, StoreError};
+use crate::{
+    AclToken, AppVersion, AuditEntry, AuditFilter, AuditRecord, Lease, Store, StoreError,
+};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -73,6 +76,23 @@ CREATE TABLE IF NOT EXISTS acl_bootstrap (
     accessor_id TEXT NOT NULL,
     time_ms BIGINT NOT NULL
 );
+"#,
+    // An identity column never reuses ids after a prune, so a listing's cursor stays
+    // valid.
+    r#"
+CREATE TABLE IF NOT EXISTS audit_log (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    accessor_id TEXT,
+    token_name TEXT,
+    client TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    decision TEXT NOT NULL,
+    status BIGINT,
+    params TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log (time_ms);
 "#,
 ];
 
@@ -680,6 +700,102 @@ impl Store for PostgresStore {
             Ok(true)
         })
     }
+
+    fn append_audit(&self, r: &AuditRecord) -> Result<u64, StoreError> {
+        let params = encode_params(&r.params)?;
+        self.with(|client| {
+            let row = client
+                .query_one(
+                    "INSERT INTO audit_log (time_ms, accessor_id, token_name, client, action, target, decision, status, params)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                    &[
+                        &opt_i64(Some(r.time_ms)),
+                        &r.accessor_id,
+                        &r.token_name,
+                        &r.client,
+                        &r.action,
+                        &r.target,
+                        &r.decision.as_str(),
+                        &r.status.map(i64::from),
+                        &params,
+                    ],
+                )
+                .map_err(engine)?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn set_audit_outcome(&self, id: u64, status: u16) -> Result<(), StoreError> {
+        self.with(|client| {
+            let n = client
+                .execute(
+                    "UPDATE audit_log SET status = $2 WHERE id = $1",
+                    &[&opt_i64(Some(id)), &i64::from(status)],
+                )
+                .map_err(engine)?;
+            if n == 0 {
+                return Err(StoreError::AuditEntryMissing(id));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(|client| {
+            client
+                .query(
+                    &format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log
+                         WHERE ($1::BIGINT IS NULL OR time_ms >= $1) AND ($2::BIGINT IS NULL OR time_ms < $2)
+                           AND ($3::TEXT IS NULL OR accessor_id = $3)
+                           AND ($4::TEXT IS NULL OR substr(target, 1, length($4)) = $4)
+                           AND ($5::TEXT IS NULL OR action = $5) AND ($6::BIGINT IS NULL OR id < $6)
+                         ORDER BY id DESC LIMIT $7"
+                    ),
+                    &[
+                        &opt_i64(f.since_ms),
+                        &opt_i64(f.until_ms),
+                        &f.accessor_id,
+                        &f.target_prefix,
+                        &f.action,
+                        &opt_i64(f.before),
+                        &opt_i64(Some(f.limit as u64)),
+                    ],
+                )
+                .map_err(engine)?
+                .iter()
+                .map(read_audit)
+                .collect()
+        })
+    }
+
+    fn prune_audit(&self, older_than_ms: u64) -> Result<usize, StoreError> {
+        self.with(|client| {
+            let n = client
+                .execute(
+                    "DELETE FROM audit_log WHERE time_ms < $1",
+                    &[&opt_i64(Some(older_than_ms))],
+                )
+                .map_err(engine)?;
+            Ok(n as usize)
+        })
+    }
+}
+
+fn read_audit(row: &Row) -> Result<AuditEntry, StoreError> {
+    AuditRow {
+        id: row.get(0),
+        time_ms: row.get(1),
+        accessor_id: row.get(2),
+        token_name: row.get(3),
+        client: row.get(4),
+        action: row.get(5),
+        target: row.get(6),
+        decision: row.get(7),
+        status: row.get(8),
+        params: row.get(9),
+    }
+    .decode()
 }
 
 fn insert_token(client: &mut impl GenericClient, t: &AclToken) -> Result<(), StoreError> {

@@ -9,9 +9,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use berth_core::acl::Policy;
 
+use crate::audit::{AUDIT_COLUMNS, AuditRow, encode_params, opt_i64};
 use crate::acl::{TOKEN_COLUMNS, TokenRow, decode_policy, encode_policies, encode_policy};
 use crate::record::{VersionRow, decode_deployment};
-use crate::{AclToken, AppVersion, Lease, Store, StoreError};
+use crate::{
+    AclToken, AppVersion, AuditEntry, AuditFilter, AuditRecord, Lease, Store, StoreError,
+};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[
@@ -68,6 +71,23 @@ CREATE TABLE IF NOT EXISTS acl_bootstrap (
     accessor_id TEXT NOT NULL,
     time_ms INTEGER NOT NULL
 );
+"#,
+    // AUTOINCREMENT: ids are never reused after a prune, so a listing's cursor stays
+    // valid.
+    r#"
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    accessor_id TEXT,
+    token_name TEXT,
+    client TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    decision TEXT NOT NULL,
+    status INTEGER,
+    params TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log (time_ms);
 "#,
 ];
 
@@ -468,6 +488,86 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(true)
     }
+
+    fn append_audit(&self, r: &AuditRecord) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit_log (time_ms, accessor_id, token_name, client, action, target, decision, status, params)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                opt_i64(Some(r.time_ms)),
+                r.accessor_id,
+                r.token_name,
+                r.client,
+                r.action,
+                r.target,
+                r.decision.as_str(),
+                r.status.map(i64::from),
+                encode_params(&r.params)?
+            ],
+        )?;
+        // The connection is this store's alone (behind the lock): the id is this insert's.
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    fn set_audit_outcome(&self, id: u64, status: u16) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "UPDATE audit_log SET status = ?2 WHERE id = ?1",
+            params![opt_i64(Some(id)), i64::from(status)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AuditEntryMissing(id));
+        }
+        Ok(())
+    }
+
+    fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log
+             WHERE (?1 IS NULL OR time_ms >= ?1) AND (?2 IS NULL OR time_ms < ?2)
+               AND (?3 IS NULL OR accessor_id = ?3)
+               AND (?4 IS NULL OR substr(target, 1, length(?4)) = ?4)
+               AND (?5 IS NULL OR action = ?5) AND (?6 IS NULL OR id < ?6)
+             ORDER BY id DESC LIMIT ?7"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                opt_i64(f.since_ms),
+                opt_i64(f.until_ms),
+                f.accessor_id,
+                f.target_prefix,
+                f.action,
+                opt_i64(f.before),
+                opt_i64(Some(f.limit as u64))
+            ],
+            read_audit,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn prune_audit(&self, older_than_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM audit_log WHERE time_ms < ?1",
+            params![opt_i64(Some(older_than_ms))],
+        )?)
+    }
+}
+
+fn read_audit(row: &Row<'_>) -> rusqlite::Result<Result<AuditEntry, StoreError>> {
+    Ok(AuditRow {
+        id: row.get(0)?,
+        time_ms: row.get(1)?,
+        accessor_id: row.get(2)?,
+        token_name: row.get(3)?,
+        client: row.get(4)?,
+        action: row.get(5)?,
+        target: row.get(6)?,
+        decision: row.get(7)?,
+        status: row.get(8)?,
+        params: row.get(9)?,
+    }
+    .decode())
 }
 
 fn insert_token(conn: &Connection, t: &AclToken) -> Result<(), StoreError> {

@@ -7,7 +7,9 @@ use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, Vers
 
 use berth_core::acl::Policy;
 
-use crate::{AclToken, AppVersion, Change, Store, StoreError};
+use crate::{
+    AclToken, AppVersion, AuditFilter, AuditRecord, Change, Decision, Store, StoreError,
+};
 
 /// Runs every check, each on a fresh store from `fresh`. Panics on the first failure,
 /// naming the check.
@@ -25,6 +27,9 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     policies_round_trip_replace_and_delete(fresh().as_ref());
     tokens_are_found_by_accessor_and_hash(fresh().as_ref());
     bootstrap_succeeds_once_unless_reset(fresh().as_ref());
+    audit_entries_round_trip_and_take_their_outcome(fresh().as_ref());
+    audit_listing_filters_and_pages_newest_first(fresh().as_ref());
+    audit_prune_removes_only_older_entries_and_ids_stay_unique(fresh().as_ref());
 }
 
 fn spec(id: &str, instances: u32) -> AppSpec {
@@ -357,4 +362,151 @@ fn bootstrap_succeeds_once_unless_reset(store: &dyn Store) {
     store.delete_token("boot-1").unwrap();
     store.delete_token("boot-2").unwrap();
     assert!(!store.bootstrap(&third, false).unwrap());
+}
+
+fn audit(time_ms: u64, accessor: Option<&str>, action: &str, target: Option<&str>) -> AuditRecord {
+    AuditRecord {
+        time_ms,
+        accessor_id: accessor.map(str::to_string),
+        token_name: accessor.map(|a| format!("name of {a}")),
+        client: "127.0.0.1:40000".into(),
+        action: action.into(),
+        target: target.map(str::to_string),
+        decision: Decision::Allowed,
+        status: None,
+        params: [("force".to_string(), "true".to_string())].into(),
+    }
+}
+
+fn audit_entries_round_trip_and_take_their_outcome(store: &dyn Store) {
+    let create = audit(1_000, Some("acc-a"), "app.create", Some("app:demo/web"));
+    let mut refused = audit(2_000, None, "app.delete", Some("app:prod/db"));
+    refused.decision = Decision::Denied;
+    refused.status = Some(401);
+    refused.params.clear();
+    let first = store.append_audit(&create).unwrap();
+    let second = store.append_audit(&refused).unwrap();
+    assert!(second > first, "ids increase: {first} then {second}");
+    let all = store.list_audit(&AuditFilter::default()).unwrap();
+    let records: Vec<_> = all.iter().map(|e| e.record.clone()).collect();
+    assert_eq!(records, vec![refused, create.clone()], "newest first");
+    assert_eq!(all[1].id, first);
+    assert_eq!(all[1].record.status, None, "no outcome before it is set");
+
+    store.set_audit_outcome(first, 201).unwrap();
+    let all = store.list_audit(&AuditFilter::default()).unwrap();
+    assert_eq!(all[1].record.status, Some(201));
+    assert_eq!(all[1].record.action, "app.create", "the rest is unchanged");
+    assert!(matches!(
+        store.set_audit_outcome(second + 100, 200),
+        Err(StoreError::AuditEntryMissing(id)) if id == second + 100
+    ));
+}
+
+fn audit_listing_filters_and_pages_newest_first(store: &dyn Store) {
+    let entries = [
+        audit(1_000, Some("acc-a"), "app.create", Some("app:demo/web")),
+        audit(2_000, Some("acc-b"), "app.scale", Some("app:demo/api")),
+        audit(3_000, Some("acc-a"), "acl.token.create", None),
+        audit(4_000, Some("acc-a"), "app.scale", Some("app:prod/web")),
+        audit(5_000, None, "app.scale", Some("app:demo")),
+    ];
+    let ids: Vec<u64> = entries
+        .iter()
+        .map(|e| store.append_audit(e).unwrap())
+        .collect();
+    let times = |f: AuditFilter| -> Vec<u64> {
+        store
+            .list_audit(&f)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.time_ms)
+            .collect()
+    };
+    let all = AuditFilter::default();
+    assert_eq!(times(all.clone()), [5_000, 4_000, 3_000, 2_000, 1_000]);
+    assert_eq!(
+        times(AuditFilter {
+            since_ms: Some(2_000),
+            until_ms: Some(4_000),
+            ..all.clone()
+        }),
+        [3_000, 2_000],
+        "since inclusive, until exclusive"
+    );
+    assert_eq!(
+        times(AuditFilter {
+            accessor_id: Some("acc-a".into()),
+            ..all.clone()
+        }),
+        [4_000, 3_000, 1_000]
+    );
+    assert_eq!(
+        times(AuditFilter {
+            target_prefix: Some("app:demo/".into()),
+            ..all.clone()
+        }),
+        [2_000, 1_000],
+        "a prefix, not a pattern; no target never matches"
+    );
+    assert_eq!(
+        times(AuditFilter {
+            target_prefix: Some("app:demo%".into()),
+            ..all.clone()
+        }),
+        Vec::<u64>::new(),
+        "% is no wildcard"
+    );
+    assert_eq!(
+        times(AuditFilter {
+            action: Some("app.scale".into()),
+            accessor_id: Some("acc-a".into()),
+            ..all.clone()
+        }),
+        [4_000]
+    );
+    // Pages of two, each continuing below the last id of the one before.
+    let page = AuditFilter {
+        limit: 2,
+        ..all.clone()
+    };
+    let first = store.list_audit(&page).unwrap();
+    assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
+    let second = store
+        .list_audit(&AuditFilter {
+            before: Some(first[1].id),
+            ..page.clone()
+        })
+        .unwrap();
+    assert_eq!(second.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    let last = store
+        .list_audit(&AuditFilter {
+            before: Some(second[1].id),
+            ..page
+        })
+        .unwrap();
+    assert_eq!(last.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[0]]);
+}
+
+fn audit_prune_removes_only_older_entries_and_ids_stay_unique(store: &dyn Store) {
+    for t in [1_000, 2_000, 3_000] {
+        store
+            .append_audit(&audit(t, Some("acc-a"), "app.create", None))
+            .unwrap();
+    }
+    assert_eq!(store.prune_audit(2_000).unwrap(), 1, "only the one before 2000");
+    let left: Vec<_> = store
+        .list_audit(&AuditFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.time_ms)
+        .collect();
+    assert_eq!(left, [3_000, 2_000]);
+    assert_eq!(store.prune_audit(2_000).unwrap(), 0);
+    let highest = store.list_audit(&AuditFilter::default()).unwrap()[0].id;
+    assert_eq!(store.prune_audit(10_000).unwrap(), 2);
+    let next = store
+        .append_audit(&audit(11_000, None, "app.create", None))
+        .unwrap();
+    assert!(next > highest, "an id is never reused after a prune");
 }

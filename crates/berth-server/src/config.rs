@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_util::config::{ConfigError, Layers};
+use berth_util::config::{ConfigError, FromConfigValue, Layers};
 
 /// Every key, as it appears in the TOML file, as `BERTH_SERVER_<KEY>` and as a flag:
 ///
@@ -31,6 +31,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
+/// | `audit_retention` | 90d | how long audit entries are kept (the leader prunes older ones); `0` keeps them forever |
 /// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
 /// | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on the agent stream: this server's certificate and key (`berth tls cert create --role server`) and the CA agents' certificates must be signed by; all three or none, required when `agent_listen` is off loopback |
 #[derive(Debug, Clone)]
@@ -62,10 +63,30 @@ pub struct ServerConfig {
     pub diag_secret: Option<berth_util::config::Secret>,
     /// Tokens and policies guard the API.
     pub acl: bool,
+    /// How long audit entries are kept; `None`: forever.
+    pub audit_retention: Option<Duration>,
     /// Mutual TLS on the agent stream (checked as a set by [`ServerConfig::agent_tls`]).
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+}
+
+/// `audit_retention`: a duration, or `0` for keeping entries forever.
+struct Retention(Option<Duration>);
+
+impl FromConfigValue for Retention {
+    fn expected() -> String {
+        "a duration such as 90d, 720h or 30d, or 0 to keep audit entries forever".into()
+    }
+    fn parse_value(raw: &str) -> Option<Self> {
+        if raw.trim() == "0" {
+            return Some(Retention(None));
+        }
+        match Duration::parse_value(raw) {
+            Some(d) if !d.is_zero() => Some(Retention(Some(d))),
+            _ => None,
+        }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -103,6 +124,9 @@ impl ServerConfig {
                 .secret("diag_secret")?
                 .map(berth_util::config::Secret::new),
             acl: layers.get_or("acl", d.acl)?,
+            audit_retention: layers
+                .get_or("audit_retention", Retention(d.audit_retention))?
+                .0,
             tls_cert_file: layers.get("tls_cert_file")?,
             tls_key_file: layers.get("tls_key_file")?,
             tls_ca_file: layers.get("tls_ca_file")?,
@@ -135,6 +159,7 @@ impl ServerConfig {
             registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
             diag_secret: None,
             acl: false,
+            audit_retention: Some(Duration::from_secs(90 * 24 * 3600)),
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
@@ -196,5 +221,29 @@ impl ServerConfig {
             leader_lease: Duration::from_secs(1),
             ..Self::defaults(data_dir)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_retention_is_a_duration_or_zero_for_forever() {
+        assert_eq!(
+            Retention::parse_value("30d").map(|r| r.0),
+            Some(Some(Duration::from_secs(30 * 24 * 3600)))
+        );
+        assert_eq!(Retention::parse_value("0").map(|r| r.0), Some(None));
+        assert!(
+            Retention::parse_value("0s").is_none(),
+            "0 alone means forever"
+        );
+        assert!(Retention::parse_value("90").is_none(), "a unit is needed");
+        assert!(Retention::parse_value("soon").is_none());
+        assert_eq!(
+            ServerConfig::defaults(Path::new("x")).audit_retention,
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
     }
 }

@@ -194,6 +194,7 @@ fn become_leader(ctx: &Arc<Ctx>) {
         NewEvent::default(),
         format!("server {} leads", ctx.server_id),
     );
+    tokio::spawn(crate::retention::run(ctx.clone(), term.clone()));
     let ctx = ctx.clone();
     tokio::spawn(async move {
         // Another server may have led since this one loaded deployments: pick up the

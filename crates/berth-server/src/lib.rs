@@ -19,6 +19,7 @@ mod events;
 mod leader;
 mod metrics;
 mod reconcile;
+mod retention;
 pub mod sim;
 mod state;
 mod store;

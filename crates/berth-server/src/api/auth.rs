@@ -128,7 +128,41 @@ pub async fn check(
             parts.extensions.insert(caller);
             next.run(Request::from_parts(parts, body)).await
         }
-        Err(e) => e.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// On the answer to a request refused with 401 or 403: who was refused (when the token
+/// was valid), for the audit trail (`super::audit`).
+#[derive(Debug, Clone)]
+pub struct Refused(pub Option<Caller>);
+
+/// A request not let through, and the caller when it was known.
+struct Refusal {
+    error: ApiError,
+    caller: Option<Caller>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal {
+            error,
+            caller: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let refused = matches!(
+            self.error.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        );
+        let mut response = self.error.into_response();
+        if refused {
+            response.extensions_mut().insert(Refused(self.caller));
+        }
+        response
     }
 }
 
@@ -137,24 +171,40 @@ async fn authorize(
     access: Access,
     request: &Parts,
     in_body: Option<String>,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, Refusal> {
     if !ctx.config.acl || access == Access::Public {
         return Ok(Caller::anonymous());
     }
     let caller = authenticate(ctx, request).await?;
+    match permit(ctx, access, request, in_body, &caller).await {
+        Ok(()) => Ok(caller),
+        Err(error) => Err(Refusal {
+            error,
+            caller: Some(caller),
+        }),
+    }
+}
+
+async fn permit(
+    ctx: &Arc<Ctx>,
+    access: Access,
+    request: &Parts,
+    in_body: Option<String>,
+    caller: &Caller,
+) -> Result<(), ApiError> {
     match access {
         Access::Public | Access::AnyToken => {}
         Access::Management => caller.require(Capability::Management, Target::Global)?,
-        Access::SomeApp(cap) => some(&caller, cap, Kind::Apps)?,
-        Access::SomeNode(cap) => some(&caller, cap, Kind::Nodes)?,
+        Access::SomeApp(cap) => some(caller, cap, Kind::Apps)?,
+        Access::SomeNode(cap) => some(caller, cap, Kind::Nodes)?,
         Access::App(cap, place) => match app_of(ctx, place, request, in_body).await {
             Some(app) => caller.require(cap, Target::App(&app))?,
             // Nothing named (the handler answers 400 or 404): still only for callers
             // who hold the capability somewhere, so nothing leaks to the others.
-            None => some(&caller, cap, Kind::Apps)?,
+            None => some(caller, cap, Kind::Apps)?,
         },
     }
-    Ok(caller)
+    Ok(())
 }
 
 fn some(caller: &Caller, cap: Capability, kind: Kind) -> Result<(), ApiError> {
@@ -248,7 +298,7 @@ async fn authenticate(ctx: &Arc<Ctx>, request: &Parts) -> Result<Caller, ApiErro
 }
 
 /// The app a request names, read the way its handler will read it.
-async fn app_of(
+pub(super) async fn app_of(
     ctx: &Arc<Ctx>,
     place: AppIn,
     request: &Parts,
@@ -294,7 +344,7 @@ async fn app_of(
 
 /// The id of a valid app spec (JSON, or TOML by content type); an invalid one names
 /// none, and its handler lists the problems to callers who may deploy somewhere.
-fn spec_id(headers: &HeaderMap, bytes: &[u8]) -> Option<String> {
+pub(super) fn spec_id(headers: &HeaderMap, bytes: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(bytes).ok()?;
     let is_toml = headers
         .get(header::CONTENT_TYPE)
@@ -309,7 +359,7 @@ fn spec_id(headers: &HeaderMap, bytes: &[u8]) -> Option<String> {
 }
 
 /// `%XX` decoded, as axum's `Path` decodes what the handler sees.
-fn percent_decode(raw: &str) -> String {
+pub(super) fn percent_decode(raw: &str) -> String {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

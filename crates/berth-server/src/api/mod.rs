@@ -4,6 +4,7 @@
 
 mod acl;
 mod apps;
+mod audit;
 pub mod auth;
 mod deployments;
 mod diag;
@@ -70,17 +71,26 @@ async fn leader_gate(
 
 /// One API route: where, which method, what the caller needs, and its handler. The router
 /// is built from [`routes`] alone and wraps each handler in [`auth::check`] with its
-/// access, so no route exists without a rule (a test walks the list).
+/// access and in the audit layers, so no route exists without a rule or escapes the
+/// audit trail (tests walk the list).
 pub struct RouteSpec {
     /// Read by the route test (the handler carries its own method filter).
     #[cfg_attr(not(test), allow(dead_code))]
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// The action's stable name in the audit trail (see [`routes`]).
+    pub action: &'static str,
     handler: MethodRouter<Arc<Ctx>>,
 }
 
-fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> RouteSpec
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    action: &'static str,
+    handler: H,
+) -> RouteSpec
 where
     H: Handler<T, Arc<Ctx>>,
     T: 'static,
@@ -90,161 +100,231 @@ where
         method,
         path,
         access,
+        action,
         handler: on(filter, handler),
     }
 }
 
-/// Every API route. The UI's static files (`/`, `/ui/...`) hold no data and are added
-/// apart; everything else is here.
+/// Every API route, with its access rule and its action: the stable name the audit trail
+/// records (`app.create`). A template `app.{scale,restart}` names the action by the
+/// path's last segment. Which routes are audited follows from method and access
+/// (`audit::audited`), never from a list.
 pub fn routes() -> Vec<RouteSpec> {
     use Method as M;
     use auth::AppIn;
     use berth_core::acl::Capability::{Deploy, Diagnose, Logs, Read};
+    let app = |cap, place| Access::App(cap, place);
     vec![
-        route(M::GET, "/v1/apps", Access::SomeApp(Read), apps::list),
+        route(
+            M::GET,
+            "/v1/apps",
+            Access::SomeApp(Read),
+            "app.list",
+            apps::list,
+        ),
         route(
             M::POST,
             "/v1/apps",
-            Access::App(Deploy, AppIn::Body),
+            app(Deploy, AppIn::Body),
+            "app.create",
             apps::create,
         ),
         route(
             M::GET,
             "/v1/apps/{*path}",
-            Access::App(Read, AppIn::PathVersions),
+            app(Read, AppIn::PathVersions),
+            "app.get",
             apps::get_path,
         ),
         route(
             M::PUT,
             "/v1/apps/{*path}",
-            Access::App(Deploy, AppIn::Path),
+            app(Deploy, AppIn::Path),
+            "app.put",
             apps::put,
         ),
         route(
             M::DELETE,
             "/v1/apps/{*path}",
-            Access::App(Deploy, AppIn::Path),
+            app(Deploy, AppIn::Path),
+            "app.delete",
             apps::delete,
         ),
         route(
             M::POST,
             "/v1/apps/{*path}",
-            Access::App(Deploy, AppIn::PathAction),
+            app(Deploy, AppIn::PathAction),
+            "app.{scale,restart}",
             apps::post_action,
         ),
         route(
             M::GET,
             "/v1/deployments",
             Access::SomeApp(Read),
+            "deployment.list",
             deployments::list,
         ),
         route(
             M::GET,
             "/v1/deployments/{*path}",
-            Access::App(Read, AppIn::Deployment),
+            app(Read, AppIn::Deployment),
+            "deployment.get",
             deployments::get,
         ),
         route(
             M::DELETE,
             "/v1/deployments/{*path}",
-            Access::App(Deploy, AppIn::Deployment),
+            app(Deploy, AppIn::Deployment),
+            "deployment.cancel",
             deployments::delete,
         ),
         route(
             M::POST,
             "/v1/deployments/{*path}",
-            Access::App(Deploy, AppIn::Deployment),
+            app(Deploy, AppIn::Deployment),
+            "deployment.{rollback}",
             deployments::post_action,
         ),
         route(
             M::GET,
             "/v1/instances",
             Access::SomeApp(Read),
+            "instance.list",
             views::instances,
         ),
-        route(M::GET, "/v1/nodes", Access::SomeNode(Read), views::nodes),
+        route(
+            M::GET,
+            "/v1/nodes",
+            Access::SomeNode(Read),
+            "node.list",
+            views::nodes,
+        ),
         route(
             M::GET,
             "/v1/logs",
-            Access::App(Logs, AppIn::Query),
+            app(Logs, AppIn::Query),
+            "logs.read",
             logs::logs,
         ),
         route(
             M::GET,
             "/v1/diag/{op}",
-            Access::App(Diagnose, AppIn::Query),
+            app(Diagnose, AppIn::Query),
+            "diag.{grep,tail,ps,ports}",
             diag::diag,
         ),
-        route(M::GET, "/v1/info", Access::AnyToken, views::info),
-        route(M::GET, "/v1/events", Access::SomeApp(Read), views::events),
+        route(M::GET, "/v1/info", Access::AnyToken, "info", views::info),
+        route(
+            M::GET,
+            "/v1/events",
+            Access::SomeApp(Read),
+            "event.stream",
+            views::events,
+        ),
         route(
             M::GET,
             "/v1/events/recent",
             Access::SomeApp(Read),
+            "event.recent",
             views::recent_events,
         ),
         route(
             M::GET,
             "/v1/debug/state",
             Access::Management,
+            "debug.state",
             views::debug_state,
         ),
-        route(M::GET, "/health", Access::AnyToken, views::health),
-        route(M::GET, "/metrics", Access::Management, views::metrics),
-        route(M::GET, "/v1/leader", Access::AnyToken, views::leader),
-        route(M::POST, "/v1/acl/bootstrap", Access::Public, acl::bootstrap),
+        route(M::GET, "/health", Access::AnyToken, "health", views::health),
+        route(
+            M::GET,
+            "/metrics",
+            Access::Management,
+            "metrics",
+            views::metrics,
+        ),
+        route(
+            M::GET,
+            "/v1/leader",
+            Access::AnyToken,
+            "leader",
+            views::leader,
+        ),
+        route(
+            M::GET,
+            "/v1/audit",
+            Access::Management,
+            "audit.list",
+            audit::list,
+        ),
+        route(
+            M::POST,
+            "/v1/acl/bootstrap",
+            Access::Public,
+            "acl.bootstrap",
+            acl::bootstrap,
+        ),
         route(
             M::GET,
             "/v1/acl/policies",
             Access::Management,
+            "acl.policy.list",
             acl::list_policies,
         ),
         route(
             M::PUT,
             "/v1/acl/policy/{name}",
             Access::Management,
+            "acl.policy.put",
             acl::put_policy,
         ),
         route(
             M::GET,
             "/v1/acl/policy/{name}",
             Access::Management,
+            "acl.policy.get",
             acl::get_policy,
         ),
         route(
             M::DELETE,
             "/v1/acl/policy/{name}",
             Access::Management,
+            "acl.policy.delete",
             acl::delete_policy,
         ),
         route(
             M::POST,
             "/v1/acl/token",
             Access::Management,
+            "acl.token.create",
             acl::create_token,
         ),
         route(
             M::GET,
             "/v1/acl/tokens",
             Access::Management,
+            "acl.token.list",
             acl::list_tokens,
         ),
         route(
             M::GET,
             "/v1/acl/token/self",
             Access::AnyToken,
+            "acl.token.self",
             acl::token_self,
         ),
         route(
             M::GET,
             "/v1/acl/token/{accessor}",
             Access::Management,
+            "acl.token.get",
             acl::get_token,
         ),
         route(
             M::DELETE,
             "/v1/acl/token/{accessor}",
             Access::Management,
+            "acl.token.revoke",
             acl::delete_token,
         ),
     ]
@@ -255,11 +335,27 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     // Methods of one path share one entry of the router.
     let mut by_path: Vec<(&'static str, MethodRouter<Arc<Ctx>>)> = Vec::new();
     for spec in routes() {
+        let audit_route = audit::Route {
+            method: spec.method.clone(),
+            path: spec.path,
+            access: spec.access,
+            action: spec.action,
+        };
+        // Inside out: the audit entry before the handler, the check, and around both
+        // the audit layer that notes the request and records refusals.
         let guarded = spec
             .handler
             .route_layer(axum::middleware::from_fn_with_state(
+                ctx.clone(),
+                audit::record,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
                 (ctx.clone(), spec.access),
                 auth::check,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                (ctx.clone(), audit_route),
+                audit::draft,
             ));
         match by_path.iter_mut().find(|(p, _)| *p == spec.path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(guarded),

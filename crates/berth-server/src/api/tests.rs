@@ -30,15 +30,16 @@ fn sample(method: &Method, path: &str, access: Access) -> String {
     }
 }
 
-struct Acl {
-    base: String,
+/// A server with ACLs on, in this process (the audit tests use it too).
+pub(super) struct Acl {
+    pub(super) base: String,
     http: reqwest::Client,
-    shutdown: Shutdown,
+    pub(super) shutdown: Shutdown,
     _dir: tempfile::TempDir,
 }
 
 impl Acl {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig::for_test(dir.path());
         config.acl = true;
@@ -55,7 +56,7 @@ impl Acl {
         }
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,

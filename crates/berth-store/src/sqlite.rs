@@ -9,12 +9,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use berth_core::acl::Policy;
 
-use crate::audit::{AUDIT_COLUMNS, AuditRow, encode_params, opt_i64};
 use crate::acl::{TOKEN_COLUMNS, TokenRow, decode_policy, encode_policies, encode_policy};
+use crate::audit::{AUDIT_COLUMNS, AuditRow, encode_params, opt_i64};
 use crate::record::{VersionRow, decode_deployment};
-use crate::{
-    AclToken, AppVersion, AuditEntry, AuditFilter, AuditRecord, Lease, Store, StoreError,
-};
+use crate::{AclToken, AppVersion, AuditEntry, AuditFilter, AuditRecord, Lease, Store, StoreError};
 
 /// Schema steps, applied in order; each runs once, recorded in `schema_migrations`.
 const MIGRATIONS: &[&str] = &[

@@ -7,9 +7,7 @@ use berth_core::{AppId, AppSpec, Deployment, DeploymentId, DeploymentState, Vers
 
 use berth_core::acl::Policy;
 
-use crate::{
-    AclToken, AppVersion, AuditFilter, AuditRecord, Change, Decision, Store, StoreError,
-};
+use crate::{AclToken, AppVersion, AuditFilter, AuditRecord, Change, Decision, Store, StoreError};
 
 /// Runs every check, each on a fresh store from `fresh`. Panics on the first failure,
 /// naming the check.
@@ -471,14 +469,20 @@ fn audit_listing_filters_and_pages_newest_first(store: &dyn Store) {
         ..all.clone()
     };
     let first = store.list_audit(&page).unwrap();
-    assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
+    assert_eq!(
+        first.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]]
+    );
     let second = store
         .list_audit(&AuditFilter {
             before: Some(first[1].id),
             ..page.clone()
         })
         .unwrap();
-    assert_eq!(second.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    assert_eq!(
+        second.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [ids[2], ids[1]]
+    );
     let last = store
         .list_audit(&AuditFilter {
             before: Some(second[1].id),
@@ -494,7 +498,11 @@ fn audit_prune_removes_only_older_entries_and_ids_stay_unique(store: &dyn Store)
             .append_audit(&audit(t, Some("acc-a"), "app.create", None))
             .unwrap();
     }
-    assert_eq!(store.prune_audit(2_000).unwrap(), 1, "only the one before 2000");
+    assert_eq!(
+        store.prune_audit(2_000).unwrap(),
+        1,
+        "only the one before 2000"
+    );
     let left: Vec<_> = store
         .list_audit(&AuditFilter::default())
         .unwrap()

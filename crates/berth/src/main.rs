@@ -61,6 +61,8 @@ enum Command {
     /// ACLs of a server started with --acl: bootstrap, policies, tokens.
     #[command(subcommand)]
     Acl(cmd::acl::AclCommand),
+    /// The server's audit trail (management tokens): who did or tried what, and how it ended.
+    Audit(cmd::audit::Args),
 
     // Tools.
     /// Certificates for mutual TLS: `tls ca create`, `tls cert create --role R --name N`.
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
             Command::Diag(args) => cmd::diag::run(*args).await,
             Command::Acl(c) => cmd::acl::run(c, &cli.global).await,
+            Command::Audit(args) => cmd::audit::run(args, &cli.global).await,
             Command::Tls(c) => cmd::tls::run(c),
         }
     });

@@ -226,7 +226,7 @@ fn create_body(name: &str, policies: &[String], ttl: Option<&str>) -> Value {
 
 /// A name or accessor as one URL path segment (a `/` or `?` in it cannot reach
 /// another endpoint).
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -256,7 +256,7 @@ fn list(v: &Value) -> String {
 }
 
 /// Milliseconds since the epoch as an RFC 3339 time (UTC, seconds), "-" when absent.
-fn time(v: &Value) -> String {
+pub(super) fn time(v: &Value) -> String {
     match v.as_u64() {
         Some(ms) => humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),

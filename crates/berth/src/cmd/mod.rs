@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod agent;
 pub mod apps;
+pub mod audit;
 pub mod auth;
 pub mod completions;
 pub mod deployments;

@@ -80,6 +80,10 @@ pub struct Args {
     /// bootstrap`); required when a listener is off loopback. Or BERTH_SERVER_ACL=true.
     #[arg(long)]
     acl: bool,
+    /// How long the audit trail keeps entries (the leader prunes older ones): 90d, 720h,
+    /// or 0 to keep them forever [default: 90d].
+    #[arg(long, value_name = "DURATION|0")]
+    audit_retention: Option<String>,
     #[command(flatten)]
     tls: super::TlsFileArgs,
     /// Largest accepted request body in bytes [default: 1048576].
@@ -108,6 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("deployment_timeout", args.deployment_timeout)
         .set("max_body_bytes", args.max_body_bytes)
         .set("acl", args.acl.then_some(true))
+        .set("audit_retention", args.audit_retention)
         .set_tls(args.tls)
         .set("leader_lease", args.leader_lease)
         .set("advertise_url", args.advertise_url)

@@ -6,8 +6,10 @@
 //! token look-up (from `Authorization: Bearer` or `X-Berth-Token`, by the SHA-256 of the
 //! secret, expiry checked), the slowdown of repeated failures per client address, and
 //! [`Caller`], the authority handlers read to filter lists or check a target they only
-//! learn from the body. With `acl` off every request is the unrestricted anonymous caller,
-//! exactly as before ACLs existed. The policy language itself is `berth_core::acl`.
+//! learn from the body. A refusal (401, 403) carries [`Refused`] on its answer, so the
+//! audit layer around the check can record who was refused. With `acl` off every request
+//! is the unrestricted anonymous caller, exactly as before ACLs existed. The policy
+//! language itself is `berth_core::acl`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -182,16 +182,41 @@ async fn allowed_and_refused_requests_are_audited_with_who_what_and_outcome() {
         assert!(!text.contains(secret.as_str()), "a secret in the trail");
     }
 
+    // Diagnostics are audited with their parameters, whatever their answer (here no
+    // agent runs the app: 404).
+    let (status, _) = s
+        .call(
+            Method::GET,
+            "/v1/diag/grep?app=demo/a&pattern=GET&ignore_case=true",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let diag = trail(&s, &root, "?action=diag.grep").await;
+    assert_eq!(diag.len(), 1, "{diag:?}");
+    assert_eq!(diag[0]["target"], "app:demo/a");
+    assert_eq!(
+        diag[0]["params"],
+        json!({"app": "demo/a", "pattern": "GET", "ignore_case": "true"})
+    );
+    assert_eq!(diag[0]["status"], 404);
+
     // Filters: by accessor, by app, by action, a page and the next.
     let mine = trail(&s, &root, &format!("?accessor={ro_accessor}")).await;
     assert_eq!(mine.len(), 1);
     let app = trail(&s, &root, "?app=demo/a&action=app.create").await;
+    assert_eq!(app[0]["action"], "app.create");
     assert_eq!(app.len(), 1);
     let (_, page) = s
         .call(Method::GET, "/v1/audit?limit=2", Some(&root), None)
         .await;
     let next = page["next"].as_u64().expect("a cursor after a full page");
     let rest = trail(&s, &root, &format!("?before={next}")).await;
-    assert_eq!(rest.len(), entries.len() - 2);
+    assert_eq!(
+        rest.len(),
+        entries.len() + 1 - 2,
+        "the diag entry came on top"
+    );
     s.shutdown.trigger();
 }

@@ -99,8 +99,14 @@ impl ReloadingTls {
         Ok(changed)
     }
 
-    /// Polls the files every `every` and reloads on SIGHUP, until `stop`.
-    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+    /// Polls the files every `every` and reloads on SIGHUP, until `stop`. The SIGHUP
+    /// handler is in place when this returns (before the role reports ready), so a signal
+    /// sent after that never takes the process's default action (exit).
+    pub fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(hup) => Some(hup),
@@ -109,23 +115,25 @@ impl ReloadingTls {
                 None
             }
         };
-        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let hup_fired = async {
-                match hup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
+        async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let hup_fired = async {
+                    match hup.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let result = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => self.reload_if_changed().map(|_| ()),
+                    _ = hup_fired => self.reload(),
+                };
+                if let Err(e) = result {
+                    // The error names the file and what is wrong with it, never its content.
+                    tracing::warn!(error = %e, "TLS reload failed; keeping the previous certificates");
                 }
-            };
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => self.reload_if_changed().map(|_| ()),
-                _ = hup_fired => self.reload(),
-            };
-            if let Err(e) = result {
-                // The error names the file and what is wrong with it, never its content.
-                tracing::warn!(error = %e, "TLS reload failed; keeping the previous certificates");
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod acl;
 pub mod agent;
 pub mod apps;
 pub mod auth;
+pub mod ca_cert;
 pub mod completions;
 pub mod deployments;
 pub mod dev;
@@ -55,6 +56,10 @@ pub struct GlobalArgs {
     /// BERTH_TOKEN_FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https://` server URL is verified against: the cluster's
+    /// ca.pem from `berth tls ca create`. Given, it is the only CA trusted.
+    #[arg(long, global = true, env = "BERTH_CACERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl GlobalArgs {

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_testkit::{BerthProcess, wait_for, wait_until};
 use common::{BIN, WAIT, WAIT_PLATFORM, loopback_server, sim_agent, tls_flags, tls_pki};
@@ -207,7 +207,7 @@ async fn replaced_files_are_served_to_new_handshakes_and_agents_stay_connected()
         served_cert(api, &ca).await == new
     })
     .await;
-    let reloaded = Instant::now();
+    let reloaded = tokio::time::Instant::now();
     wait_until("the reload was logged", WAIT, || async {
         server.output().contains("TLS certificates reloaded")
     })
@@ -334,4 +334,60 @@ async fn the_registry_serves_https_and_plain_http_to_loopback() {
     .await;
     assert!(plain.is_object(), "{plain}");
     registry.terminate().await;
+}
+
+#[tokio::test]
+async fn an_agent_redials_with_the_certificate_its_files_hold_by_then() {
+    let dir = berth_testkit::temp_dir();
+    let pki = dir.path().join("pki");
+    tls_pki(&pki, &[("server", "s1"), ("agent", "n1")]);
+    let stranger = dir.path().join("other-pki");
+    tls_pki(&stranger, &[("agent", "n1")]);
+    let mut args = tls_flags(&pki, "server", "s1");
+    args.extend(["--registry-http".into(), "off".into()]);
+    let server = loopback_server(&dir.path().join("server"), &args).await;
+
+    // The agent starts with a certificate of another CA: every dial is refused.
+    let cert = dir.path().join("agent.pem");
+    let key = dir.path().join("agent-key.pem");
+    std::fs::copy(stranger.join("agent-n1.pem"), &cert).unwrap();
+    std::fs::copy(stranger.join("agent-n1-key.pem"), &key).unwrap();
+    let flags: Vec<String> = [
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-file",
+        pki.join("ca.pem").to_str().unwrap(),
+        "--tls-reload-interval",
+        "200ms",
+        "--backoff-max",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent = sim_agent(server.addr("grpc"), &dir.path().join("agent"), "n1", &flags).await;
+    wait_until(
+        "the stranger's certificate was refused",
+        WAIT_PLATFORM,
+        || async { server.output().contains("agent TLS handshake refused") },
+    )
+    .await;
+    assert!(!agent.output().contains("session open"));
+
+    // The right pair lands in the files: the next dial presents it and the node joins.
+    rotate(&pki.join("agent-n1-key.pem"), &key);
+    rotate(&pki.join("agent-n1.pem"), &cert);
+    wait_until(
+        "the agent joined with its new certificate",
+        WAIT_PLATFORM,
+        || async { agent.output().contains("session open") },
+    )
+    .await;
+    assert_eq!(
+        common::node_ids(server.addr("http")).await,
+        vec!["n1".to_string()]
+    );
+    drop(agent);
+    server.terminate().await;
 }

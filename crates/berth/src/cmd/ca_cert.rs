@@ -9,7 +9,9 @@ pub const ENV_CACERT: &str = "BERTH_CACERT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaCertError {
-    #[error("cannot read --ca-cert {path} ({ENV_CACERT}): {source}")]
+    /// The I/O error is the source: the CLI prints the chain (`cannot read ...: No such
+    /// file or directory`).
+    #[error("cannot read --ca-cert {path} ({ENV_CACERT})")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -38,6 +38,11 @@ pub const MIN_SECRET: usize = 32;
 ///   peer may declare itself loaded.
 /// - `cluster_handoff_limit` (100000): writes that may wait in all for owners that do
 ///   not answer; past it such writes are refused (503) until the queues drain.
+/// - `tls_cert_file`, `tls_key_file`, `tls_ca_file` (none): this registry's certificate
+///   (`berth tls cert create --role registry`), its key and the cluster CA; all three or
+///   none. With them the HTTP listener serves HTTPS (and plain HTTP to loopback clients).
+/// - `tls_reload_interval` (5s): how often those files are checked for changes (SIGHUP
+///   reloads them at once).
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
@@ -54,6 +59,11 @@ pub struct RegistryConfig {
     /// How long in-flight HTTP requests may finish after shutdown.
     pub http_grace: Duration,
     pub cluster: ClusterConfig,
+    /// Checked as a set by [`RegistryConfig::tls`].
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
 }
 
 /// The cluster keys (all unused when `peers` is empty).
@@ -158,6 +168,13 @@ impl RegistryConfig {
             auth_secret: layers.secret("auth_secret")?,
             http_grace: Duration::from_secs(5),
             cluster: ClusterConfig::from_layers(layers)?,
+            tls_cert_file: layers.get("tls_cert_file")?,
+            tls_key_file: layers.get("tls_key_file")?,
+            tls_ca_file: layers.get("tls_ca_file")?,
+            tls_reload_interval: layers.get_or(
+                "tls_reload_interval",
+                berth_identity::DEFAULT_RELOAD_INTERVAL,
+            )?,
         };
         layers.finish()?;
         Ok(config)
@@ -179,7 +196,20 @@ impl RegistryConfig {
             auth_secret: None,
             http_grace: Duration::from_secs(1),
             cluster: ClusterConfig::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
         }
+    }
+
+    /// The TLS files, all three or none.
+    pub fn tls(&self) -> Result<Option<berth_identity::TlsFiles>, berth_identity::TlsError> {
+        berth_identity::TlsFiles::from_options(
+            self.tls_cert_file.clone(),
+            self.tls_key_file.clone(),
+            self.tls_ca_file.clone(),
+        )
     }
 
     /// True when every listener is on loopback, the only case auth may be off.

@@ -27,6 +27,10 @@ pub enum Error {
     Persist(#[from] PersistError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] berth_identity::TlsError),
+    #[error("cannot read the bound HTTP address: {0}")]
+    Io(#[from] std::io::Error),
     #[error("cannot open the UDP push socket on {ip}: {source}")]
     PushSocket {
         ip: std::net::IpAddr,
@@ -114,6 +118,11 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
             return Err(Error::NotPositive("cluster_handoff_limit"));
         }
     }
+    // Unreadable certificates stop the start before anything listens.
+    let tls = config
+        .tls()?
+        .map(berth_identity::ReloadingTls::load)
+        .transpose()?;
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let registry = Registry::start(CoreOptions {
         beat: config.beat,
@@ -222,7 +231,24 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
             auth.clone(),
             crate::auth::http_guard,
         ));
-    http::serve::serve(http_listener, router, shutdown, config.http_grace);
+    match tls {
+        // HTTPS, and plain HTTP from loopback, on the one port.
+        Some(tls) => {
+            shutdown.spawn(
+                tls.clone()
+                    .watch(config.tls_reload_interval, shutdown.token()),
+            );
+            let listener = berth_identity::HttpsListener::new(
+                http_listener,
+                move || tls.https_server(),
+                shutdown.token(),
+            )?;
+            http::serve::serve(listener, router, shutdown, config.http_grace);
+        }
+        None => {
+            http::serve::serve(http_listener, router, shutdown, config.http_grace);
+        }
+    }
 
     {
         let token = token.clone();

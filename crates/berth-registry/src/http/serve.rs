@@ -8,36 +8,34 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::serve::Listener;
 use berth_util::shutdown::Shutdown;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 /// Serves `router` until `shutdown`, then lets requests finish for at most `grace`.
-pub fn serve(
-    listener: TcpListener,
+/// `listener` is the bound `TcpListener`, or berth-identity's HTTPS listener.
+pub fn serve<L>(
+    mut listener: L,
     router: Router,
     shutdown: &Shutdown,
     grace: Duration,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
     let token = shutdown.token();
     shutdown.spawn(async move {
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = token.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                // Accept errors (out of file descriptors and the like) are retried by
+                // the listener itself, after a pause.
+                accepted = listener.accept() => accepted,
             };
             let router = router.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

@@ -73,14 +73,16 @@ pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<super::auth::Token>,
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Client {
     pub(crate) fn new(global: &GlobalArgs) -> anyhow::Result<Self> {
         Ok(Client {
-            http: reqwest::Client::new(),
+            http: super::ca_cert::http_client(global.ca_cert.as_deref())?,
             base: global.server_url.trim_end_matches('/').to_string(),
             token: global.token()?,
+            ca_cert: global.ca_cert.clone(),
         })
     }
 
@@ -96,9 +98,19 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        let response = request.send().await.with_context(|| {
-            format!("cannot reach the server at {}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL", self.base)
-        })?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                if let Some(fix) = super::ca_cert::explain_certificate_error(
+                    &err,
+                    &self.base,
+                    self.ca_cert.as_deref(),
+                ) {
+                    bail!("{fix}");
+                }
+                return Err(anyhow::Error::new(err).context(format!("cannot reach the server at {}; start it with `berth server` or pass --server-url / BERTH_SERVER_URL", self.base)));
+            }
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apps;
 pub mod audit;
 pub mod auth;
+pub mod ca_cert;
 pub mod completions;
 pub mod deployments;
 pub mod dev;
@@ -56,6 +57,10 @@ pub struct GlobalArgs {
     /// BERTH_TOKEN_FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an `https://` server URL is verified against: the cluster's
+    /// ca.pem from `berth tls ca create`. Given, it is the only CA trusted.
+    #[arg(long, global = true, env = "BERTH_CACERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -132,15 +137,21 @@ pub struct TlsFileArgs {
     /// The CA the peer's certificate must be signed by (`berth tls ca create`'s ca.pem).
     #[arg(long, value_name = "FILE")]
     tls_ca_file: Option<std::path::PathBuf>,
+    /// How often the three files are checked for changes; a change (or SIGHUP) reloads
+    /// them for new connections without a restart [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    tls_reload_interval: Option<String>,
 }
 
 impl Flags {
-    /// The TLS file flags as the config keys `tls_cert_file`, `tls_key_file`, `tls_ca_file`.
+    /// The TLS flags as the config keys `tls_cert_file`, `tls_key_file`, `tls_ca_file`,
+    /// `tls_reload_interval`.
     pub fn set_tls(self, tls: TlsFileArgs) -> Self {
         let path = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
         self.set("tls_cert_file", path(tls.tls_cert_file))
             .set("tls_key_file", path(tls.tls_key_file))
             .set("tls_ca_file", path(tls.tls_ca_file))
+            .set("tls_reload_interval", tls.tls_reload_interval)
     }
 }
 

@@ -83,6 +83,10 @@ pub struct Args {
     /// Writes that may wait in all for owners that do not answer [default: 100000].
     #[arg(long, value_name = "N")]
     cluster_handoff_limit: Option<usize>,
+    /// With --tls-cert-file (`berth tls cert create --role registry`) the HTTP listener
+    /// serves HTTPS, and plain HTTP to loopback clients only.
+    #[command(flatten)]
+    tls: super::TlsFileArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -115,7 +119,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("cluster_replicate_delay", args.cluster_replicate_delay)
         .set("cluster_rpc_timeout", args.cluster_rpc_timeout)
         .set("cluster_startup_attempts", args.cluster_startup_attempts)
-        .set("cluster_handoff_limit", args.cluster_handoff_limit);
+        .set("cluster_handoff_limit", args.cluster_handoff_limit)
+        .set_tls(args.tls);
     let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
     let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

@@ -8,6 +8,7 @@ pub mod auth;
 mod deployments;
 mod diag;
 mod error;
+mod exec;
 mod logs;
 mod ui;
 mod views;
@@ -99,7 +100,7 @@ where
 pub fn routes() -> Vec<RouteSpec> {
     use Method as M;
     use auth::AppIn;
-    use berth_core::acl::Capability::{Deploy, Diagnose, Logs, Read};
+    use berth_core::acl::Capability::{Deploy, Diagnose, Exec, Logs, Read};
     vec![
         route(M::GET, "/v1/apps", Access::SomeApp(Read), apps::list),
         route(
@@ -174,6 +175,12 @@ pub fn routes() -> Vec<RouteSpec> {
             "/v1/diag/{op}",
             Access::App(Diagnose, AppIn::Query),
             diag::diag,
+        ),
+        route(
+            M::GET,
+            "/v1/exec/{*path}",
+            Access::App(Exec, AppIn::ExecPath),
+            exec::exec,
         ),
         route(M::GET, "/v1/info", Access::AnyToken, views::info),
         route(M::GET, "/v1/events", Access::SomeApp(Read), views::events),

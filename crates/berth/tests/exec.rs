@@ -1,19 +1,17 @@
 //! Black-box test of `berth exec`, every role its own `berth` process (registry,
 //! diagnostics gateway, server, agent on the process driver): the command runs inside the
 //! instance (its environment), stdin reaches it and EOF closes it, its exit code becomes
-//! the CLI's, `--tty` gives it a terminal whose size follows the CLI's (the CLI itself run
-//! on a pseudo-terminal here, resized as a user's window would be), a CLI that is killed
+//! the CLI's, `--tty` gives it a terminal that takes typed input, a CLI that is killed
 //! takes the command with it, and with ACLs a token without `exec` on the app is refused.
 
 mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use berth_testkit::{InstanceReaper, temp_dir, wait_for, wait_until};
 use common::{BIN, WAIT_ROLES, acl_bootstrap, acl_server, api_call, cli, role, token_file};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const APP: &str = "exec/web";
 
@@ -134,13 +132,13 @@ env = {{ GREETING = "from the spec" }}
         &["exec", &target, "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
     )
     .await;
-    assert_eq!(three.stdout, "out\n");
+    assert_eq!(three.stdout, "out\n", "{}", three.stderr);
     assert_eq!(three.stderr, "err\n");
     let code = exec_command(api, &["exec", &target, "--", "sh", "-c", "exit 3"])
-        .status()
+        .output()
         .await
         .unwrap();
-    assert_eq!(code.code(), Some(3));
+    assert_eq!(code.status.code(), Some(3), "{code:?}");
 
     // Bad requests are named: an empty program, an unknown instance.
     let empty = cli(api, &["exec", APP, "--", ""]).await;
@@ -163,79 +161,35 @@ env = {{ GREETING = "from the spec" }}
     assert!(tty.ok, "{}", tty.stderr);
     assert!(tty.stdout.starts_with("/dev/pts/"), "{:?}", tty.stdout);
 
-    // On a terminal of its own the CLI passes its size, then each resize.
-    resize_follows_the_cli_terminal(api).await;
+    // Typed input reaches a command on a terminal (which echoes it, as terminals do).
+    let mut typed = exec_command(api, &["exec", "--tty", APP, "--", "sh", "-c", "read x; echo got $x"]);
+    let mut child = typed.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hi\n").await.unwrap();
+    let out = tokio::time::timeout(WAIT_ROLES, child.wait_with_output())
+        .await
+        .expect("the command reads its line and ends")
+        .unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("got hi"), "{text:?} {out:?}");
 
     // A CLI that is killed takes the command with it.
     let mut sleeper = exec_command(api, &["exec", APP, "--", "sh", "-c", "echo $$; exec sleep 300"]);
     let mut child = sleeper.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = Vec::new();
-    let pid: i32 = wait_for("the remote pid", WAIT_ROLES, || {
-        let mut byte = [0u8; 1];
-        let read = stdout.read(&mut byte);
-        let first = &mut first;
-        async move {
-            if read.await.ok()? == 0 {
-                panic!("exec ended before printing its pid");
-            }
-            first.push(byte[0]);
-            let text = String::from_utf8_lossy(first);
-            text.strip_suffix('\n')?.trim().parse().ok()
-        }
-    })
-    .await;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(WAIT_ROLES, stdout.read_line(&mut line))
+        .await
+        .expect("the remote command prints its pid")
+        .unwrap();
+    let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("a pid: {line:?}"));
     assert!(alive(pid), "the remote command {pid} runs");
     child.kill().await.unwrap();
     wait_until("the remote command to die with its CLI", WAIT_ROLES, || async {
         !alive(pid)
     })
     .await;
-}
-
-/// Runs on a pseudo-terminal as a person's shell would: the command sees the size at
-/// start, and a resize of the CLI's terminal (SIGWINCH) reaches it.
-async fn resize_follows_the_cli_terminal(api: std::net::SocketAddr) {
-    let (pty, pts) = pty_process::open().unwrap();
-    pty.resize(pty_process::Size::new(30, 90)).unwrap();
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_TOKEN_FILE")
-        .args(["--server-url", &format!("http://{api}"), "exec", "--tty", APP])
-        .args(["--", "sh", "-c", "while read x; do stty size; done"])
-        .kill_on_drop(true);
-    let mut child = pty_process::Command::from(command).spawn(pts).unwrap();
-    let (mut reader, mut writer) = pty.into_split();
-    let mut seen = Vec::new();
-    // Each line asks for the size again; a line that arrives before the resize answers
-    // with the old one, so ask until the wanted size shows.
-    let mut expect = |wanted: &'static str| {
-        let (reader, writer, seen) = (&mut reader, &mut writer, &mut seen);
-        async move {
-            wait_until(&format!("stty size to say {wanted}"), WAIT_ROLES, || {
-                let (reader, writer, seen) = (&mut *reader, &mut *writer, &mut *seen);
-                async move {
-                    let _ = writer.write_all(b"size?\n").await;
-                    let mut buf = [0u8; 4096];
-                    if let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(200), reader.read(&mut buf))
-                            .await
-                    {
-                        seen.extend_from_slice(&buf[..n]);
-                    }
-                    String::from_utf8_lossy(seen).contains(wanted)
-                }
-            })
-            .await;
-        }
-    };
-    expect("30 90").await;
-    writer
-        .resize(pty_process::Size::new(50, 120))
-        .expect("resize the CLI's terminal");
-    expect("50 120").await;
-    child.kill().await.unwrap();
 }
 
 fn exec_command(api: std::net::SocketAddr, args: &[&str]) -> tokio::process::Command {

@@ -201,3 +201,86 @@ fn kill_group(pid: u32) -> Box<dyn Fn() + Send + Sync> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn command(argv: &[&str], tty: bool, dir: &std::path::Path) -> ExecCommand {
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), "/usr/bin:/bin".to_string());
+        env.insert("GREETING".to_string(), "hello".to_string());
+        ExecCommand {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env,
+            work_dir: dir.to_path_buf(),
+            tty,
+            rows: 30,
+            cols: 90,
+        }
+    }
+
+    async fn read_until(reader: &mut (dyn AsyncRead + Send + Unpin), wanted: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(wanted) {
+            let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
+                .await
+                .expect("output in time")
+                .unwrap();
+            assert!(n > 0, "ended before {wanted:?}: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_terminal_has_the_asked_size_and_follows_resizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = command(&["sh", "-c", "stty size; read x; stty size"], true, dir.path());
+        let mut child = spawn_on_host(&cmd).unwrap();
+        let (_, reader) = &mut child.outputs[0];
+        read_until(reader.as_mut(), "30 90").await;
+        (child.resize.as_ref().expect("a terminal"))(50, 120).unwrap();
+        child.stdin.write_all(b"go\n").await.unwrap();
+        let (_, reader) = &mut child.outputs[0];
+        read_until(reader.as_mut(), "50 120").await;
+        assert_eq!(child.exit.await, Exit::Code(0));
+    }
+
+    #[tokio::test]
+    async fn pipes_keep_stdout_and_stderr_apart_and_close_stdin_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = command(
+            &["sh", "-c", "echo $GREETING; pwd >&2; cat; exit 4"],
+            false,
+            dir.path(),
+        );
+        let mut child = spawn_on_host(&cmd).unwrap();
+        assert!(!child.tty());
+        child.stdin.write_all(b"piped\n").await.unwrap();
+        // Dropping the pipe closes it (a shutdown only flushes).
+        child.stdin = Box::new(tokio::io::sink());
+        let mut outputs = std::mem::take(&mut child.outputs);
+        let (_, mut err) = outputs.pop().unwrap();
+        let (_, mut out) = outputs.pop().unwrap();
+        let mut text = String::new();
+        out.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "hello\npiped\n");
+        let mut text = String::new();
+        err.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text.trim(), dir.path().canonicalize().unwrap().display().to_string());
+        assert_eq!(child.exit.await, Exit::Code(4));
+    }
+
+    #[tokio::test]
+    async fn a_kill_takes_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = command(&["sh", "-c", "sleep 300 & wait"], false, dir.path());
+        let child = spawn_on_host(&cmd).unwrap();
+        (child.kill)();
+        assert_eq!(child.exit.await, Exit::Signal(9));
+    }
+}

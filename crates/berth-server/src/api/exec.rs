@@ -30,6 +30,8 @@ use crate::context::Ctx;
 
 /// Time the client has to send what to run.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client has to close once the exit status is sent.
+const LINGER: Duration = Duration::from_secs(5);
 /// Largest client frame: stdin arrives in chunks far smaller.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -233,9 +235,9 @@ async fn session(
                     kind: Some(kind),
                 })),
             };
-            if up.send(frame).await.is_err() {
-                return;
-            }
+            // A call that ended (the exit is on its way down) takes no more input; the
+            // client is still read until it leaves, which is what ends this pump.
+            let _ = up.send(frame).await;
         }
     };
     let downward = async move {
@@ -275,9 +277,15 @@ async fn session(
         let _ = ws_tx.send(to_message(&last)).await;
         let _ = ws_tx.send(Message::Close(None)).await;
     };
+    tokio::pin!(upward, downward);
     tokio::select! {
-        () = upward => {}
-        () = downward => {}
+        // The client left: dropping the call cancels the exec on the agent.
+        () = &mut upward => {}
+        // Done: read on until the client closes too, as closing a socket with its data
+        // unread would reset the connection and could lose the last frames on their way.
+        () = &mut downward => {
+            let _ = tokio::time::timeout(LINGER, upward).await;
+        }
     }
 }
 

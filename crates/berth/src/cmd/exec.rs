@@ -88,14 +88,18 @@ async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<i32> {
     // The raw mode lasts as long as this guard, whatever way we leave.
     let _raw = if terminal { RawMode::enter() } else { None };
     let (frames, mut outgoing) = mpsc::channel::<ClientFrame>(4);
+    // Held until the end: the socket stays open after our stdin ends.
+    let open = frames.clone();
     let stdin_task = tokio::spawn(pump_stdin(frames.clone()));
     let resize_task = args.tty.then(|| tokio::spawn(pump_resizes(frames)));
     let sender = tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
             if tx.send(to_message(frame.encode())).await.is_err() {
-                break;
+                return;
             }
         }
+        let _ = tx.send(Message::Close(None)).await;
+        let _ = tx.close().await;
     });
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
@@ -126,7 +130,8 @@ async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<i32> {
             }
             Ok(ServerFrame::Started { instance: id, node }) => {
                 if instance.is_none() {
-                    eprint!("exec in instance {id} (node {node})\r\n");
+                    // \r: the terminal may be raw already. A closed stderr is no reason to stop.
+                    let _ = write!(stderr, "exec in instance {id} (node {node})\r\n");
                 }
             }
             Ok(ServerFrame::Exit(status)) => break Ok(status.shell_code()),

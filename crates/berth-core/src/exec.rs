@@ -93,7 +93,11 @@ impl ExecRequest {
             }
         }
         let bytes: usize = self.argv.iter().map(String::len).sum::<usize>()
-            + self.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if bytes > MAX_BYTES {
             return Err(problem(
                 "argv".into(),
@@ -151,14 +155,20 @@ pub enum ClientFrame {
     Stdin(Vec<u8>),
     /// No more stdin: the command's stdin is closed (with a terminal, an EOF character).
     Eof,
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
 }
 
 /// The server's frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
     /// The command runs, in this instance on this node.
-    Started { instance: String, node: String },
+    Started {
+        instance: String,
+        node: String,
+    },
     Output(Stream, Vec<u8>),
     Exit(ExitStatus),
     /// It could not run, or the link broke; `field` names the request's culprit.
@@ -382,7 +392,10 @@ mod tests {
         for frame in [
             ClientFrame::Stdin(b"hello\n\0\xff".to_vec()),
             ClientFrame::Eof,
-            ClientFrame::Resize { rows: 50, cols: 120 },
+            ClientFrame::Resize {
+                rows: 50,
+                cols: 120,
+            },
         ] {
             assert_eq!(ClientFrame::decode(frame.encode()).unwrap(), frame);
         }

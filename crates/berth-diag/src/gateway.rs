@@ -352,7 +352,9 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
         request: Request<Streaming<pb::ExecUp>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         self.authorize(&request)?;
-        self.open_exec(request.into_inner()).await.map(Response::new)
+        self.open_exec(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn nodes(

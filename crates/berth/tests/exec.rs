@@ -94,7 +94,11 @@ env = {{ GREETING = "from the spec" }}
 
     // The instance's own environment; the agent may still be attaching to the gateway.
     let printenv = wait_for("exec printenv to succeed", WAIT_ROLES, || async {
-        let out = cli(api, &["exec", APP, "--", "printenv", "GREETING", "BERTH_APP"]).await;
+        let out = cli(
+            api,
+            &["exec", APP, "--", "printenv", "GREETING", "BERTH_APP"],
+        )
+        .await;
         out.ok.then_some(out)
     })
     .await;
@@ -129,7 +133,14 @@ env = {{ GREETING = "from the spec" }}
     let target = format!("{APP}/{instance}");
     let three = cli(
         api,
-        &["exec", &target, "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "exec",
+            &target,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
     )
     .await;
     assert_eq!(three.stdout, "out\n", "{}", three.stderr);
@@ -142,8 +153,16 @@ env = {{ GREETING = "from the spec" }}
 
     // Bad requests are named: an empty program, an unknown instance.
     let empty = cli(api, &["exec", APP, "--", ""]).await;
-    assert!(!empty.ok && empty.stderr.contains("argv[0]"), "{}", empty.stderr);
-    let unknown = cli(api, &["exec", &format!("{APP}/exec-web.nope"), "--", "true"]).await;
+    assert!(
+        !empty.ok && empty.stderr.contains("argv[0]"),
+        "{}",
+        empty.stderr
+    );
+    let unknown = cli(
+        api,
+        &["exec", &format!("{APP}/exec-web.nope"), "--", "true"],
+    )
+    .await;
     assert!(
         !unknown.ok && unknown.stderr.contains("has no instance \"exec-web.nope\""),
         "{}",
@@ -162,7 +181,18 @@ env = {{ GREETING = "from the spec" }}
     assert!(tty.stdout.starts_with("/dev/pts/"), "{:?}", tty.stdout);
 
     // Typed input reaches a command on a terminal (which echoes it, as terminals do).
-    let mut typed = exec_command(api, &["exec", "--tty", APP, "--", "sh", "-c", "read x; echo got $x"]);
+    let mut typed = exec_command(
+        api,
+        &[
+            "exec",
+            "--tty",
+            APP,
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got $x",
+        ],
+    );
     let mut child = typed.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"hi\n").await.unwrap();
@@ -175,7 +205,10 @@ env = {{ GREETING = "from the spec" }}
     assert!(text.contains("got hi"), "{text:?} {out:?}");
 
     // A CLI that is killed takes the command with it.
-    let mut sleeper = exec_command(api, &["exec", APP, "--", "sh", "-c", "echo $$; exec sleep 300"]);
+    let mut sleeper = exec_command(
+        api,
+        &["exec", APP, "--", "sh", "-c", "echo $$; exec sleep 300"],
+    );
     let mut child = sleeper.spawn().unwrap();
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -183,12 +216,17 @@ env = {{ GREETING = "from the spec" }}
         .await
         .expect("the remote command prints its pid")
         .unwrap();
-    let pid: i32 = line.trim().parse().unwrap_or_else(|_| panic!("a pid: {line:?}"));
+    let pid: i32 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a pid: {line:?}"));
     assert!(alive(pid), "the remote command {pid} runs");
     child.kill().await.unwrap();
-    wait_until("the remote command to die with its CLI", WAIT_ROLES, || async {
-        !alive(pid)
-    })
+    wait_until(
+        "the remote command to die with its CLI",
+        WAIT_ROLES,
+        || async { !alive(pid) },
+    )
     .await;
 }
 
@@ -244,14 +282,22 @@ async fn with_acls_exec_needs_the_exec_capability_on_the_app() {
 
     let none = cli(api, &["exec", APP, "--", "true"]).await;
     assert!(!none.ok && none.stderr.contains("401"), "{}", none.stderr);
-    let refused = cli(api, &["--token-file", &looker_file, "exec", APP, "--", "true"]).await;
+    let refused = cli(
+        api,
+        &["--token-file", &looker_file, "exec", APP, "--", "true"],
+    )
+    .await;
     assert!(
         !refused.ok && refused.stderr.contains("403") && refused.stderr.contains("exec"),
         "{}",
         refused.stderr
     );
     // With the capability the request gets past the check (and finds no instance).
-    let allowed = cli(api, &["--token-file", &execer_file, "exec", APP, "--", "true"]).await;
+    let allowed = cli(
+        api,
+        &["--token-file", &execer_file, "exec", APP, "--", "true"],
+    )
+    .await;
     assert!(
         !allowed.ok && allowed.stderr.contains("404"),
         "{}",
@@ -259,7 +305,14 @@ async fn with_acls_exec_needs_the_exec_capability_on_the_app() {
     );
     let elsewhere = cli(
         api,
-        &["--token-file", &execer_file, "exec", "other/app", "--", "true"],
+        &[
+            "--token-file",
+            &execer_file,
+            "exec",
+            "other/app",
+            "--",
+            "true",
+        ],
     )
     .await;
     assert!(elsewhere.stderr.contains("403"), "{}", elsewhere.stderr);

@@ -106,12 +106,23 @@ pub async fn run(
             .map(|(stream, reader)| pump_output(stream, reader, sink)),
     );
     let writer = pump_input(stdin, input, resize, tty, sink);
+    // Output flows while the command runs; once it ended (and the driver killed what it
+    // left in its group) what it wrote is still in the pipes, read to their end.
     let ended = async {
-        let exit = exit.await;
-        // The group is gone (the driver killed what the command left); what it wrote
-        // is still in the pipes.
-        let _ = tokio::time::timeout(DRAIN, readers).await;
-        exit
+        let mut exit = exit;
+        let mut readers = std::pin::pin!(readers);
+        let mut drained = false;
+        let status = tokio::select! {
+            status = &mut exit => status,
+            _ = &mut readers => {
+                drained = true;
+                exit.await
+            }
+        };
+        if !drained {
+            let _ = tokio::time::timeout(DRAIN, readers).await;
+        }
+        status
     };
     let exit = tokio::select! {
         exit = ended => exit,
@@ -125,7 +136,9 @@ pub async fn run(
     let status = match exit {
         Exit::Code(code) => pb::exec_exit::Status::Code(code),
         Exit::Signal(signal) => pb::exec_exit::Status::Signal(signal),
-        Exit::Unknown => pb::exec_exit::Status::Error("the command's exit status is unknown".into()),
+        Exit::Unknown => {
+            pb::exec_exit::Status::Error("the command's exit status is unknown".into())
+        }
     };
     sink.exit(status).await;
 }

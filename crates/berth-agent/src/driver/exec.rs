@@ -230,7 +230,11 @@ mod tests {
                 .await
                 .expect("output in time")
                 .unwrap();
-            assert!(n > 0, "ended before {wanted:?}: {}", String::from_utf8_lossy(&seen));
+            assert!(
+                n > 0,
+                "ended before {wanted:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
             seen.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&seen).into_owned()
@@ -239,7 +243,11 @@ mod tests {
     #[tokio::test]
     async fn a_terminal_has_the_asked_size_and_follows_resizes() {
         let dir = tempfile::tempdir().unwrap();
-        let cmd = command(&["sh", "-c", "stty size; read x; stty size"], true, dir.path());
+        let cmd = command(
+            &["sh", "-c", "stty size; read x; stty size"],
+            true,
+            dir.path(),
+        );
         let mut child = spawn_on_host(&cmd).unwrap();
         let (_, reader) = &mut child.outputs[0];
         read_until(reader.as_mut(), "30 90").await;
@@ -271,7 +279,10 @@ mod tests {
         assert_eq!(text, "hello\npiped\n");
         let mut text = String::new();
         err.read_to_string(&mut text).await.unwrap();
-        assert_eq!(text.trim(), dir.path().canonicalize().unwrap().display().to_string());
+        assert_eq!(
+            text.trim(),
+            dir.path().canonicalize().unwrap().display().to_string()
+        );
         assert_eq!(child.exit.await, Exit::Code(4));
     }
 

@@ -67,7 +67,9 @@ pub(super) fn on_output(conn: &AgentConn, output: pb::ExecOutput) {
                 .down
                 .try_send(exit_error(id, "the agent overran its window".into()));
         }
-        conn.send(pb::gateway_frame::Kind::Cancel(pb::Cancel { request_id: id }));
+        conn.send(pb::gateway_frame::Kind::Cancel(pb::Cancel {
+            request_id: id,
+        }));
     }
 }
 
@@ -240,10 +242,9 @@ impl Drop for ExecStream {
         self.gateway.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             self.conn.execs().remove(&self.id);
-            self.conn
-                .send(pb::gateway_frame::Kind::Cancel(pb::Cancel {
-                    request_id: self.id,
-                }));
+            self.conn.send(pb::gateway_frame::Kind::Cancel(pb::Cancel {
+                request_id: self.id,
+            }));
             self.gateway.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }

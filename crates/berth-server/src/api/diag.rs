@@ -213,7 +213,10 @@ fn targets(
 
 /// The gateways registered for `node`, from the registry. Usually one; right after a
 /// gateway died its entry lingers until the registry expires it, beside the new one.
-pub(super) async fn gateways_of(registry: std::net::SocketAddr, node: &str) -> Result<Vec<String>, String> {
+pub(super) async fn gateways_of(
+    registry: std::net::SocketAddr,
+    node: &str,
+) -> Result<Vec<String>, String> {
     let service = names::diag_node_service(node);
     let client = NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT);
     let hosts: Vec<String> = match client.list_instances(&service, true).await {

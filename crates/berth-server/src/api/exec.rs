@@ -164,7 +164,9 @@ async fn read_request(socket: &mut WebSocket) -> Result<ExecRequest, (String, Op
         match tokio::time::timeout(REQUEST_TIMEOUT, socket.recv()).await {
             Err(_) => {
                 return Err((
-                    format!("no request within {REQUEST_TIMEOUT:?}: send {{\"argv\": [...]}} first"),
+                    format!(
+                        "no request within {REQUEST_TIMEOUT:?}: send {{\"argv\": [...]}} first"
+                    ),
                     None,
                 ));
             }
@@ -306,10 +308,7 @@ fn exit_frame(exit: pb::ExecExit) -> ServerFrame {
     }
 }
 
-type Call = (
-    tonic::Streaming<pb::ExecDown>,
-    mpsc::Sender<pb::ExecUp>,
-);
+type Call = (tonic::Streaming<pb::ExecDown>, mpsc::Sender<pb::ExecUp>);
 
 /// The exec call on the gateway holding the node, trying the next listed gateway when
 /// one is unreachable or no longer holds it.
@@ -352,7 +351,9 @@ async fn open(
                 start: Some(start.clone()),
             })),
         };
-        up.send(open).await.map_err(|_| "internal: exec queue closed".to_string())?;
+        up.send(open)
+            .await
+            .map_err(|_| "internal: exec queue closed".to_string())?;
         let call = with_secret(tonic::Request::new(ReceiverStream::new(rx)), secret).map_err(
             |a| match a {
                 Attempt::NextGateway(why) | Attempt::Failed(why) => why,

@@ -107,7 +107,11 @@ async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<i32> {
         let message = match rx.next().await {
             Some(Ok(message)) => message,
             Some(Err(err)) => break Err(anyhow::anyhow!("the exec socket broke: {err}")),
-            None => break Err(anyhow::anyhow!("the server closed the exec socket without an exit status")),
+            None => {
+                break Err(anyhow::anyhow!(
+                    "the server closed the exec socket without an exit status"
+                ));
+            }
         };
         let wire = match message {
             Message::Text(text) => Wire::Text(text.as_str().to_string()),
@@ -222,7 +226,11 @@ async fn pump_stdin(frames: mpsc::Sender<ClientFrame>) {
                 return;
             }
             Ok(n) => {
-                if frames.send(ClientFrame::Stdin(buf[..n].to_vec())).await.is_err() {
+                if frames
+                    .send(ClientFrame::Stdin(buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -238,7 +246,12 @@ async fn pump_resizes(frames: mpsc::Sender<ClientFrame>) {
     };
     while changes.recv().await.is_some() {
         let (rows, cols) = window_size();
-        if rows > 0 && frames.send(ClientFrame::Resize { rows, cols }).await.is_err() {
+        if rows > 0
+            && frames
+                .send(ClientFrame::Resize { rows, cols })
+                .await
+                .is_err()
+        {
             return;
         }
     }

@@ -1,17 +1,19 @@
 //! Black-box test of `berth exec`, every role its own `berth` process (registry,
 //! diagnostics gateway, server, agent on the process driver): the command runs inside the
 //! instance (its environment), stdin reaches it and EOF closes it, its exit code becomes
-//! the CLI's, `--tty` gives it a terminal that takes typed input, a CLI that is killed
-//! takes the command with it, and with ACLs a token without `exec` on the app is refused.
+//! the CLI's, `--tty` gives it a terminal that takes typed input and whose size follows
+//! the CLI's (the CLI itself run on a pseudo-terminal here, resized as a user's window
+//! would be), a CLI that is killed takes the command with it, and with ACLs a token without `exec` on the app is refused.
 
 mod common;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use berth_testkit::{InstanceReaper, temp_dir, wait_for, wait_until};
 use common::{BIN, WAIT_ROLES, acl_bootstrap, acl_server, api_call, cli, role, token_file};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const APP: &str = "exec/web";
 
@@ -204,6 +206,9 @@ env = {{ GREETING = "from the spec" }}
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("got hi"), "{text:?} {out:?}");
 
+    // On a terminal of its own the CLI passes its size, then each resize.
+    resize_follows_the_cli_terminal(api).await;
+
     // A CLI that is killed takes the command with it.
     let mut sleeper = exec_command(
         api,
@@ -228,6 +233,72 @@ env = {{ GREETING = "from the spec" }}
         || async { !alive(pid) },
     )
     .await;
+}
+
+/// Runs on a pseudo-terminal as a person's shell would: the command sees the size at
+/// start, and a resize of the CLI's terminal (SIGWINCH) reaches it.
+async fn resize_follows_the_cli_terminal(api: std::net::SocketAddr) {
+    let (pty, pts) = pty_process::open().unwrap();
+    pty.resize(pty_process::Size::new(30, 90)).unwrap();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_TOKEN_FILE")
+        .args([
+            "--server-url",
+            &format!("http://{api}"),
+            "exec",
+            "--tty",
+            APP,
+        ])
+        .args(["--", "sh", "-c", "while read x; do stty size; done"])
+        .kill_on_drop(true);
+    let mut child = pty_process::Command::from(command).spawn(pts).unwrap();
+    let (mut reader, mut writer) = pty.into_split();
+    let mut seen = Vec::new();
+    // Typed only once the command runs (before, the CLI's terminal is not raw yet).
+    let deadline = tokio::time::Instant::now() + WAIT_ROLES;
+    while !String::from_utf8_lossy(&seen).contains("exec in instance") {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "the CLI on a terminal never started the command ({other:?}): {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    ask_size(&mut reader, &mut writer, &mut seen, "30 90").await;
+    writer
+        .resize(pty_process::Size::new(50, 120))
+        .expect("resize the CLI's terminal");
+    ask_size(&mut reader, &mut writer, &mut seen, "50 120").await;
+    child.kill().await.unwrap();
+}
+
+/// Each line makes the command say its size; a line that arrives before a resize is
+/// answered with the old one, so this asks until `wanted` shows.
+async fn ask_size(
+    reader: &mut pty_process::OwnedReadPty,
+    writer: &mut pty_process::OwnedWritePty,
+    seen: &mut Vec<u8>,
+    wanted: &str,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT_ROLES;
+    while !String::from_utf8_lossy(seen).contains(wanted) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stty size never said {wanted}: {}",
+            String::from_utf8_lossy(seen)
+        );
+        let _ = writer.write_all(b"size?\n").await;
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), reader.read(&mut buf)).await
+        {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
 }
 
 fn exec_command(api: std::net::SocketAddr, args: &[&str]) -> tokio::process::Command {

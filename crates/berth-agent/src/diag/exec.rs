@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ops::Ctx;
-use crate::driver::{ExecChild, Exit};
+use crate::driver::{ExecChild, Exit, Resize};
 use crate::supervisor::ExecWish;
 
 /// Bytes per output frame.
@@ -192,7 +192,7 @@ async fn pump_output(stream: u32, mut reader: Box<dyn AsyncRead + Send + Unpin>,
 async fn pump_input(
     stdin: Box<dyn AsyncWrite + Send + Unpin>,
     mut input: mpsc::Receiver<pb::ExecInput>,
-    resize: Option<Box<dyn Fn(u16, u16) -> Result<(), String> + Send + Sync>>,
+    resize: Option<Resize>,
     tty: bool,
     sink: &ExecSink,
 ) -> std::convert::Infallible {

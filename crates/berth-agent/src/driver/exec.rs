@@ -35,7 +35,7 @@ pub type StreamNo = u32;
 pub const STDOUT: StreamNo = 1;
 pub const STDERR: StreamNo = 2;
 
-type Resize = Box<dyn Fn(u16, u16) -> Result<(), String> + Send + Sync>;
+pub type Resize = Box<dyn Fn(u16, u16) -> Result<(), String> + Send + Sync>;
 
 /// A started command.
 pub struct ExecChild {

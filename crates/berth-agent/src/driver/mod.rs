@@ -9,7 +9,7 @@ mod set;
 mod sim;
 
 pub use docker::{DockerApi, DockerDriver, DockerError, ENGINE_FAILURE};
-pub use exec::{ExecChild, ExecCommand, STDERR, STDOUT, StreamNo};
+pub use exec::{ExecChild, ExecCommand, Resize, STDERR, STDOUT, StreamNo};
 pub use logs::{LogFiles, LogRotator, log_tail, numbered};
 pub use process::ProcessDriver;
 pub use set::Drivers;

@@ -92,7 +92,7 @@ async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<i32> {
     let open = frames.clone();
     let stdin_task = tokio::spawn(pump_stdin(frames.clone()));
     let resize_task = args.tty.then(|| tokio::spawn(pump_resizes(frames)));
-    let sender = tokio::spawn(async move {
+    let mut sender = tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
             if tx.send(to_message(frame.encode())).await.is_err() {
                 return;
@@ -152,7 +152,15 @@ async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<i32> {
     if let Some(task) = resize_task {
         task.abort();
     }
-    sender.abort();
+    drop(open);
+    // With the pumps gone the sender closes the socket as the protocol says, so the
+    // server sees a close rather than a reset.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut sender)
+        .await
+        .is_err()
+    {
+        sender.abort();
+    }
     result
 }
 

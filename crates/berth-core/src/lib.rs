@@ -4,7 +4,7 @@
 //! Owns: ids, [`spec::AppSpec`] and its validation, resources (as requested and as
 //! accounted), placement constraints, instance states, the launch spec of one instance
 //! ([`launch`]: command line, resolved health checks), version ids, launch backoff,
-//! deployment records, the scheduler and access control ([`acl`]: policies, capabilities). This is the one vocabulary the server and the
+//! deployment records, the scheduler, access control ([`acl`]: policies, capabilities) and what `berth exec` may run ([`exec`]). This is the one vocabulary the server and the
 //! agent share; `berth-wire` maps it to and from protobuf. Everything here is pure logic
 //! over plain values so it can be tested exhaustively and shared by every role.
 //! Must never depend on I/O (no files, sockets, clocks, async runtimes), on protobuf, nor
@@ -14,6 +14,7 @@ pub mod acl;
 pub mod backoff;
 pub mod constraint;
 pub mod deployment;
+pub mod exec;
 pub mod id;
 pub mod instance;
 pub mod launch;

@@ -21,6 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::registration::Registrar;
 
+mod exec;
+pub use exec::ExecStream;
+
 /// Time an agent has to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +57,8 @@ struct AgentConn {
     session: u64,
     out: mpsc::UnboundedSender<Result<pb::GatewayFrame, Status>>,
     pending: Mutex<HashMap<u64, mpsc::Sender<pb::Chunk>>>,
+    /// Execs in flight on this stream (`berth exec`).
+    execs: Mutex<HashMap<u64, exec::Route>>,
 }
 
 impl AgentConn {
@@ -69,6 +74,7 @@ impl AgentConn {
 
     /// Ends every request in flight on this stream; their users see `why`.
     fn fail_all(&self, why: &str) {
+        exec::fail_all(self, why);
         for (_, sender) in self.pending().drain() {
             let _ = sender.try_send(pb::Chunk {
                 done: true,
@@ -142,6 +148,18 @@ impl Gateway {
         }
     }
 
+    /// The stream of `node`'s agent; NotFound (the user tries the node's next gateway).
+    #[allow(clippy::result_large_err)]
+    fn attached(&self, node: &str) -> Result<Arc<AgentConn>, Status> {
+        self.agents().get(node).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "node {node:?} is not attached to gateway {}: find its gateway in the registry (service {})",
+                self.inner.id,
+                crate::registration::node_service(node)
+            ))
+        })
+    }
+
     fn on_chunk(conn: &AgentConn, chunk: pb::Chunk) {
         let id = chunk.request_id;
         let done = chunk.done;
@@ -206,6 +224,7 @@ type AttachStream = UnboundedReceiverStream<Result<pb::GatewayFrame, Status>>;
 impl pb::diag_gateway_server::DiagGateway for Gateway {
     type AttachStream = AttachStream;
     type RunStream = RunStream;
+    type ExecStream = ExecStream;
 
     async fn attach(
         &self,
@@ -241,6 +260,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
             session: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             out,
             pending: Mutex::default(),
+            execs: Mutex::default(),
         });
         conn.send(pb::gateway_frame::Kind::Welcome(pb::Welcome {
             gateway_id: self.inner.id.clone(),
@@ -262,6 +282,15 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
                     Ok(Some(pb::AgentFrame {
                         kind: Some(pb::agent_frame::Kind::Chunk(chunk)),
                     })) => Self::on_chunk(&conn, chunk),
+                    Ok(Some(pb::AgentFrame {
+                        kind: Some(pb::agent_frame::Kind::ExecOutput(output)),
+                    })) => exec::on_output(&conn, output),
+                    Ok(Some(pb::AgentFrame {
+                        kind: Some(pb::agent_frame::Kind::ExecExit(exit)),
+                    })) => exec::on_exit(&conn, exit),
+                    Ok(Some(pb::AgentFrame {
+                        kind: Some(pb::agent_frame::Kind::ExecInputCredit(credit)),
+                    })) => exec::on_input_credit(&conn, credit),
                     Ok(Some(_)) => {
                         tracing::debug!(node = %conn.node, "ignored an unexpected frame");
                     }
@@ -292,14 +321,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
                 "RunRequest.operation names neither instance_id nor app_id",
             ));
         }
-        let conn = self.agents().get(&request.node_id).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "node {:?} is not attached to gateway {}: find its gateway in the registry (service {})",
-                request.node_id,
-                self.inner.id,
-                crate::registration::node_service(&request.node_id)
-            ))
-        })?;
+        let conn = self.attached(&request.node_id)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         operation.request_id = id;
         operation.window = self.inner.window;
@@ -323,6 +345,16 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
             finished: false,
             gateway: self.inner.clone(),
         }))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<pb::ExecUp>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        self.authorize(&request)?;
+        self.open_exec(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn nodes(

@@ -54,6 +54,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Live diagnostics of an app's instances: grep, tail, ps, ports.
     Inspect(cmd::inspect::Args),
+    /// Run a command inside a running instance: `exec APP[/INSTANCE] [--tty] -- ARGV...`.
+    Exec(cmd::exec::Args),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
     /// Show the router's route table: every route with its endpoints and their state.
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             Command::Instances(args) => cmd::apps::instances(args, &cli.global).await,
             Command::Logs(args) => cmd::logs::run(args, &cli.global).await,
             Command::Inspect(args) => cmd::inspect::run(args, &cli.global).await,
+            Command::Exec(args) => cmd::exec::main(args, &cli.global).await,
             Command::Diag(args) => cmd::diag::run(*args).await,
             Command::Acl(c) => cmd::acl::run(c, &cli.global).await,
             Command::Audit(args) => cmd::audit::run(args, &cli.global).await,

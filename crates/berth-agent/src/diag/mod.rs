@@ -6,6 +6,7 @@
 //! When that stream breaks, the agent waits a random delay before dialling again, so the
 //! agents of a gateway that died spread over the others instead of arriving at once.
 
+pub mod exec;
 pub mod ops;
 pub mod procs;
 
@@ -28,8 +29,15 @@ use ops::{Ctx, Sink};
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Operations running on this stream: their cancel token and their credit.
-type InFlight = HashMap<u64, (CancellationToken, Arc<Semaphore>)>;
+/// Operations and execs running on this stream: their cancel token, their output credit
+/// and, for an exec, where its input goes.
+type InFlight = HashMap<u64, Request>;
+
+struct Request {
+    cancel: CancellationToken,
+    credit: Arc<Semaphore>,
+    input: Option<mpsc::Sender<pb::ExecInput>>,
+}
 
 #[derive(Debug, Clone)]
 pub struct DiagOptions {
@@ -155,9 +163,14 @@ impl DiagLink {
                     let id = op.request_id;
                     let credit = Arc::new(Semaphore::new(op.window.max(1) as usize));
                     let op_cancel = session.child_token();
-                    ops.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, (op_cancel.clone(), credit.clone()));
+                    ops.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        id,
+                        Request {
+                            cancel: op_cancel.clone(),
+                            credit: credit.clone(),
+                            input: None,
+                        },
+                    );
                     let sink = Sink {
                         tx: tx.clone(),
                         request_id: id,
@@ -170,22 +183,64 @@ impl DiagLink {
                         ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     });
                 }
+                pb::gateway_frame::Kind::ExecStart(start) => {
+                    let id = start.request_id;
+                    let window = start.window.max(1) as usize;
+                    let credit = Arc::new(Semaphore::new(window));
+                    let op_cancel = session.child_token();
+                    // The gateway sends at most `window` inputs ahead of their credit.
+                    let (input_tx, input_rx) = mpsc::channel(window);
+                    ops.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        id,
+                        Request {
+                            cancel: op_cancel.clone(),
+                            credit: credit.clone(),
+                            input: Some(input_tx),
+                        },
+                    );
+                    let sink = exec::ExecSink {
+                        tx: tx.clone(),
+                        request_id: id,
+                        credit,
+                        cancel: op_cancel,
+                    };
+                    let (ctx, ops) = (self.ctx.clone(), ops.clone());
+                    tokio::spawn(async move {
+                        exec::run(&ctx, start, &sink, input_rx).await;
+                        ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    });
+                }
+                pb::gateway_frame::Kind::ExecInput(input) => {
+                    let mut ops = ops.lock().unwrap_or_else(|e| e.into_inner());
+                    let id = input.request_id;
+                    let overrun = ops
+                        .get(&id)
+                        .and_then(|r| r.input.as_ref())
+                        .is_some_and(|tx| tx.try_send(input).is_err());
+                    if overrun {
+                        // Past the window (or the command is gone): the exec ends here.
+                        tracing::warn!(request = id, "exec input past its window; exec cancelled");
+                        if let Some(r) = ops.remove(&id) {
+                            r.cancel.cancel();
+                        }
+                    }
+                }
                 pb::gateway_frame::Kind::Credit(credit) => {
-                    if let Some((_, semaphore)) = ops
+                    if let Some(r) = ops
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&credit.request_id)
                     {
-                        semaphore.add_permits(credit.chunks.min(1024) as usize);
+                        r.credit.add_permits(credit.chunks.min(1024) as usize);
                     }
                 }
                 pb::gateway_frame::Kind::Cancel(c) => {
-                    if let Some((token, _)) = ops
+                    if let Some(r) = ops
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&c.request_id)
                     {
-                        token.cancel();
+                        r.cancel.cancel();
                     }
                 }
             }

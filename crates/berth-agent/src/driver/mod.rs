@@ -2,12 +2,14 @@
 //! speaks this trait; a node may offer several drivers ([`Drivers`]).
 
 mod docker;
+mod exec;
 mod logs;
 mod process;
 mod set;
 mod sim;
 
 pub use docker::{DockerApi, DockerDriver, DockerError, ENGINE_FAILURE};
+pub use exec::{ExecChild, ExecCommand, Resize, STDERR, STDOUT, StreamNo};
 pub use logs::{LogFiles, LogRotator, log_tail, numbered};
 pub use process::ProcessDriver;
 pub use set::Drivers;
@@ -169,5 +171,19 @@ pub trait Driver: Send + Sync + 'static {
         _env: &BTreeMap<String, String>,
     ) -> Option<BoxFuture<'static, Result<(), String>>> {
         None
+    }
+
+    /// Starts `cmd` inside the running instance `handle` names (`berth exec`).
+    fn exec(
+        &self,
+        _handle: &DriverHandle,
+        _cmd: &ExecCommand,
+    ) -> BoxFuture<'static, Result<ExecChild, DriverError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(DriverError::Spec(format!(
+                "the {name} driver cannot run commands inside its instances"
+            )))
+        })
     }
 }

@@ -14,7 +14,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
-use super::{Driver, DriverError, DriverHandle, Exit, LaunchSpec, LogFiles, Running};
+use super::{
+    Driver, DriverError, DriverHandle, ExecChild, ExecCommand, Exit, LaunchSpec, LogFiles, Running,
+};
 use crate::procfs;
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,16 @@ impl Driver for ProcessDriver {
             handle: handle.clone(),
             exit: self.wait_gone(handle),
         })
+    }
+
+    /// Beside the instance on the host, with its environment and working folder.
+    fn exec(
+        &self,
+        _handle: &DriverHandle,
+        cmd: &ExecCommand,
+    ) -> BoxFuture<'static, Result<ExecChild, DriverError>> {
+        let started = super::exec::spawn_on_host(cmd);
+        async move { started }.boxed()
     }
 
     fn stop(

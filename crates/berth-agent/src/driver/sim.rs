@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use super::{Driver, DriverError, DriverHandle, Exit, LaunchSpec, Running};
+use super::{Driver, DriverError, DriverHandle, ExecChild, ExecCommand, Exit, LaunchSpec, Running};
 
 #[derive(Debug, Default)]
 pub struct SimDriver {
@@ -37,6 +37,19 @@ impl SimDriver {
 impl Driver for SimDriver {
     fn name(&self) -> &'static str {
         "sim"
+    }
+
+    fn exec(
+        &self,
+        _handle: &DriverHandle,
+        _cmd: &ExecCommand,
+    ) -> BoxFuture<'static, Result<ExecChild, DriverError>> {
+        async {
+            Err(DriverError::Spec(
+                "the sim driver runs no processes, so there is nothing to exec into: run the app on the process or docker driver".into(),
+            ))
+        }
+        .boxed()
     }
 
     fn start(&self, spec: &LaunchSpec) -> Result<Running, DriverError> {

@@ -30,8 +30,11 @@ use crate::registry::NacosClient;
 use crate::tasks::Tasks;
 
 mod env;
+mod exec;
 mod housekeeping;
 mod recover;
+
+pub use exec::{ExecTarget, ExecWish};
 
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {

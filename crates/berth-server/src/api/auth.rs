@@ -60,6 +60,8 @@ pub enum AppIn {
     Deployment,
     /// `?app=ID` or `?instance=ID` (the app of the instance).
     Query,
+    /// `/v1/exec/ID` (`berth exec`).
+    ExecPath,
     /// The `id` of the app spec in the body (create): read here once, handed on intact.
     Body,
 }
@@ -310,6 +312,7 @@ pub(super) async fn app_of(
     match place {
         AppIn::Body => in_body,
         AppIn::Path => path.strip_prefix("/v1/apps/").map(str::to_string),
+        AppIn::ExecPath => path.strip_prefix("/v1/exec/").map(str::to_string),
         AppIn::PathAction => path
             .strip_prefix("/v1/apps/")
             .and_then(|p| p.rsplit_once('/'))

@@ -213,7 +213,10 @@ fn targets(
 
 /// The gateways registered for `node`, from the registry. Usually one; right after a
 /// gateway died its entry lingers until the registry expires it, beside the new one.
-async fn gateways_of(registry: std::net::SocketAddr, node: &str) -> Result<Vec<String>, String> {
+pub(super) async fn gateways_of(
+    registry: std::net::SocketAddr,
+    node: &str,
+) -> Result<Vec<String>, String> {
     let service = names::diag_node_service(node);
     let client = NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT);
     let hosts: Vec<String> = match client.list_instances(&service, true).await {
@@ -235,8 +238,32 @@ async fn gateways_of(registry: std::net::SocketAddr, node: &str) -> Result<Vec<S
     Ok(hosts)
 }
 
+/// A channel to `gateway`; unreachable means try the next one.
+pub(super) async fn dial(gateway: &str) -> Result<tonic::transport::Channel, Attempt> {
+    tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .map_err(|e| Attempt::Failed(e.to_string()))?
+        .connect_timeout(LOOKUP_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| Attempt::NextGateway(format!("gateway {gateway} unreachable: {e}")))
+}
+
+/// `request` carrying the gateways' shared secret, when one is set.
+pub(super) fn with_secret<T>(
+    mut request: tonic::Request<T>,
+    secret: Option<&str>,
+) -> Result<tonic::Request<T>, Attempt> {
+    if let Some(secret) = secret {
+        let value = format!("Bearer {secret}")
+            .parse()
+            .map_err(|_| Attempt::Failed("diag_secret is not a valid header value".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
 /// Why one gateway could not serve: try the next, or give up.
-enum Attempt {
+pub(super) enum Attempt {
     NextGateway(String),
     Failed(String),
 }
@@ -278,22 +305,14 @@ async fn run_via(
     prefix: bool,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), Attempt> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
-        .map_err(|e| Attempt::Failed(e.to_string()))?
-        .connect_timeout(LOOKUP_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| Attempt::NextGateway(format!("gateway {gateway} unreachable: {e}")))?;
-    let mut request = tonic::Request::new(pb::RunRequest {
-        node_id: target.node.clone(),
-        operation: Some(target.operation.clone()),
-    });
-    if let Some(secret) = secret {
-        let value = format!("Bearer {secret}")
-            .parse()
-            .map_err(|_| Attempt::Failed("diag_secret is not a valid header value".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let channel = dial(gateway).await?;
+    let request = with_secret(
+        tonic::Request::new(pb::RunRequest {
+            node_id: target.node.clone(),
+            operation: Some(target.operation.clone()),
+        }),
+        secret,
+    )?;
     let mut stream = match DiagGatewayClient::new(channel).run(request).await {
         Ok(response) => response.into_inner(),
         // This gateway no longer holds the node (its agent moved on).

@@ -9,6 +9,7 @@ pub mod auth;
 mod deployments;
 mod diag;
 mod error;
+mod exec;
 mod logs;
 mod ui;
 mod views;
@@ -112,7 +113,7 @@ where
 pub fn routes() -> Vec<RouteSpec> {
     use Method as M;
     use auth::AppIn;
-    use berth_core::acl::Capability::{Deploy, Diagnose, Logs, Read};
+    use berth_core::acl::Capability::{Deploy, Diagnose, Exec, Logs, Read};
     let app = |cap, place| Access::App(cap, place);
     vec![
         route(
@@ -212,6 +213,13 @@ pub fn routes() -> Vec<RouteSpec> {
             app(Diagnose, AppIn::Query),
             "diag.{grep,tail,ps,ports}",
             diag::diag,
+        ),
+        route(
+            M::GET,
+            "/v1/exec/{*path}",
+            app(Exec, AppIn::ExecPath),
+            "exec",
+            exec::exec,
         ),
         route(M::GET, "/v1/info", Access::AnyToken, "info", views::info),
         route(

@@ -170,17 +170,20 @@ pub fn authorize(
     request: reqwest::RequestBuilder,
     token: Option<&Token>,
 ) -> reqwest::RequestBuilder {
-    let Some(token) = token else {
-        return request;
-    };
-    // `checked` let only visible ASCII through, which is always a valid header value.
-    match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.secret)) {
-        Ok(mut value) => {
-            value.set_sensitive(true);
-            request.header(reqwest::header::AUTHORIZATION, value)
-        }
-        Err(_) => request,
+    match token.and_then(bearer) {
+        Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+        None => request,
     }
+}
+
+/// `Bearer SECRET` as a header value marked sensitive (for clients other than reqwest's,
+/// such as the exec WebSocket).
+pub fn bearer(token: &Token) -> Option<reqwest::header::HeaderValue> {
+    // `checked` let only visible ASCII through, which is always a valid header value.
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.secret)).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod completions;
 pub mod deployments;
 pub mod dev;
 pub mod diag;
+pub mod exec;
 pub mod hello_app;
 pub mod inspect;
 pub mod logs;

@@ -13,16 +13,30 @@ fuzz_target!(|data: &[u8]| {
         && let Some(d) = parse_duration(text)
     {
         // Each part is capped at 1e9 s; a short input cannot add up to more.
-        assert!(d.as_secs_f64() <= 1e9 * (text.len() as f64 + 1.0), "{text:?} -> {d:?}");
+        assert!(
+            d.as_secs_f64() <= 1e9 * (text.len() as f64 + 1.0),
+            "{text:?} -> {d:?}"
+        );
     }
     match parse_registration(data) {
         Ok((key, i)) => {
-            assert!(!key.name.trim().is_empty() && key.name.len() <= 256, "{key:?}");
+            assert!(
+                !key.name.trim().is_empty() && key.name.len() <= 256,
+                "{key:?}"
+            );
             assert!(!key.name.contains(['#', '/']), "{key:?}");
             assert!(!i.ephemeral, "a Consul registration is persistent");
             assert!(!i.ip.is_empty(), "{i:?}");
-            assert!(i.weight.is_finite() && i.weight >= 0.0, "weight {}", i.weight);
-            match i.check.as_ref().expect("a Consul instance always has a check") {
+            assert!(
+                i.weight.is_finite() && i.weight >= 0.0,
+                "weight {}",
+                i.weight
+            );
+            match i
+                .check
+                .as_ref()
+                .expect("a Consul instance always has a check")
+            {
                 CheckSpec::Http { path } => assert!(path.starts_with("http://"), "{path:?}"),
                 CheckSpec::Ttl { ttl_ms } => assert!(*ttl_ms >= 1),
                 CheckSpec::TcpAddr { .. } | CheckSpec::None => {}

@@ -4,11 +4,11 @@
 //! the query string, the rest the form body.
 #![no_main]
 
+use berth_registry::ServiceKey;
 use berth_registry::http::nacos::{instance_from, instance_key, parse_beat, service_key};
 use berth_registry::http::nacos_json::{ListFilter, parse_health_checker, parse_metadata};
 use berth_registry::http::params::{ApiError, MAX_PARAM, Params};
 use berth_registry::model::CheckSpec;
-use berth_registry::ServiceKey;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 
@@ -81,7 +81,11 @@ fuzz_target!(|data: &[u8]| {
                 Ok(i) => {
                     assert_eq!(i.port, p.port("port").expect("accepted port"));
                     assert_eq!(&*i.ip, p.ip("ip").expect("accepted ip"));
-                    assert!(i.weight.is_finite() && i.weight >= 0.0, "weight {}", i.weight);
+                    assert!(
+                        i.weight.is_finite() && i.weight >= 0.0,
+                        "weight {}",
+                        i.weight
+                    );
                     assert_eq!(i.check.is_none(), i.ephemeral, "{i:?}");
                 }
                 Err(e) => assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}"),
@@ -98,7 +102,11 @@ fuzz_target!(|data: &[u8]| {
     if let Some(raw) = p.opt("beat") {
         match parse_beat(raw) {
             Ok(b) => {
-                assert!(!b.ip.is_empty() && !b.ip.contains('#'), "beat ip {:?}", b.ip);
+                assert!(
+                    !b.ip.is_empty() && !b.ip.contains('#'),
+                    "beat ip {:?}",
+                    b.ip
+                );
                 assert!(b.weight.is_none_or(|w| w.is_finite() && w >= 0.0));
                 assert!(b.cluster.as_deref().is_none_or(|c| !c.is_empty()));
             }
@@ -119,7 +127,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let filter = ListFilter::parse(p.opt("clusters"), false);
-    assert!(filter.clusters.windows(2).all(|w| w[0] < w[1]), "{filter:?}");
-    assert!(filter.clusters.iter().all(|c| !c.is_empty() && c.trim() == c && !c.contains(',')));
-    assert_eq!(ListFilter::parse(Some(&filter.clusters_param()), false), filter);
+    assert!(
+        filter.clusters.windows(2).all(|w| w[0] < w[1]),
+        "{filter:?}"
+    );
+    assert!(
+        filter
+            .clusters
+            .iter()
+            .all(|c| !c.is_empty() && c.trim() == c && !c.contains(','))
+    );
+    assert_eq!(
+        ListFilter::parse(Some(&filter.clusters_param()), false),
+        filter
+    );
 });

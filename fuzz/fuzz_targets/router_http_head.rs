@@ -5,7 +5,9 @@
 
 use berth_fuzz::within;
 use berth_router::proxy::fast::MAX_HEADERS;
-use berth_router::proxy::fast::request::{Forwarding, MAX_BODY, Plan, classify, write_backend_head};
+use berth_router::proxy::fast::request::{
+    Forwarding, MAX_BODY, Plan, classify, write_backend_head,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Never forwarded as received (RFC 9110 §7.6.1); `TE: trailers` is the one kept.
@@ -36,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         Plan::Fast(f) => f,
         Plan::Fallback => return,
         Plan::Bad(why) => {
-            assert!(why.contains("Content-Length"), "a 400 that names nothing: {why}");
+            assert!(
+                why.contains("Content-Length"),
+                "a 400 that names nothing: {why}"
+            );
             return;
         }
     };
@@ -47,14 +52,20 @@ fuzz_target!(|data: &[u8]| {
         .chain(f.request_id)
         .chain(f.sticky)
     {
-        assert!(within(head, part.as_bytes()), "{part:?} is not from the head");
+        assert!(
+            within(head, part.as_bytes()),
+            "{part:?} is not from the head"
+        );
     }
     assert!(f.target.starts_with('/') && f.target.starts_with(f.path));
     assert!(!f.path.contains('?'));
     assert!(f.content_length <= MAX_BODY);
     assert_eq!(f.is_head, f.method == "HEAD");
     assert!(f.authority.is_none_or(|a| !a.is_empty() && a.trim() == a));
-    assert!(f.request_id.is_none_or(|r| !r.is_empty() && r.bytes().all(|b| (0x20..0x7f).contains(&b))));
+    assert!(
+        f.request_id
+            .is_none_or(|r| !r.is_empty() && r.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    );
 
     // The head sent on is one well-formed HTTP/1.1 request.
     let authority = f.authority.unwrap_or("fallback.example");
@@ -70,21 +81,35 @@ fuzz_target!(|data: &[u8]| {
     let mut back = httparse::Request::new(&mut sent);
     match back.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the head"),
-        other => panic!("the backend head does not parse ({other:?}): {:?}", String::from_utf8_lossy(&out)),
+        other => panic!(
+            "the backend head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
     }
     assert_eq!(back.method, Some(f.method));
     assert_eq!(back.path, Some(f.target));
     assert_eq!(back.version, Some(1));
-    let count = |name: &str| back.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    let count = |name: &str| {
+        back.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
     assert_eq!(count("host"), 1);
     assert_eq!(count("x-forwarded-for"), 1);
     assert_eq!(count("x-request-id"), 1);
     // The body follows the head in the same write: without its length the backend would
     // read it as the next request.
-    assert!(f.content_length == 0 || count("content-length") > 0, "the body's length was dropped");
+    assert!(
+        f.content_length == 0 || count("content-length") > 0,
+        "the body's length was dropped"
+    );
     for h in back.headers.iter() {
         let name = h.name.to_ascii_lowercase();
-        assert!(!HOP_BY_HOP.contains(&name.as_str()), "hop-by-hop {name} forwarded");
+        assert!(
+            !HOP_BY_HOP.contains(&name.as_str()),
+            "hop-by-hop {name} forwarded"
+        );
         if name == "te" {
             assert!(h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
@@ -92,20 +117,43 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(h.value, authority.as_bytes());
         }
         if name == "content-length" {
-            let n: u64 = std::str::from_utf8(h.value).ok().and_then(|v| v.parse().ok()).expect("a checked length");
+            let n: u64 = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .expect("a checked length");
             assert_eq!(n, f.content_length);
         }
     }
     // Headers the client's `Connection` named are hop-by-hop for this message too.
-    for c in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+    for c in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
         for token in c.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if token.is_empty() || token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive") {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
                 continue;
             }
             let named = std::str::from_utf8(token).unwrap_or("");
-            let forwarded = back.headers.iter().any(|h| h.name.eq_ignore_ascii_case(named));
-            let ours = ["host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-start", "x-request-id"];
-            assert!(!forwarded || ours.contains(&named.to_ascii_lowercase().as_str()), "{named} forwarded though Connection named it");
+            let forwarded = back
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(named));
+            let ours = [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-request-start",
+                "x-request-id",
+            ];
+            assert!(
+                !forwarded || ours.contains(&named.to_ascii_lowercase().as_str()),
+                "{named} forwarded though Connection named it"
+            );
         }
     }
 });

@@ -43,9 +43,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(entries.len(), upstream.routes.len());
     for entry in &entries {
         assert_eq!(entry.endpoints.len(), upstream.servers.len());
-        assert!(entry.endpoints.iter().all(|e| (1..=1000).contains(&e.weight)));
+        assert!(
+            entry
+                .endpoints
+                .iter()
+                .all(|e| (1..=1000).contains(&e.weight))
+        );
         // A route key is written out (route listings, the route cache) and read back.
         let written = entry.key.to_string();
-        assert_eq!(RouteKey::parse(&written).as_ref(), Ok(&entry.key), "{written:?}");
+        assert_eq!(
+            RouteKey::parse(&written).as_ref(),
+            Ok(&entry.key),
+            "{written:?}"
+        );
     }
 });

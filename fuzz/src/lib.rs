@@ -56,25 +56,40 @@ pub fn acl_policy(name: &str, parsed: Result<Policy, PolicyErrors>, document_is_
         Err(errors) => return assert_actionable(&errors.0, document_is_object),
     };
     assert_eq!(policy.name, name);
-    assert!(check_policy_name(name).is_ok(), "accepted under a bad name {name:?}");
+    assert!(
+        check_policy_name(name).is_ok(),
+        "accepted under a bad name {name:?}"
+    );
     for rule in &policy.rules {
-        assert!(!rule.capabilities.is_empty(), "a rule that grants nothing: {policy:?}");
+        assert!(
+            !rule.capabilities.is_empty(),
+            "a rule that grants nothing: {policy:?}"
+        );
     }
     let json = serde_json::to_string(&policy).expect("an accepted policy serialises to JSON");
     match Policy::from_json(name, &json) {
-        Ok(again) => assert_eq!(again, policy, "the JSON round trip changed the policy: {json}"),
+        Ok(again) => assert_eq!(
+            again, policy,
+            "the JSON round trip changed the policy: {json}"
+        ),
         Err(e) => panic!("an accepted policy, as JSON, is refused: {e}\n{json}"),
     }
     let toml = toml::to_string(&policy).expect("an accepted policy serialises to TOML");
     match Policy::from_toml(name, &toml) {
-        Ok(again) => assert_eq!(again, policy, "the TOML round trip changed the policy:\n{toml}"),
+        Ok(again) => assert_eq!(
+            again, policy,
+            "the TOML round trip changed the policy:\n{toml}"
+        ),
         Err(e) => panic!("an accepted policy, as TOML, is refused: {e}\n{toml}"),
     }
 }
 
 /// True when `part` is a slice of `whole` (the same bytes, not a copy).
 pub fn within(whole: &[u8], part: &[u8]) -> bool {
-    let (start, end) = (whole.as_ptr() as usize, whole.as_ptr() as usize + whole.len());
+    let (start, end) = (
+        whole.as_ptr() as usize,
+        whole.as_ptr() as usize + whole.len(),
+    );
     let p = part.as_ptr() as usize;
     part.is_empty() || (p >= start && p + part.len() <= end)
 }

@@ -142,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
                 .headers
                 .iter()
                 .any(|h| h.name.eq_ignore_ascii_case(named));
+            // Ours, added whatever the client sent, and the body's length, which framing
+            // needs whatever Connection says.
             let ours = [
+                "content-length",
                 "host",
                 "x-forwarded-for",
                 "x-forwarded-proto",

@@ -83,6 +83,10 @@ fn str_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Api
     }
 }
 
+/// Longest duration a part of a Go duration may give (about 31 years): TTLs and
+/// deregister-after are kept in milliseconds, and far beyond this they would not fit.
+const MAX_DURATION_SECS: u64 = 1_000_000_000;
+
 /// Parses Go durations: "10s", "1m30s", "250ms", "1h"; a bare number is seconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
@@ -90,7 +94,7 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         return None;
     }
     if let Ok(secs) = raw.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return (secs <= MAX_DURATION_SECS).then(|| Duration::from_secs(secs));
     }
     let mut total = Duration::ZERO;
     let mut rest = raw;
@@ -115,7 +119,7 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         };
         rest = &rest[unit_len..];
         let secs = value * factor;
-        if !secs.is_finite() || secs > 1e9 {
+        if !secs.is_finite() || secs > MAX_DURATION_SECS as f64 {
             return None;
         }
         total += Duration::from_secs_f64(secs);
@@ -235,6 +239,12 @@ pub fn parse_registration(body: &[u8]) -> Result<(ServiceKey, Instance), ApiErro
         .and_then(|w| field(w, "Passing"))
         .and_then(Value::as_f64)
         .unwrap_or(1.0);
+    // The Nacos API refuses negative weights too: clients sum and divide by them.
+    if weight < 0.0 {
+        return Err(ApiError::bad_request(format!(
+            "field 'Weights.Passing' must be 0 or more, got {weight}"
+        )));
+    }
     let mut checks = Vec::new();
     if let Some(c) = field(&obj, "Check") {
         checks.push(parse_check(c)?);
@@ -695,6 +705,30 @@ mod tests {
         assert_eq!(parse_duration("x"), None);
         assert_eq!(parse_duration("10q"), None);
         assert_eq!(parse_duration("99999999999h"), None);
+    }
+
+    /// Found by the `consul_registration` fuzz target (fuzz/regressions/): a bare number
+    /// was not capped like `1h` is, so a TTL of u64::MAX seconds wrapped in milliseconds.
+    #[test]
+    fn bare_durations_are_capped_like_the_others() {
+        assert_eq!(parse_duration("244444444444444"), None);
+        assert_eq!(parse_duration("18446744073709551615"), None);
+        assert_eq!(
+            parse_duration("1000000000"),
+            Some(Duration::from_secs(1_000_000_000))
+        );
+        let err = parse_registration(br#"{"Name":"a","Check":{"TTL":"18446744073709551615"}}"#)
+            .unwrap_err();
+        assert!(err.message.contains("'TTL'"), "{}", err.message);
+    }
+
+    /// Found by the `consul_registration` fuzz target: a negative weight was stored.
+    #[test]
+    fn negative_weights_are_refused() {
+        let err = parse_registration(br#"{"Name":"web","Weights":{"Passing":-5}}"#).unwrap_err();
+        assert!(err.message.contains("'Weights.Passing'"), "{}", err.message);
+        let (_, i) = parse_registration(br#"{"Name":"web","Weights":{"Passing":0}}"#).unwrap();
+        assert_eq!(i.weight, 0.0);
     }
 
     #[test]

@@ -114,7 +114,7 @@ fn metadata_param(
 
 /// Builds an instance from register/update parameters over `base` (update keeps fields
 /// the request leaves out).
-fn instance_from(
+pub fn instance_from(
     p: &Params,
     key: &ServiceKey,
     base: Option<&Instance>,
@@ -251,16 +251,16 @@ fn beat_answer(s: &AppState, code: u64, interval: Option<u64>) -> Response {
 
 /// The `beat` JSON body a client sends with each beat.
 #[derive(Debug)]
-struct BeatBody {
-    ip: String,
-    port: u16,
-    cluster: Option<String>,
-    weight: Option<f64>,
-    metadata: Option<std::collections::BTreeMap<String, String>>,
-    ephemeral: Option<bool>,
+pub struct BeatBody {
+    pub ip: String,
+    pub port: u16,
+    pub cluster: Option<String>,
+    pub weight: Option<f64>,
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
+    pub ephemeral: Option<bool>,
 }
 
-fn parse_beat(raw: &str) -> Result<BeatBody, ApiError> {
+pub fn parse_beat(raw: &str) -> Result<BeatBody, ApiError> {
     let bad = |what: &str| ApiError::bad_request(format!("parameter 'beat' {what}"));
     let v: Value =
         serde_json::from_str(raw).map_err(|e| bad(&format!("is not valid JSON ({e})")))?;

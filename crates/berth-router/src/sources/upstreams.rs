@@ -208,6 +208,28 @@ impl Upstream {
     }
 }
 
+/// A `PUT` body: JSON when the content type allows it and the body is an object, else
+/// dyups' text with the routes from the comma-separated `routes` query parameter.
+pub fn parse_body(json: bool, body: &str, routes: Option<&str>) -> Result<Upstream, Invalid> {
+    if json && body.trim_start().starts_with('{') {
+        return serde_json::from_str::<Upstream>(body).map_err(|e| {
+            invalid(
+                "body",
+                format!("{e}: send {{\"routes\": [...], \"servers\": [{{\"address\": \"IP:PORT\", \"weight\": N}}]}}"),
+            )
+        });
+    }
+    let routes = routes
+        .map(|r| {
+            r.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Upstream::from_dyups(body, routes)
+}
+
 /// The upstreams of this router, and where they are kept.
 pub struct Upstreams {
     store: Arc<RouteStore>,
@@ -362,26 +384,7 @@ async fn put(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|t| t.starts_with("application/json"));
-    let parsed = if json && body.trim_start().starts_with('{') {
-        serde_json::from_str::<Upstream>(&body).map_err(|e| {
-            invalid(
-                "body",
-                format!("{e}: send {{\"routes\": [...], \"servers\": [{{\"address\": \"IP:PORT\", \"weight\": N}}]}}"),
-            )
-        })
-    } else {
-        let routes: Vec<String> = q
-            .get("routes")
-            .map(|r| {
-                r.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Upstream::from_dyups(&body, routes)
-    };
-    let upstream = match parsed {
+    let upstream = match parse_body(json, &body, q.get("routes").map(String::as_str)) {
         Ok(upstream) => upstream,
         Err(e) => return refused(StatusCode::BAD_REQUEST, &e.field, &e.message),
     };

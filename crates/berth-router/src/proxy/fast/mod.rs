@@ -14,7 +14,7 @@
 mod backend;
 mod chunked;
 mod names;
-mod request;
+pub mod request;
 mod response;
 mod rewind;
 
@@ -38,7 +38,7 @@ use response::Framing;
 pub use rewind::Rewind;
 
 /// Most headers a request or response head may carry.
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// Request heads larger than this get 431.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;

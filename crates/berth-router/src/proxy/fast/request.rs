@@ -102,7 +102,11 @@ pub fn classify<'a>(
                         f.close = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         return Plan::Fallback;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive")
+                        // The body follows the head in the same write: a backend head
+                        // without the length would read the body as the next request.
+                        && !t.eq_ignore_ascii_case(b"content-length")
+                    {
                         f.connection_named.push(t);
                     }
                 }
@@ -300,6 +304,28 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
             |plan, _| assert!(matches!(plan, Plan::Bad(m) if m.contains("Content-Length"))),
         );
+    }
+
+    /// Found by the `router_http_head` fuzz target (fuzz/regressions/router_http_head/).
+    #[test]
+    fn a_connection_header_cannot_drop_the_body_length() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok";
+        parse(raw, |plan, headers| {
+            let Plan::Fast(f) = plan else {
+                panic!("fast path expected")
+            };
+            let mut out = Vec::new();
+            let fw = Forwarding {
+                client_ip: b"127.0.0.1",
+                scheme: "http",
+                request_id: b"r",
+                start_ms: 1,
+            };
+            write_backend_head(&f, "a", headers, &fw, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("\r\nContent-Length: 2\r\n"), "{text}");
+            assert!(!text.to_ascii_lowercase().contains("connection"), "{text}");
+        });
     }
 
     #[test]

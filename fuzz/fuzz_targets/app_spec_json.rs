@@ -1,16 +1,5 @@
-//! App specs as the server's API takes them (`PUT /v1/apps/...`): `AppSpec::from_json`.
+//! See `berth_fuzz::targets::app_spec_json`: the parser and its properties live in the workspace
+//! so the test suite replays this target's seeds and regressions too.
 #![no_main]
 
-use berth_core::AppSpec;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let is_object = matches!(
-        serde_json::from_str::<serde_json::Value>(text),
-        Ok(serde_json::Value::Object(_))
-    );
-    berth_fuzz::app_spec(AppSpec::from_json(text), is_object);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_fuzz::targets::app_spec_json::run(data));

@@ -1,24 +1,5 @@
-//! gorouter's `router.register` / `router.unregister` NATS messages
-//! (`RegistryMessage::parse`), as Cloud Foundry's route emitters publish them.
+//! See `berth_fuzz::targets::gorouter_nats`: the parser and its properties live in the workspace
+//! so the test suite replays this target's seeds and regressions too.
 #![no_main]
 
-use berth_router::RouteKey;
-use berth_router::sources::nats::RegistryMessage;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let r = match RegistryMessage::parse(data) {
-        Ok(r) => r,
-        Err(e) => {
-            assert!(!e.to_string().is_empty());
-            return;
-        }
-    };
-    assert!(!r.keys.is_empty(), "a registration without routes");
-    assert_ne!(r.endpoint.addr.port(), 0);
-    assert!(r.ttl.is_none_or(|t| !t.is_zero()));
-    for key in &r.keys {
-        let written = key.to_string();
-        assert_eq!(RouteKey::parse(&written).as_ref(), Ok(key), "{written:?}");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| berth_fuzz::targets::gorouter_nats::run(data));

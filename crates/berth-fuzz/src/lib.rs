@@ -1,5 +1,8 @@
-//! Properties the fuzz targets share: what every accepted document and every refusal of
-//! Berth's outside-input parsers must satisfy, beyond not panicking.
+//! Fuzz targets for every parser that takes outside input ([`targets`]), and the
+//! properties they share: what every accepted document and every refusal must satisfy,
+//! beyond not panicking. A test-only crate: nothing in Berth depends on it.
+
+pub mod targets;
 
 use berth_core::acl::{Policy, PolicyErrors, check_policy_name};
 use berth_core::{AppSpec, FieldError, SpecErrors};

@@ -6,12 +6,13 @@
 //! | `listen` | `127.0.0.1:7080` | gRPC listener: agents attach, users run operations |
 //! | `advertise` | the bound address | `host:port` agents and users reach this gateway at (registered in the registry) |
 //! | `registry_http` | `127.0.0.1:8848` | the registry's Nacos HTTP API, where the gateway registers itself and the nodes it holds; `off` disables it |
+//! | `registry_secret` / `registry_secret_file` | none | the registry's auth secret, sent with the gateway's registrations when its auth is on |
 //! | `secret` / `secret_file` | none | token agents and users present; required (32+ bytes) when `listen` is not on loopback |
 //! | `window` | `16` | chunks an agent may send per operation before it waits for credit |
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use berth_util::config::{ConfigError, Layers};
+use berth_util::config::{ConfigError, Layers, Secret};
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7080);
 pub const DEFAULT_REGISTRY_HTTP: SocketAddr =
@@ -24,6 +25,7 @@ pub struct DiagConfig {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub registry_http: Option<SocketAddr>,
+    pub registry_secret: Option<Secret>,
     pub secret: Option<String>,
     pub window: u32,
 }
@@ -34,6 +36,7 @@ impl Default for DiagConfig {
             listen: DEFAULT_LISTEN,
             advertise: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
+            registry_secret: None,
             secret: None,
             window: 16,
         }
@@ -49,6 +52,7 @@ impl DiagConfig {
             registry_http: layers
                 .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
+            registry_secret: layers.secret("registry_secret")?.map(Secret::new),
             secret: layers.secret("secret")?,
             window: layers.get_or("window", d.window)?,
         };

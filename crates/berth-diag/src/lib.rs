@@ -65,6 +65,10 @@ pub async fn start(config: DiagConfig, token: CancellationToken) -> Result<DiagH
     let registrar = match (config.registry_http, advertise.parse::<SocketAddr>()) {
         (Some(registry), Ok(advertised)) => Some(Arc::new(registration::Registrar::new(
             registry,
+            config
+                .registry_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
             advertised,
             &gateway_id,
         ))),

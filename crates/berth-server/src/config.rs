@@ -30,6 +30,7 @@ use berth_util::config::{ConfigError, Layers};
 /// | `advertise_url` | `http://<listen>` | this server's API URL as other servers redirect to it when it leads |
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
+/// | `registry_secret` (or `registry_secret_file`) | none | the registry's auth secret, sent with gateway look-ups when its auth is on |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
 /// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
 /// | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on the agent stream: this server's certificate and key (`berth tls cert create --role server`) and the CA agents' certificates must be signed by; all three or none, required when `agent_listen` is off loopback |
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub advertise_agent: Option<String>,
     /// Where the diagnostics gateway of a node is looked up.
     pub registry_http: Option<SocketAddr>,
+    /// The registry's auth secret, when its auth is on.
+    pub registry_secret: Option<berth_util::config::Secret>,
     pub diag_secret: Option<berth_util::config::Secret>,
     /// Tokens and policies guard the API.
     pub acl: bool,
@@ -99,6 +102,9 @@ impl ServerConfig {
             registry_http: layers
                 .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
+            registry_secret: layers
+                .secret("registry_secret")?
+                .map(berth_util::config::Secret::new),
             diag_secret: layers
                 .secret("diag_secret")?
                 .map(berth_util::config::Secret::new),
@@ -133,6 +139,7 @@ impl ServerConfig {
             advertise_url: None,
             advertise_agent: None,
             registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
+            registry_secret: None,
             diag_secret: None,
             acl: false,
             tls_cert_file: None,

@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_proto::diag::v1 as pb;
 use berth_proto::diag::v1::diag_gateway_client::DiagGatewayClient;
-use berth_registry_client::{NacosClient, RegistryError, names};
+use berth_registry_client::{Credentials, NacosClient, RegistryError, names};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -68,6 +68,7 @@ pub async fn diag(
             "live diagnostics need the registry, where gateways are found: set registry_http",
         ));
     };
+    let registry = registry_client(&ctx, registry);
     let prefix = !q.contains_key("instance");
     let secret = ctx
         .config
@@ -77,9 +78,10 @@ pub async fn diag(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     for target in targets {
         let (tx, secret, cancel) = (tx.clone(), secret.clone(), ctx.cancel.clone());
+        let registry = registry.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = run_on_node(registry, secret, target, prefix, &tx) => {}
+                () = run_on_node(&registry, secret, target, prefix, &tx) => {}
                 // The client went away: dropping the gateway stream cancels the operation.
                 () = tx.closed() => {}
                 () = cancel.cancelled() => {}
@@ -211,20 +213,38 @@ fn targets(
         .collect())
 }
 
+/// The registry client of gateway look-ups, with the server's registry secret.
+fn registry_client(ctx: &Ctx, registry: std::net::SocketAddr) -> NacosClient {
+    let secret = ctx
+        .config
+        .registry_secret
+        .as_ref()
+        .map(|s| s.expose().to_string());
+    NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT).with_credentials(
+        Credentials::new(
+            secret,
+            "the server's --registry-secret-file FILE (or BERTH_SERVER_REGISTRY_SECRET_FILE)",
+        ),
+    )
+}
+
 /// The gateways registered for `node`, from the registry. Usually one; right after a
 /// gateway died its entry lingers until the registry expires it, beside the new one.
-async fn gateways_of(registry: std::net::SocketAddr, node: &str) -> Result<Vec<String>, String> {
+async fn gateways_of(client: &NacosClient, node: &str) -> Result<Vec<String>, String> {
     let service = names::diag_node_service(node);
-    let client = NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT);
     let hosts: Vec<String> = match client.list_instances(&service, true).await {
         Ok(listed) => listed.iter().map(|host| host.addr()).collect(),
         Err(RegistryError::Unreachable { source, .. }) => {
-            return Err(format!("registry at {registry} unreachable: {source}"));
+            return Err(format!(
+                "registry at {} unreachable: {source}",
+                client.base()
+            ));
         }
         Err(RegistryError::Unreadable { source, .. }) => {
             return Err(format!("registry answer unreadable: {source}"));
         }
-        // A refusal names no gateway, like an empty listing.
+        Err(err @ RegistryError::Unauthorized { .. }) => return Err(err.to_string()),
+        // Any other refusal names no gateway, like an empty listing.
         Err(RegistryError::Refused { .. }) => Vec::new(),
     };
     if hosts.is_empty() {
@@ -242,7 +262,7 @@ enum Attempt {
 }
 
 async fn run_on_node(
-    registry: std::net::SocketAddr,
+    registry: &NacosClient,
     secret: Option<String>,
     target: Target,
     prefix: bool,

@@ -22,6 +22,10 @@ pub struct Args {
     /// The registry's Nacos HTTP API, or `off` [default: 127.0.0.1:8848].
     #[arg(long, value_name = "ADDR|off")]
     registry_http: Option<String>,
+    /// File holding the registry's auth secret (its --auth-secret-file), sent with the
+    /// gateway's registrations; needed when the registry's auth is on.
+    #[arg(long, value_name = "FILE")]
+    registry_secret_file: Option<PathBuf>,
     /// File holding the secret agents and the server present (32+ bytes); required when
     /// --listen is not on loopback.
     #[arg(long, value_name = "FILE")]
@@ -36,6 +40,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("listen", args.listen)
         .set("advertise", args.advertise)
         .set("registry_http", args.registry_http)
+        .set(
+            "registry_secret_file",
+            args.registry_secret_file.map(|p| p.display().to_string()),
+        )
         .set(
             "secret_file",
             args.secret_file.map(|p| p.display().to_string()),

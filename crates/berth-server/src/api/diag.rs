@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use berth_proto::diag::v1 as pb;
 use berth_proto::diag::v1::diag_gateway_client::DiagGatewayClient;
 use berth_registry_client::{Credentials, NacosClient, RegistryError, names};
+use berth_util::config::Secret;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -68,7 +69,7 @@ pub async fn diag(
             "live diagnostics need the registry, where gateways are found: set registry_http",
         ));
     };
-    let registry = registry_client(&ctx, registry);
+    let registry = registry_client(registry, ctx.config.registry_secret.as_ref());
     let prefix = !q.contains_key("instance");
     let secret = ctx
         .config
@@ -214,18 +215,12 @@ fn targets(
 }
 
 /// The registry client of gateway look-ups, with the server's registry secret.
-fn registry_client(ctx: &Ctx, registry: std::net::SocketAddr) -> NacosClient {
-    let secret = ctx
-        .config
-        .registry_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
-    NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT).with_credentials(
-        Credentials::new(
-            secret,
-            "the server's --registry-secret-file FILE (or BERTH_SERVER_REGISTRY_SECRET_FILE)",
-        ),
-    )
+fn registry_client(registry: std::net::SocketAddr, secret: Option<&Secret>) -> NacosClient {
+    let credentials = Credentials::new(
+        secret.map(|s| s.expose().to_string()),
+        "the server's --registry-secret-file FILE (or BERTH_SERVER_REGISTRY_SECRET_FILE)",
+    );
+    NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT).with_credentials(credentials)
 }
 
 /// The gateways registered for `node`, from the registry. Usually one; right after a
@@ -356,5 +351,59 @@ async fn run_via(
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// A registry with auth on whose secret is `right`, listing one gateway for any node.
+    async fn guarded_registry() -> std::net::SocketAddr {
+        let listing = |headers: HeaderMap| async move {
+            match headers.get("accesstoken").and_then(|v| v.to_str().ok()) {
+                Some("right") => (
+                    StatusCode::OK,
+                    r#"{"hosts":[{"ip":"127.0.0.1","port":7080}]}"#,
+                ),
+                _ => (StatusCode::FORBIDDEN, "auth is on: send a token"),
+            }
+        };
+        let app = Router::new().route("/nacos/v1/ns/instance/list", get(listing));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn gateway_lookups_carry_the_registry_secret_and_name_it_when_refused() {
+        let registry = guarded_registry().await;
+        let right = Secret::new("right");
+        let found = gateways_of(&registry_client(registry, Some(&right)), "n1").await;
+        assert_eq!(found.unwrap(), vec!["127.0.0.1:7080"]);
+
+        let missing = gateways_of(&registry_client(registry, None), "n1")
+            .await
+            .unwrap_err();
+        assert!(
+            missing.contains("no secret was sent")
+                && missing.contains("BERTH_SERVER_REGISTRY_SECRET_FILE"),
+            "a refusal is not an empty listing: {missing}"
+        );
+        let wrong = Secret::new("wrong-secret");
+        let refused = gateways_of(&registry_client(registry, Some(&wrong)), "n1")
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("is not the registry's auth secret")
+                && refused.contains("--registry-secret-file")
+                && !refused.contains("wrong-secret"),
+            "{refused}"
+        );
     }
 }

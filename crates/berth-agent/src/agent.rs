@@ -131,7 +131,7 @@ pub async fn start_with_token(
         config.tls_key_file.clone(),
         config.tls_ca_file.clone(),
     )?
-    .map(|files| berth_identity::client_config(&files))
+    .map(berth_identity::ReloadingTls::load)
     .transpose()?;
     // One agent per data folder: two would adopt and stop each other's instances.
     let data_dir = berth_util::datadir::DataDir::open(&config.data_dir)?;
@@ -255,6 +255,13 @@ pub async fn start_with_token(
         address: config.advertise.to_string(),
         status_url: status_url(status_addr, config.advertise),
     };
+    if let Some(tls) = &tls {
+        // A reconnecting agent presents whatever certificate its files hold by then.
+        tasks.spawn(
+            tls.clone()
+                .watch(config.tls_reload_interval, tasks.token().clone()),
+        );
+    }
     let link_config = LinkConfig {
         servers: config
             .servers

@@ -25,6 +25,7 @@
 //! | `diag` | none | diagnostics gateway addresses `host:port[,host:port...]` (or one load-balanced address); the agent holds a stream to one of them |
 //! | `diag_secret` / `diag_secret_file` | none | the gateways' shared secret |
 //! | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS to the server: this agent's certificate (`berth tls cert create --role agent --name NODE_ID`), its key, and the CA the server's certificate is verified against (as `server.berth`); all three or none |
+//! | `tls_reload_interval` | 5s | how often the TLS files are checked for changes (SIGHUP reloads at once) |
 //! | `docker_socket` | none | a Docker engine's Unix socket (e.g. `/var/run/docker.sock`): the node also offers the `docker` driver |
 
 use std::collections::BTreeMap;
@@ -77,6 +78,7 @@ pub struct AgentConfig {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7072);
@@ -120,6 +122,7 @@ impl AgentConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
         }
     }
 
@@ -184,6 +187,7 @@ impl AgentConfig {
         config.tls_cert_file = layers.get("tls_cert_file")?;
         config.tls_key_file = layers.get("tls_key_file")?;
         config.tls_ca_file = layers.get("tls_ca_file")?;
+        config.tls_reload_interval = layers.get_or("tls_reload_interval", d.tls_reload_interval)?;
         layers.finish()?;
         Ok(config)
     }

@@ -43,8 +43,8 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// HTTP/2 pings that find a server which vanished without closing the connection.
     pub keepalive: Duration,
-    /// Mutual TLS to the server; `None`: cleartext HTTP/2.
-    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Mutual TLS to the server, read again for every dial; `None`: cleartext HTTP/2.
+    pub tls: Option<std::sync::Arc<berth_identity::ReloadingTls>>,
 }
 
 /// What the agent says about its node in the Hello.
@@ -203,7 +203,7 @@ async fn session(
                 let tls = tls.clone();
                 endpoint
                     .connect_with_connector(tower::service_fn(move |uri| {
-                        dial_tls(tls.clone(), uri)
+                        dial_tls(tls.client(), uri)
                     }))
                     .await
             }

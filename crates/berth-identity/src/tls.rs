@@ -3,8 +3,9 @@
 //! Both sides trust only the private CA of `--tls-ca-file` (never the system roots) and
 //! present their own certificate: a server requires and verifies a client certificate,
 //! a client verifies the server for the role-wide name (`server.berth`) whatever address
-//! it dialed. Who the verified peer is comes from [`crate::identity_of`]. ALPN offers
-//! `h2`: every Berth link on these configs is gRPC.
+//! it dialed. Who the verified peer is comes from [`crate::identity_of`]. The mutual
+//! configs offer ALPN `h2` (every Berth link on them is gRPC); the HTTPS config
+//! ([`https_config`]) asks for no client certificate and offers `h2` and `http/1.1`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,6 +113,22 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| invalid_pair(files, e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An HTTPS server config: the same certificate, no client certificate asked for (API
+/// users authenticate with tokens), HTTP/2 or HTTP/1.1.
+pub fn https_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    // The CA is read too, so that a broken CA file fails the same way for every config.
+    load_roots(&files.ca)?;
+    let (chain, key) = load_pair(files)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid_pair(files, e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid_pair(files, e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -27,13 +27,14 @@ use berth_util::config::{ConfigError, Layers};
 /// | `max_body_bytes` | 1048576 | largest accepted request body |
 /// | `shutdown_grace` | 5s | time open HTTP connections get on shutdown |
 /// | `leader_lease` | 6s | leader lease time to live in the store (renewed every third); a dead leader is replaced after at most this |
-/// | `advertise_url` | `http://<listen>` | this server's API URL as other servers redirect to it when it leads |
+/// | `advertise_url` | `http://<listen>` (`https://` with the TLS files) | this server's API URL as other servers redirect to it when it leads |
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
 /// | `registry_secret` (or `registry_secret_file`) | none | the registry's auth secret, sent with gateway look-ups when its auth is on |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
 /// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
-/// | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on the agent stream: this server's certificate and key (`berth tls cert create --role server`) and the CA agents' certificates must be signed by; all three or none, required when `agent_listen` is off loopback |
+/// | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on the agent stream and HTTPS on `listen`: this server's certificate and key (`berth tls cert create --role server`) and the CA agents' certificates must be signed by; all three or none, required when `agent_listen` is off loopback |
+/// | `tls_reload_interval` | 5s | how often the TLS files are checked for changes (SIGHUP reloads at once) |
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -69,6 +70,7 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -112,6 +114,7 @@ impl ServerConfig {
             tls_cert_file: layers.get("tls_cert_file")?,
             tls_key_file: layers.get("tls_key_file")?,
             tls_ca_file: layers.get("tls_ca_file")?,
+            tls_reload_interval: layers.get_or("tls_reload_interval", d.tls_reload_interval)?,
         };
         layers.finish()?;
         Ok(config)
@@ -145,6 +148,7 @@ impl ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
         }
     }
 

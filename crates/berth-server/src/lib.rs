@@ -102,8 +102,8 @@ async fn start_with_store(
     shutdown: &Shutdown,
 ) -> Result<ServerHandle, Error> {
     // Refusals and unreadable certificates stop the start before anything listens.
-    let agent_tls = match config.agent_tls()? {
-        Some(files) => Some(berth_identity::server_config(&files)?),
+    let tls = match config.agent_tls()? {
+        Some(files) => Some(berth_identity::ReloadingTls::load(files)?),
         None => None,
     };
     let http_listener = bind_tcp(config.listen, "--listen").await?;
@@ -138,22 +138,45 @@ async fn start_with_store(
         config,
     });
 
-    berth_util::http::serve(
-        http_listener,
-        api::router(ctx.clone()),
-        shutdown,
-        ctx.config.shutdown_grace,
-    );
+    if let Some(tls) = &tls {
+        shutdown.spawn(
+            tls.clone()
+                .watch(ctx.config.tls_reload_interval, shutdown.token()),
+        );
+    }
+    let router = api::router(ctx.clone());
+    let grace = ctx.config.shutdown_grace;
+    match &tls {
+        // HTTPS, and plain HTTP from loopback, on the one port.
+        Some(tls) => {
+            let tls = tls.clone();
+            let listener = berth_identity::HttpsListener::new(
+                http_listener,
+                move || tls.https_server(),
+                shutdown.token(),
+            )?;
+            berth_util::http::serve(listener, router, shutdown, grace);
+        }
+        None => {
+            berth_util::http::serve(http_listener, router, shutdown, grace);
+        }
+    }
 
+    let tls_on = tls.is_some();
     let service = AgentLinkServer::new(agents::AgentService { ctx: ctx.clone() });
     let cancel = shutdown.token();
     shutdown.spawn(async move {
         let server = tonic::transport::Server::builder().add_service(service);
-        let result = match agent_tls {
+        let result = match tls {
             // Mutual TLS: the handshake verifies the agent's certificate against the CA;
             // the session then checks the identity in it against the Hello.
             Some(tls) => {
-                let incoming = agents::tls::incoming(agent_listener, tls, cancel.clone());
+                let incoming = berth_identity::accept::incoming(
+                    agent_listener,
+                    "agent",
+                    move || tls.mutual_server(),
+                    cancel.clone(),
+                );
                 server
                     .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
                     .await
@@ -172,11 +195,10 @@ async fn start_with_store(
 
     let me = leader::LeaderInfo {
         server_id: ctx.server_id.clone(),
-        api_url: ctx
-            .config
-            .advertise_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http}")),
+        api_url: ctx.config.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if tls_on { "https" } else { "http" };
+            format!("{scheme}://{http}")
+        }),
         agent_addr: ctx
             .config
             .advertise_agent

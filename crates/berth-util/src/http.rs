@@ -2,27 +2,34 @@
 //! the listener stops accepting, idle keep-alive connections close, in-flight requests
 //! finish, and after `grace` whatever is left (a stuck stream, an open SSE feed) is dropped.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use axum::serve::{Listener, ListenerExt};
 use tokio::task::JoinHandle;
 
 use crate::shutdown::Shutdown;
 
-/// Serves `router` on `listener` as a task tracked by `shutdown`.
-pub fn serve(
-    listener: TcpListener,
+/// Serves `router` on `listener` (a `TcpListener`, or any listener of TCP peers such as
+/// the HTTPS one of berth-identity) as a task tracked by `shutdown`. Handlers can read
+/// the client's address as `ConnectInfo<SocketAddr>`.
+pub fn serve<L>(
+    listener: L,
     router: axum::Router,
     shutdown: &Shutdown,
     grace: Duration,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
     let addr = listener.local_addr().ok();
     let stop_accepting = shutdown.cancelled();
     let deadline = shutdown.cancelled();
     shutdown.spawn(async move {
+        // `tap_io` only so axum hands the peer address to `ConnectInfo` for any listener.
         let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            listener.tap_io(|_| {}),
+            router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stop_accepting);
         tokio::select! {
@@ -43,6 +50,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::routing::get;
+    use tokio::net::TcpListener;
     use tokio::sync::Notify;
 
     use super::*;

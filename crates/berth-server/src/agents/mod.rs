@@ -3,11 +3,10 @@
 //!
 //! Owns the protobuf side of the conversation: [`wire`] translates, [`sessions`] keeps
 //! each connected node's command sender. Real state only hears decoded reports. Over
-//! mutual TLS ([`tls`]), the node id a Hello claims must be the one in the agent's
+//! mutual TLS (`berth_identity::accept`), the node id a Hello claims must be the one in the agent's
 //! certificate ([`check_identity`]).
 
 pub mod sessions;
-pub mod tls;
 pub mod wire;
 
 use std::pin::Pin;
@@ -60,7 +59,10 @@ pub fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
 
 /// Over mutual TLS: the certificate must be an agent's, of the node the Hello claims.
 /// `peer` is `None` on the cleartext loopback listener, where there is no certificate.
-pub fn check_identity(peer: Option<&tls::PeerCert>, hello: &pb::Hello) -> Result<(), Status> {
+pub fn check_identity(
+    peer: Option<&berth_identity::PeerCert>,
+    hello: &pb::Hello,
+) -> Result<(), Status> {
     let Some(peer) = peer else { return Ok(()) };
     let identity = peer.identity.as_ref().map_err(|reason| {
         Status::permission_denied(format!(
@@ -99,7 +101,10 @@ impl AgentLink for AgentService {
         let Some(term) = self.ctx.leadership().term() else {
             return Err(Status::unavailable(self.ctx.leadership().refusal()));
         };
-        let peer = request.extensions().get::<tls::PeerCert>().cloned();
+        let peer = request
+            .extensions()
+            .get::<berth_identity::PeerCert>()
+            .cloned();
         let mut inbound = request.into_inner();
         let hello_timeout = self.ctx.config.hello_timeout;
         let first = tokio::time::timeout(hello_timeout, inbound.next())

@@ -131,15 +131,21 @@ pub struct TlsFileArgs {
     /// The CA the peer's certificate must be signed by (`berth tls ca create`'s ca.pem).
     #[arg(long, value_name = "FILE")]
     tls_ca_file: Option<std::path::PathBuf>,
+    /// How often the three files are checked for changes; a change (or SIGHUP) reloads
+    /// them for new connections without a restart [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    tls_reload_interval: Option<String>,
 }
 
 impl Flags {
-    /// The TLS file flags as the config keys `tls_cert_file`, `tls_key_file`, `tls_ca_file`.
+    /// The TLS flags as the config keys `tls_cert_file`, `tls_key_file`, `tls_ca_file`,
+    /// `tls_reload_interval`.
     pub fn set_tls(self, tls: TlsFileArgs) -> Self {
         let path = |p: Option<std::path::PathBuf>| p.map(|p| p.display().to_string());
         self.set("tls_cert_file", path(tls.tls_cert_file))
             .set("tls_key_file", path(tls.tls_key_file))
             .set("tls_ca_file", path(tls.tls_ca_file))
+            .set("tls_reload_interval", tls.tls_reload_interval)
     }
 }
 

@@ -1,9 +1,11 @@
-//! The agent stream over mutual TLS: a tokio-rustls acceptor in front of tonic.
+//! A mutual-TLS listener for tonic: a tokio-rustls acceptor in front of a gRPC server.
 //!
 //! Each accepted TCP connection does its handshake in its own task (a slow or silent
 //! client never holds up the others) and reaches tonic only once the client's
 //! certificate verified against the CA. tonic puts the connection's [`PeerCert`] into
-//! every request's extensions, where the session reads who the agent is.
+//! every request's extensions, where the service reads who the peer is. Every handshake
+//! takes the config current at that moment (see [`crate::ReloadingTls`]), so a reloaded
+//! certificate is used by new connections while established ones keep theirs.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use berth_identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -21,6 +22,8 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::Identity;
 
 /// Time a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,20 +38,22 @@ pub struct PeerCert {
     pub identity: Result<Identity, String>,
 }
 
-/// A verified TLS connection, as tonic serves it.
+/// A verified TLS connection, as tonic serves it (`serve_with_incoming`).
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     peer: PeerCert,
 }
 
-/// The stream of verified connections accepted on `listener` until `cancel`.
+/// The stream of verified connections accepted on `listener` until `cancel`. `link`
+/// names the link in log lines (`agent TLS handshake refused`); `config` gives the server
+/// config for each new handshake: `move || tls.mutual_server()` for a reloading one.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    link: &'static str,
+    config: impl Fn() -> Arc<ServerConfig> + Send + Sync + 'static,
     cancel: CancellationToken,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(BACKLOG);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -56,15 +61,17 @@ pub fn incoming(
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: pass, try again.
-                        tracing::warn!("agent stream accept failed: {e}");
+                        tracing::warn!("{link} accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
                 _ = cancel.cancelled() => return,
+                // tonic stopped taking connections.
+                _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -75,20 +82,24 @@ pub fn incoming(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .ok_or_else(|| "no client certificate".to_string())
-                            .and_then(|leaf| {
-                                berth_identity::identity_of(leaf).map_err(|e| e.to_string())
-                            });
+                            .and_then(|leaf| crate::identity_of(leaf).map_err(|e| e.to_string()));
                         let peer = PeerCert { remote, identity };
                         let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                     }
                     // A refused certificate ends here, before any gRPC.
-                    Ok(Err(e)) => tracing::warn!(%remote, "agent TLS handshake refused: {e}"),
-                    Err(_) => tracing::warn!(%remote, "agent TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::warn!(%remote, "{link} TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%remote, "{link} TLS handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+impl TlsConn {
+    pub fn peer(&self) -> &PeerCert {
+        &self.peer
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {

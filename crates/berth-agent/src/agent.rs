@@ -273,7 +273,7 @@ pub async fn start_with_token(
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,
         keepalive: config.keepalive,
-        tls,
+        tls: tls.clone(),
     };
     tasks.spawn(link::run(
         link_config,
@@ -290,6 +290,7 @@ pub async fn start_with_token(
                 gateways: config.diag.clone(),
                 secret: config.diag_secret.clone(),
                 node_id: node_id.clone(),
+                tls: tls.clone(),
             },
             supervisor.clone(),
             store.clone(),

@@ -80,9 +80,11 @@ pub async fn diag(
     for target in targets {
         let (tx, secret, cancel) = (tx.clone(), secret.clone(), ctx.cancel.clone());
         let registry = registry.clone();
+        let tls = ctx.tls.clone();
         tokio::spawn(async move {
+            let link = GatewayLink { secret, tls };
             tokio::select! {
-                () = run_on_node(&registry, secret, target, prefix, &tx) => {}
+                () = run_on_node(&registry, &link, target, prefix, &tx) => {}
                 // The client went away: dropping the gateway stream cancels the operation.
                 () = tx.closed() => {}
                 () = cancel.cancelled() => {}
@@ -250,15 +252,34 @@ async fn gateways_of(client: &NacosClient, node: &str) -> Result<Vec<String>, St
     Ok(hosts)
 }
 
+/// An error with its causes: a refused TLS handshake hides below tonic's "transport
+/// error".
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Why one gateway could not serve: try the next, or give up.
 enum Attempt {
     NextGateway(String),
     Failed(String),
 }
 
+/// How the server calls gateways: their shared secret, and its own certificate (the
+/// gateway verified as `diag.berth`) when it has one.
+struct GatewayLink {
+    secret: Option<String>,
+    tls: Option<Arc<berth_identity::ReloadingTls>>,
+}
+
 async fn run_on_node(
     registry: &NacosClient,
-    secret: Option<String>,
+    link: &GatewayLink,
     target: Target,
     prefix: bool,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -274,7 +295,7 @@ async fn run_on_node(
     };
     let mut tried = Vec::new();
     for gateway in gateways {
-        match run_via(&gateway, secret.as_deref(), &target, prefix, tx).await {
+        match run_via(&gateway, link, &target, prefix, tx).await {
             Ok(()) => return,
             Err(Attempt::NextGateway(why)) => tried.push(why),
             Err(Attempt::Failed(why)) => {
@@ -288,17 +309,24 @@ async fn run_on_node(
 
 async fn run_via(
     gateway: &str,
-    secret: Option<&str>,
+    link: &GatewayLink,
     target: &Target,
     prefix: bool,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), Attempt> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
         .map_err(|e| Attempt::Failed(e.to_string()))?
-        .connect_timeout(LOOKUP_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| Attempt::NextGateway(format!("gateway {gateway} unreachable: {e}")))?;
+        .connect_timeout(LOOKUP_TIMEOUT);
+    let connected = match &link.tls {
+        Some(tls) => {
+            berth_identity::dial::connect(endpoint, tls.clone(), berth_identity::Role::Diag).await
+        }
+        None => endpoint.connect().await,
+    };
+    let channel = connected.map_err(|e| {
+        Attempt::NextGateway(format!("gateway {gateway} unreachable: {}", causes(&e)))
+    })?;
+    let secret = link.secret.as_deref();
     let mut request = tonic::Request::new(pb::RunRequest {
         node_id: target.node.clone(),
         operation: Some(target.operation.clone()),

@@ -30,6 +30,8 @@ pub struct Args {
     /// --listen is not on loopback.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::TlsFileArgs,
     /// Chunks an agent may send per operation before it waits for credit [default: 16].
     #[arg(long, value_name = "N")]
     window: Option<u32>,
@@ -48,7 +50,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "secret_file",
             args.secret_file.map(|p| p.display().to_string()),
         )
-        .set("window", args.window);
+        .set("window", args.window)
+        .set_tls(args.tls);
     let mut layers = super::layers("diag", args.role.config.as_deref(), flags)?;
     let config = berth_diag::DiagConfig::from_layers(&mut layers)?;
     let shutdown = super::signal_shutdown()?;

@@ -27,8 +27,15 @@ pub const MIN_SECRET: usize = 32;
 ///   empty runs a single node with no cluster machinery at all.
 /// - `cluster_secret` / `cluster_secret_file`: shared by every member, 32+ bytes;
 ///   required with `peers`.
-/// - `cluster_advertise` (the bound gRPC address): this member's id, the address the
-///   others list it by.
+/// - `cluster_advertise` (the bound gRPC address, or `cluster_listen`'s): this member's
+///   id, the address the others list it by.
+/// - `cluster_listen` (none): a listener of its own for the peer links; without it they
+///   share `grpc_listen`. `peers` then name the members' `cluster_listen` addresses.
+/// - `tls_cert_file`, `tls_key_file`, `tls_ca_file` (none): mutual TLS on the peer links
+///   (`berth tls cert create --role registry`), on `cluster_listen` and every peer
+///   client; all three or none, needs `cluster_listen`, required when the peer links
+///   listen off loopback.
+/// - `tls_reload_interval` (5s): how often the TLS files are checked for changes.
 /// - `cluster_heartbeat` (5s), `cluster_missed_beats` (3): a member silent for that
 ///   many heartbeats leaves the healthy list and its keys move.
 /// - `cluster_sync_interval` (5s): anti-entropy period.
@@ -60,6 +67,12 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub peers: Vec<String>,
+    /// The peer links' own listener; `None`: they share the gRPC listener.
+    pub listen: Option<SocketAddr>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
     pub secret: Option<String>,
     pub advertise: Option<String>,
     pub heartbeat: Duration,
@@ -75,6 +88,11 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             peers: Vec::new(),
+            listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
             secret: None,
             advertise: None,
             heartbeat: Duration::from_secs(5),
@@ -110,6 +128,11 @@ impl ClusterConfig {
         let advertise = layers.get::<PeerAddr>("cluster_advertise")?.map(|a| a.0);
         let c = Self {
             peers,
+            listen: layers.get("cluster_listen")?,
+            tls_cert_file: layers.get("tls_cert_file")?,
+            tls_key_file: layers.get("tls_key_file")?,
+            tls_ca_file: layers.get("tls_ca_file")?,
+            tls_reload_interval: layers.get_or("tls_reload_interval", d.tls_reload_interval)?,
             secret: layers.secret("cluster_secret")?,
             advertise,
             heartbeat: layers.get_or("cluster_heartbeat", d.heartbeat)?,

@@ -274,4 +274,25 @@ mem = 16
     assert!(ps.contains("sleep 300"), "{ps}");
     let gateways = listed_ports(nacos, "berth.diag.node.node-1").await;
     assert_eq!(gateways, vec![u64::from(gateway.addr("grpc").port())]);
+
+    // A gateway without the secret is refused, and says which setting gives it.
+    let bare = role(
+        "diag",
+        &[
+            ("BERTH_DIAG_LISTEN", "127.0.0.1:0".into()),
+            ("BERTH_DIAG_REGISTRY_HTTP", nacos.to_string()),
+        ],
+    )
+    .await;
+    wait_until(
+        "the bare gateway reported its refusal",
+        WAIT_ROLES,
+        || async { bare.output().contains("register berth.diag: HTTP 403") },
+    )
+    .await;
+    let log = bare.output();
+    assert!(
+        log.contains("no secret was sent") && log.contains("BERTH_DIAG_REGISTRY_SECRET_FILE"),
+        "{log}"
+    );
 }

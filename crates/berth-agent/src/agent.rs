@@ -19,7 +19,11 @@ use crate::driver::{DockerDriver, Driver, Drivers, LogRotator, ProcessDriver, Si
 use crate::link::{self, LinkConfig, LinkStatus, NodeInfo, server_uri};
 use crate::metrics::AgentMetrics;
 use crate::record::{RecordError, RecordStore};
-use crate::registry::NacosClient;
+use crate::registry::{Credentials, NacosClient};
+
+/// How the registry's secret is given to the agent, named when the registry refuses.
+const REGISTRY_SECRET_SETTING: &str =
+    "--registry-secret-file FILE (or BERTH_AGENT_REGISTRY_SECRET_FILE)";
 use crate::status::{self, StatusState};
 use crate::supervisor::{Supervisor, SupervisorConfig};
 use crate::tasks::Tasks;
@@ -154,9 +158,17 @@ pub async fn start_with_token(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let nacos = config
-        .registry_http
-        .map(|addr| NacosClient::new(format!("http://{addr}"), config.registry_timeout));
+    let nacos = config.registry_http.map(|addr| {
+        let credentials = Credentials::new(
+            config
+                .registry_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+            REGISTRY_SECRET_SETTING,
+        );
+        NacosClient::new(format!("http://{addr}"), config.registry_timeout)
+            .with_credentials(credentials)
+    });
     let driver: Arc<dyn Driver> = match config.driver {
         DriverKind::Process => Arc::new(ProcessDriver::new(config.exit_poll)),
         DriverKind::Sim => Arc::new(SimDriver::new()),
@@ -261,7 +273,7 @@ pub async fn start_with_token(
         backoff_initial: config.backoff_initial,
         backoff_max: config.backoff_max,
         keepalive: config.keepalive,
-        tls,
+        tls: tls.clone(),
     };
     tasks.spawn(link::run(
         link_config,
@@ -278,6 +290,7 @@ pub async fn start_with_token(
                 gateways: config.diag.clone(),
                 secret: config.diag_secret.clone(),
                 node_id: node_id.clone(),
+                tls: tls.clone(),
             },
             supervisor.clone(),
             store.clone(),

@@ -6,6 +6,7 @@
 //! | `server` | required | server agent-stream addresses, `host:port[,host:port...]`, tried in order |
 //! | `registry` | none | the registry's gRPC address (CLI contract; kept for the native link) |
 //! | `registry_http` | `127.0.0.1:8848` | the registry's Nacos HTTP API; `off` disables registration |
+//! | `registry_secret` / `registry_secret_file` | none | the registry's auth secret, sent with every registration and beat when its auth is on |
 //! | `data_dir` | required | instance records, working folders, logs, the node id |
 //! | `node_id` | generated once, kept in `<data_dir>/node_id` | this node's id |
 //! | `labels` | none | `k=v,k=v` node labels for placement constraints |
@@ -32,7 +33,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_util::config::{ConfigError, FromConfigValue, Layers};
+use berth_util::config::{ConfigError, FromConfigValue, Layers, Secret};
 
 use crate::ports::PortRange;
 
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     pub servers: Vec<String>,
     pub registry: Option<String>,
     pub registry_http: Option<SocketAddr>,
+    /// The registry's auth secret, when its auth is on.
+    pub registry_secret: Option<Secret>,
     pub data_dir: PathBuf,
     pub node_id: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -93,6 +96,7 @@ impl AgentConfig {
             servers,
             registry: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
+            registry_secret: None,
             data_dir: data_dir.to_path_buf(),
             node_id: None,
             labels: BTreeMap::new(),
@@ -158,6 +162,7 @@ impl AgentConfig {
                 berth_util::config::AddrOrOff(d.registry_http),
             )?
             .0;
+        config.registry_secret = layers.secret("registry_secret")?.map(Secret::new);
         config.node_id = layers.get::<NodeId>("node_id")?.map(|id| id.0);
         config.labels = layers.get_or("labels", Labels::default())?.0;
         config.listen = layers.get_or("listen", d.listen)?;

@@ -352,7 +352,8 @@ fn status_text(status: &tonic::Status) -> String {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error with its causes (a TLS refusal hides levels down in tonic's error).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -231,7 +231,11 @@ impl Entry {
                     self.next_beat = Instant::now() + self.beat_interval;
                 }
                 Err(err) => {
-                    tracing::warn!("{err}; retrying");
+                    if client.should_report(&err) {
+                        tracing::warn!("{err}; retrying");
+                    } else {
+                        tracing::debug!("{err}; retrying");
+                    }
                     // Retry at the next beat slot rather than on every wake-up.
                     self.next_beat =
                         Instant::now() + self.beat_interval.min(Duration::from_secs(1));
@@ -240,7 +244,9 @@ impl Entry {
         } else if !routable && self.registered {
             let result = client.deregister(reg).await;
             metrics.registry_call("deregister", result.is_ok());
-            if let Err(err) = &result {
+            if let Err(err) = &result
+                && client.should_report(err)
+            {
                 // The registry drops it on its own once beats stop (15 s / 30 s).
                 tracing::warn!("{err}; the registry will expire the instance without beats");
             }
@@ -267,7 +273,8 @@ impl Entry {
                 self.registered = false;
                 self.sync(true).await;
             }
-            Err(err) => tracing::warn!("{err}"),
+            Err(err) if client.should_report(&err) => tracing::warn!("{err}"),
+            Err(err) => tracing::debug!("{err}"),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use berth_core::launch::InstanceSpec;
 pub use berth_registry_client::nacos::{
-    BEAT_INTERVAL, BeatOutcome, NacosClient, Registration, RegistryError,
+    BEAT_INTERVAL, BeatOutcome, Credentials, NacosClient, Registration, RegistryError,
 };
 use berth_registry_client::names;
 

@@ -6,12 +6,19 @@
 //! | `listen` | `127.0.0.1:7080` | gRPC listener: agents attach, users run operations |
 //! | `advertise` | the bound address | `host:port` agents and users reach this gateway at (registered in the registry) |
 //! | `registry_http` | `127.0.0.1:8848` | the registry's Nacos HTTP API, where the gateway registers itself and the nodes it holds; `off` disables it |
+//! | `registry_secret` / `registry_secret_file` | none | the registry's auth secret, sent with the gateway's registrations when its auth is on |
 //! | `secret` / `secret_file` | none | token agents and users present; required (32+ bytes) when `listen` is not on loopback |
+//! | `tls_cert_file`, `tls_key_file`, `tls_ca_file` | none | mutual TLS on `listen`: this gateway's certificate and key (`berth tls cert create --role diag`) and the CA agents' and servers' certificates must be signed by; all three or none, required when `listen` is not on loopback |
+//! | `tls_reload_interval` | 5s | how often the TLS files are checked for changes (SIGHUP reloads at once) |
 //! | `window` | `16` | chunks an agent may send per operation before it waits for credit |
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use berth_util::config::{ConfigError, Layers};
+use berth_identity::{TlsError, TlsFiles};
+
+use berth_util::config::{ConfigError, Layers, Secret};
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7080);
 pub const DEFAULT_REGISTRY_HTTP: SocketAddr =
@@ -24,8 +31,14 @@ pub struct DiagConfig {
     pub listen: SocketAddr,
     pub advertise: Option<String>,
     pub registry_http: Option<SocketAddr>,
+    pub registry_secret: Option<Secret>,
     pub secret: Option<String>,
     pub window: u32,
+    /// Mutual TLS on the listener, all three or none (see [`DiagConfig::tls`]).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for DiagConfig {
@@ -34,8 +47,13 @@ impl Default for DiagConfig {
             listen: DEFAULT_LISTEN,
             advertise: None,
             registry_http: Some(DEFAULT_REGISTRY_HTTP),
+            registry_secret: None,
             secret: None,
             window: 16,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -49,8 +67,13 @@ impl DiagConfig {
             registry_http: layers
                 .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
+            registry_secret: layers.secret("registry_secret")?.map(Secret::new),
             secret: layers.secret("secret")?,
             window: layers.get_or("window", d.window)?,
+            tls_cert_file: layers.get("tls_cert_file")?,
+            tls_key_file: layers.get("tls_key_file")?,
+            tls_ca_file: layers.get("tls_ca_file")?,
+            tls_reload_interval: layers.get_or("tls_reload_interval", d.tls_reload_interval)?,
         };
         layers.finish()?;
         config.check()
@@ -72,19 +95,43 @@ impl DiagConfig {
             ));
         }
         let open = !self.listen.ip().is_loopback();
+        let no_tls = [&self.tls_cert_file, &self.tls_key_file, &self.tls_ca_file]
+            .iter()
+            .all(|f| f.is_none());
         match &self.secret {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(invalid(
                 "secret",
                 format!("({} bytes)", secret.len()),
                 "a secret of at least 32 bytes (e.g. `openssl rand -hex 32 > diag.secret`, then secret_file)",
             )),
+            // Both at once: the operator learns everything the listener needs in one go.
+            None if open && no_tls => Err(invalid(
+                "secret",
+                "(none)".into(),
+                &format!("a secret (secret_file) and {TLS_NEEDED}"),
+            )),
             None if open => Err(invalid(
                 "secret",
                 "(none)".into(),
                 "a secret (secret_file) whenever listen is not on loopback: anyone reaching the gateway could read every node's logs",
             )),
+            _ if open && no_tls => Err(invalid("tls_cert_file", "(none)".into(), TLS_NEEDED)),
             _ => Ok(self),
         }
+    }
+}
+
+/// Why an open listener needs the TLS files, and how to give them.
+const TLS_NEEDED: &str = "the TLS files whenever listen is not on loopback, so only agents and servers with a certificate of the cluster's CA get in: --tls-cert-file, --tls-key-file and --tls-ca-file (tls_cert_file, tls_key_file, tls_ca_file; make them with `berth tls ca create` and `berth tls cert create --role diag`)";
+
+impl DiagConfig {
+    /// The TLS files of the listener: all three, or none (an error names the missing).
+    pub fn tls(&self) -> Result<Option<TlsFiles>, TlsError> {
+        TlsFiles::from_options(
+            self.tls_cert_file.clone(),
+            self.tls_key_file.clone(),
+            self.tls_ca_file.clone(),
+        )
     }
 }
 
@@ -126,7 +173,34 @@ mod tests {
             .to_string();
         assert!(err.contains("32 bytes"), "{err}");
         let long = "x".repeat(32);
-        assert!(layers(&[("listen", "0.0.0.0:7080"), ("secret", &long)]).is_ok());
+        let err = layers(&[("listen", "0.0.0.0:7080"), ("secret", &long)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-cert-file") && err.contains("--role diag"),
+            "an open listener needs the TLS files too: {err}"
+        );
+        let tls = [
+            ("tls_cert_file", "/pki/diag.pem"),
+            ("tls_key_file", "/pki/diag-key.pem"),
+            ("tls_ca_file", "/pki/ca.pem"),
+        ];
+        let mut open = vec![("listen", "0.0.0.0:7080"), ("secret", long.as_str())];
+        open.extend(tls);
+        assert!(layers(&open).unwrap().tls().unwrap().is_some());
+        let err = layers(&[("listen", "0.0.0.0:7080")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secret_file") && err.contains("--tls-key-file"),
+            "{err}"
+        );
+        let partial = layers(&[("tls_cert_file", "/pki/diag.pem")]).unwrap();
+        let err = partial.tls().unwrap_err().to_string();
+        assert!(
+            err.contains("--tls-key-file") && err.contains("--tls-ca-file"),
+            "{err}"
+        );
         let err = layers(&[("window", "0")]).unwrap_err().to_string();
         assert!(err.contains("window"), "{err}");
     }

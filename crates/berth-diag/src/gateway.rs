@@ -206,6 +206,26 @@ impl Gateway {
     }
 }
 
+/// The caller's verified certificate, when the call came over mutual TLS.
+fn peer<T>(request: &Request<T>) -> Option<berth_identity::PeerCert> {
+    request
+        .extensions()
+        .get::<berth_identity::PeerCert>()
+        .cloned()
+}
+
+/// Over mutual TLS, only a server runs operations and lists nodes.
+#[allow(clippy::result_large_err)]
+fn require_server<T>(request: &Request<T>) -> Result<(), Status> {
+    berth_identity::authorize::require(
+        peer(request).as_ref(),
+        berth_identity::Role::Server,
+        None,
+        "give the server its own certificate (`berth tls cert create --role server`)",
+    )
+    .map(drop)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -231,6 +251,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
         request: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         self.authorize(&request)?;
+        let peer = peer(&request);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::AgentFrame {
@@ -254,6 +275,16 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
                 hello.node_id
             )));
         }
+        // Over mutual TLS an agent attaches only as the node its certificate names.
+        berth_identity::authorize::require(
+            peer.as_ref(),
+            berth_identity::Role::Agent,
+            Some(&hello.node_id),
+            &format!(
+                "give the agent the certificate of its node (`berth tls cert create --role agent --name {}`)",
+                hello.node_id
+            ),
+        )?;
         let (out, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(AgentConn {
             node: hello.node_id.clone(),
@@ -307,6 +338,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         self.authorize(&request)?;
+        require_server(&request)?;
         let request = request.into_inner();
         let mut operation = request
             .operation
@@ -362,6 +394,7 @@ impl pb::diag_gateway_server::DiagGateway for Gateway {
         request: Request<pb::NodesRequest>,
     ) -> Result<Response<pb::NodesReply>, Status> {
         self.authorize(&request)?;
+        require_server(&request)?;
         Ok(Response::new(pb::NodesReply {
             gateway_id: self.inner.id.clone(),
             node_ids: self.nodes(),

@@ -32,6 +32,8 @@ pub use gateway::Gateway;
 pub enum Error {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] berth_identity::TlsError),
 }
 
 /// A running gateway.
@@ -53,6 +55,11 @@ impl DiagHandle {
 
 /// Binds and serves until `token` is cancelled.
 pub async fn start(config: DiagConfig, token: CancellationToken) -> Result<DiagHandle, Error> {
+    // Unreadable certificates stop the start before anything listens.
+    let tls = match config.tls()? {
+        Some(files) => Some(berth_identity::ReloadingTls::load(files)?),
+        None => None,
+    };
     let listener = bind_tcp(config.listen, "--listen").await?;
     let addr = listener.local_addr().map_err(|source| BindError {
         addr: config.listen,
@@ -65,6 +72,10 @@ pub async fn start(config: DiagConfig, token: CancellationToken) -> Result<DiagH
     let registrar = match (config.registry_http, advertise.parse::<SocketAddr>()) {
         (Some(registry), Ok(advertised)) => Some(Arc::new(registration::Registrar::new(
             registry,
+            config
+                .registry_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
             advertised,
             &gateway_id,
         ))),
@@ -85,16 +96,41 @@ pub async fn start(config: DiagConfig, token: CancellationToken) -> Result<DiagH
         tokio::spawn(registrar.run(token.clone()));
     }
     let service = DiagGatewayServer::new(gateway.clone());
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(config.tls_reload_interval, token.clone()));
+    }
+    let tls_on = tls.is_some();
     tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
-            .await;
+            .add_service(service);
+        let result = match tls {
+            // Mutual TLS: the handshake verifies the certificate against the CA; each
+            // call then checks the role (and an agent's node id) in it.
+            Some(tls) => {
+                let incoming = berth_identity::accept::incoming(
+                    listener,
+                    "diag",
+                    move || tls.mutual_server(),
+                    token.clone(),
+                );
+                server
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        token.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
         if let Err(err) = result {
             tracing::error!(%err, "diagnostics gateway failed");
         }
     });
-    tracing::info!(%addr, "diagnostics gateway started");
+    tracing::info!(%addr, tls = tls_on, "diagnostics gateway started");
     Ok(DiagHandle { addr, gateway })
 }

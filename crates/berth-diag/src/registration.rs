@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_registry_client::nacos::{BEAT_INTERVAL, BeatOutcome, NacosClient, Registration};
+use berth_registry_client::nacos::{
+    BEAT_INTERVAL, BeatOutcome, Credentials, NacosClient, Registration,
+};
 use berth_registry_client::{RegistryError, names};
 use tokio_util::sync::CancellationToken;
 
@@ -34,13 +36,20 @@ pub struct Registrar {
 }
 
 impl Registrar {
+    /// `secret`: the registry's auth secret, when its auth is on.
     pub fn new(
         registry: std::net::SocketAddr,
+        secret: Option<String>,
         advertise: std::net::SocketAddr,
         gateway_id: &str,
     ) -> Self {
+        let credentials = Credentials::new(
+            secret,
+            "--registry-secret-file FILE (or BERTH_DIAG_REGISTRY_SECRET_FILE)",
+        );
         Self {
-            client: NacosClient::new(format!("http://{registry}"), Duration::from_secs(3)),
+            client: NacosClient::new(format!("http://{registry}"), Duration::from_secs(3))
+                .with_credentials(credentials),
             ip: advertise.ip().to_string(),
             port: advertise.port(),
             gateway_id: gateway_id.to_string(),
@@ -61,11 +70,19 @@ impl Registrar {
         }
     }
 
-    async fn register(&self, service: &str) -> Result<(), String> {
+    async fn register(&self, service: &str) -> Result<(), Failure> {
         self.client
             .register(&self.registration(service))
             .await
-            .map_err(|err| describe("register", service, err))
+            .map_err(|err| self.failure("register", service, err))
+    }
+
+    fn failure(&self, op: &str, service: &str, err: RegistryError) -> Failure {
+        Failure {
+            news: self.client.should_report(&err),
+            auth: matches!(err, RegistryError::Unauthorized { .. }),
+            text: describe(op, service, err),
+        }
     }
 
     async fn deregister(&self, service: &str) {
@@ -73,11 +90,11 @@ impl Registrar {
     }
 
     /// A beat; an instance the registry forgot is registered again.
-    async fn beat(&self, service: &str) -> Result<(), String> {
+    async fn beat(&self, service: &str) -> Result<(), Failure> {
         match self.client.beat(&self.registration(service)).await {
             Ok(BeatOutcome::Alive) => Ok(()),
             Ok(BeatOutcome::NotFound) => self.register(service).await,
-            Err(err) => Err(describe("beat", service, err)),
+            Err(err) => Err(self.failure("beat", service, err)),
         }
     }
 
@@ -87,7 +104,7 @@ impl Registrar {
         let service = node_service(node);
         tokio::spawn(async move {
             if let Err(err) = this.register(&service).await {
-                tracing::warn!("registry: {err}");
+                err.log("");
             }
         });
     }
@@ -102,7 +119,7 @@ impl Registrar {
     /// Registers the gateway, beats every entry until `cancel`, then withdraws them all.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         if let Err(err) = self.register(GATEWAYS_SERVICE).await {
-            tracing::warn!("registry: {err} (retried with the beats)");
+            err.log(" (retried with the beats)");
         }
         loop {
             tokio::select! {
@@ -110,8 +127,11 @@ impl Registrar {
                 () = tokio::time::sleep(BEAT_INTERVAL) => {}
             }
             for service in self.services() {
-                if let Err(err) = self.beat(&service).await {
-                    tracing::debug!("registry: {err}");
+                match self.beat(&service).await {
+                    // An auth refusal is worth one warning; a beat lost now and then is not.
+                    Err(err) if err.news && err.auth => err.log(""),
+                    Err(err) => tracing::debug!("registry: {}", err.text),
+                    Ok(()) => {}
                 }
             }
         }
@@ -127,12 +147,33 @@ impl Registrar {
     }
 }
 
+/// A failed registry call, worded, and whether it deserves a warning (an auth refusal
+/// only once until the registry accepts a call again).
+struct Failure {
+    text: String,
+    news: bool,
+    auth: bool,
+}
+
+impl Failure {
+    fn log(&self, suffix: &str) {
+        if self.news {
+            tracing::warn!("registry: {}{suffix}", self.text);
+        } else {
+            tracing::debug!("registry: {}{suffix}", self.text);
+        }
+    }
+}
+
 /// The gateway's own wording of a failed call: `register berth.diag: HTTP 503 Service
 /// Unavailable`.
 fn describe(op: &str, service: &str, err: RegistryError) -> String {
     match err {
         RegistryError::Unreachable { source, .. } | RegistryError::Unreadable { source, .. } => {
             format!("{op} {service}: {source}")
+        }
+        RegistryError::Unauthorized { status, advice, .. } => {
+            format!("{op} {service}: HTTP {status}: {advice}")
         }
         RegistryError::Refused { status, .. } => {
             let status = reqwest::StatusCode::from_u16(status)

@@ -103,7 +103,7 @@ fn mutate(rng: &mut StdRng, seeds: &[(PathBuf, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Runs one input, turning a panic into a failure that shows the input.
-fn check(target: &str, run: fn(&[u8]), data: &[u8], origin: &str) {
+fn check(target: &str, run: berth_fuzz::targets::Run, data: &[u8], origin: &str) {
     if std::panic::catch_unwind(|| run(data)).is_err() {
         panic!(
             "fuzz target {target} failed on {origin}: {:?}\n(save it under fuzz/regressions/{target}/ and fix the parser; docs/TESTING.md)",

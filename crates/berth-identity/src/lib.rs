@@ -7,9 +7,12 @@
 //! SAN `ROLE.NAME.berth` ([`identity`]); configs that follow their files, reloaded on
 //! change or SIGHUP ([`reload`]); and the two listeners every role puts TLS on: the
 //! mutual-TLS acceptor in front of tonic ([`accept`]) and the port that serves HTTPS, and
-//! plain HTTP from loopback only ([`https`]).
+//! plain HTTP from loopback only ([`https`]); the matching mutual-TLS dialer
+//! ([`dial`]) and the check of a caller's role and claimed name ([`authorize`]).
 
 pub mod accept;
+pub mod authorize;
+pub mod dial;
 pub mod https;
 pub mod identity;
 pub mod pki;

@@ -15,4 +15,6 @@ pub mod nacos;
 pub mod names;
 pub mod watch;
 
-pub use nacos::{BeatOutcome, ListedInstance, NacosClient, Registration, RegistryError};
+pub use nacos::{
+    BeatOutcome, Credentials, ListedInstance, NacosClient, Registration, RegistryError,
+};

@@ -5,6 +5,8 @@
 //! `public`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -56,6 +58,15 @@ pub enum RegistryError {
         status: u16,
         body: String,
     },
+    /// The registry's auth is on and it did not accept what was sent (or nothing was).
+    #[error("registry at {base} refused {op} with HTTP {status}: {advice}")]
+    Unauthorized {
+        base: String,
+        op: &'static str,
+        status: u16,
+        /// What to do about it, naming the setting the secret comes from.
+        advice: String,
+    },
     #[error("registry at {base} answered {op} with something unreadable: {source}")]
     Unreadable {
         base: String,
@@ -90,11 +101,68 @@ impl ListedInstance {
     }
 }
 
+/// What a client proves itself with when the registry's auth is on: the registry's
+/// secret (which it accepts as a token), and the setting it came from, so a refusal can
+/// say what to fix.
+#[derive(Clone)]
+pub struct Credentials {
+    token: Option<String>,
+    setting: String,
+}
+
+impl Credentials {
+    /// `token`: the registry's auth secret or a token it verifies; `None` sends nothing.
+    /// `setting`: how the user gives it, e.g. `--registry-secret-file FILE (or
+    /// BERTH_AGENT_REGISTRY_SECRET_FILE)`.
+    pub fn new(token: Option<String>, setting: impl Into<String>) -> Self {
+        Self {
+            token,
+            setting: setting.into(),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Advice for a refusal by the registry's auth.
+    pub fn advice(&self) -> String {
+        match self.token {
+            None => format!(
+                "its auth is on and no secret was sent: give the registry's auth secret with {}",
+                self.setting
+            ),
+            Some(_) => format!(
+                "the secret given with {} is not the registry's auth secret",
+                self.setting
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches a log line.
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("setting", &self.setting)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NacosClient {
     http: reqwest::Client,
     base: String,
+    credentials: Option<Credentials>,
+    /// Whether an auth refusal was reported since the last accepted call, shared by the
+    /// clones of this client: every beat of every instance would repeat it.
+    refusal_reported: Arc<AtomicBool>,
 }
+
+/// The header the token travels in: Berth's registry and Nacos both read it, and unlike
+/// the `accessToken` query parameter it stays out of access logs.
+const TOKEN_HEADER: &str = "accessToken";
 
 impl NacosClient {
     /// `base` like `http://127.0.0.1:8848`.
@@ -104,11 +172,34 @@ impl NacosClient {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        Self { http, base }
+        Self {
+            http,
+            base,
+            credentials: None,
+            refusal_reported: Arc::default(),
+        }
+    }
+
+    /// Sends `credentials`' token with every call, and words auth refusals with its
+    /// setting.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Whether `err` deserves a log line: always, but an auth refusal only the first
+    /// time since the registry last accepted a call of this client (or its clones).
+    pub fn should_report(&self, err: &RegistryError) -> bool {
+        match err {
+            RegistryError::Unauthorized { .. } => {
+                !self.refusal_reported.swap(true, Ordering::Relaxed)
+            }
+            _ => true,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -129,9 +220,27 @@ impl NacosClient {
         op: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
+        let request = match self.credentials.as_ref().and_then(Credentials::token) {
+            Some(token) => request.header(TOKEN_HEADER, token),
+            None => request,
+        };
         let response = request.send().await.map_err(self.unreachable(op))?;
         let status = response.status();
-        if !status.is_success() {
+        if matches!(status.as_u16(), 401 | 403) {
+            let credentials = self
+                .credentials
+                .clone()
+                .unwrap_or_else(|| Credentials::new(None, "the client's registry secret"));
+            return Err(RegistryError::Unauthorized {
+                base: self.base.clone(),
+                op,
+                status: status.as_u16(),
+                advice: credentials.advice(),
+            });
+        }
+        if status.is_success() {
+            self.refusal_reported.store(false, Ordering::Relaxed);
+        } else {
             let body = response.text().await.map_err(self.unreachable(op))?;
             return Err(RegistryError::Refused {
                 base: self.base.clone(),
@@ -302,7 +411,7 @@ mod tests {
                 )
                 .route(
                     "/nacos/v1/ns/instance",
-                    axum::routing::delete(|| async { (StatusCode::FORBIDDEN, "no token") }),
+                    axum::routing::delete(|| async { (StatusCode::CONFLICT, "busy") }),
                 ),
         )
         .await;
@@ -314,10 +423,86 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "registry at {} refused deregister with HTTP 403: no token",
+                "registry at {} refused deregister with HTTP 409: busy",
                 client.base()
             )
         );
+    }
+
+    /// A registry whose auth accepts only `accessToken: right`.
+    async fn guarded() -> NacosClient {
+        fake(Router::new().route(
+            "/nacos/v1/ns/instance",
+            post(|headers: axum::http::HeaderMap| async move {
+                match headers.get("accesstoken").and_then(|v| v.to_str().ok()) {
+                    Some("right") => (StatusCode::OK, "ok"),
+                    _ => (StatusCode::FORBIDDEN, "auth is on: send a token"),
+                }
+            }),
+        ))
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_secret_travels_in_the_token_header_and_refusals_name_the_setting() {
+        let setting = "--registry-secret-file FILE";
+        let bare = guarded().await;
+        let none = bare
+            .clone()
+            .with_credentials(Credentials::new(None, setting));
+        let err = none.register(&registration()).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Unauthorized { status: 403, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("no secret was sent") && err.to_string().contains(setting),
+            "{err}"
+        );
+        let wrong = bare
+            .clone()
+            .with_credentials(Credentials::new(Some("wrong".into()), setting));
+        let err = wrong
+            .register(&registration())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not the registry's auth secret") && err.contains(setting),
+            "{err}"
+        );
+        assert!(!err.contains("wrong"), "the secret is never echoed: {err}");
+        let right = bare.with_credentials(Credentials::new(Some("right".into()), setting));
+        right.register(&registration()).await.unwrap();
+        assert!(!format!("{right:?}").contains("right\""), "{right:?}");
+    }
+
+    #[tokio::test]
+    async fn an_auth_refusal_is_reported_once_until_a_call_succeeds() {
+        let client = guarded()
+            .await
+            .with_credentials(Credentials::new(Some("wrong".into()), "s"));
+        let beats = client.clone();
+        let first = client.register(&registration()).await.unwrap_err();
+        assert!(client.should_report(&first));
+        let again = beats.register(&registration()).await.unwrap_err();
+        assert!(!beats.should_report(&again), "clones share the report");
+        let other = RegistryError::Refused {
+            base: String::new(),
+            op: "beat",
+            status: 500,
+            body: String::new(),
+        };
+        assert!(client.should_report(&other), "other failures always count");
+
+        // Once a call is accepted, the next refusal is news again.
+        let fixed = NacosClient {
+            credentials: Some(Credentials::new(Some("right".into()), "s")),
+            ..client.clone()
+        };
+        fixed.register(&registration()).await.unwrap();
+        let later = client.register(&registration()).await.unwrap_err();
+        assert!(client.should_report(&later));
     }
 
     #[tokio::test]

@@ -27,8 +27,10 @@ pub const MIN_SECRET: usize = 32;
 ///   empty runs a single node with no cluster machinery at all.
 /// - `cluster_secret` / `cluster_secret_file`: shared by every member, 32+ bytes;
 ///   required with `peers`.
-/// - `cluster_advertise` (the bound gRPC address): this member's id, the address the
-///   others list it by.
+/// - `cluster_advertise` (the bound gRPC address, or `cluster_listen`'s): this member's
+///   id, the address the others list it by.
+/// - `cluster_listen` (none): a listener of its own for the peer links; without it they
+///   share `grpc_listen`. `peers` then name the members' `cluster_listen` addresses.
 /// - `cluster_heartbeat` (5s), `cluster_missed_beats` (3): a member silent for that
 ///   many heartbeats leaves the healthy list and its keys move.
 /// - `cluster_sync_interval` (5s): anti-entropy period.
@@ -40,7 +42,9 @@ pub const MIN_SECRET: usize = 32;
 ///   not answer; past it such writes are refused (503) until the queues drain.
 /// - `tls_cert_file`, `tls_key_file`, `tls_ca_file` (none): this registry's certificate
 ///   (`berth tls cert create --role registry`), its key and the cluster CA; all three or
-///   none. With them the HTTP listener serves HTTPS (and plain HTTP to loopback clients).
+///   none. With them the HTTP listener serves HTTPS (and plain HTTP to loopback clients),
+///   and with `peers` the peer links run over mutual TLS on `cluster_listen` (needed
+///   then), on every peer client too; required when the peer links listen off loopback.
 /// - `tls_reload_interval` (5s): how often those files are checked for changes (SIGHUP
 ///   reloads them at once).
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub peers: Vec<String>,
+    /// The peer links' own listener; `None`: they share the gRPC listener.
+    pub listen: Option<SocketAddr>,
     pub secret: Option<String>,
     pub advertise: Option<String>,
     pub heartbeat: Duration,
@@ -85,6 +91,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             peers: Vec::new(),
+            listen: None,
             secret: None,
             advertise: None,
             heartbeat: Duration::from_secs(5),
@@ -120,6 +127,7 @@ impl ClusterConfig {
         let advertise = layers.get::<PeerAddr>("cluster_advertise")?.map(|a| a.0);
         let c = Self {
             peers,
+            listen: layers.get("cluster_listen")?,
             secret: layers.secret("cluster_secret")?,
             advertise,
             heartbeat: layers.get_or("cluster_heartbeat", d.heartbeat)?,

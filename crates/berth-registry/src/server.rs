@@ -48,6 +48,14 @@ pub enum Error {
     ClusterSecretRequired,
     #[error("the cluster secret is {0} bytes; use at least {MIN_SECRET} random bytes")]
     WeakClusterSecret(usize),
+    #[error(
+        "the peer links listen on {0}, off loopback, without TLS: anyone reaching it who learns the cluster secret could act as a member; set --cluster-listen and --tls-cert-file, --tls-key-file, --tls-ca-file (tls_cert_file, tls_key_file, tls_ca_file; make them with `berth tls ca create` and `berth tls cert create --role registry`), or listen on 127.0.0.1"
+    )]
+    ClusterTlsRequired(SocketAddr),
+    #[error(
+        "the TLS files secure the peer links, which need a listener of their own: set --cluster-listen HOST:PORT (cluster_listen) and name the members by it in --peers"
+    )]
+    ClusterListenRequired,
     #[error("`{0}` must be above zero")]
     NotPositive(&'static str),
     #[error(
@@ -61,6 +69,7 @@ pub struct RegistryHandle {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
     push_addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
     registry: Registry,
     cluster: Option<Arc<Cluster>>,
     _data_dir: Arc<DataDir>,
@@ -73,6 +82,11 @@ impl RegistryHandle {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The peer links' own listener, when `cluster_listen` is set.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
     }
 
     /// Where UDP pushes come from.
@@ -118,11 +132,32 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
             return Err(Error::NotPositive("cluster_handoff_limit"));
         }
     }
-    // Unreadable certificates stop the start before anything listens.
+    // Unreadable certificates stop the start before anything listens. One certificate
+    // serves HTTPS and, with peers, the peer links' mutual TLS.
     let tls = config
         .tls()?
         .map(berth_identity::ReloadingTls::load)
         .transpose()?;
+    if let Some(tls) = &tls {
+        shutdown.spawn(
+            tls.clone()
+                .watch(config.tls_reload_interval, shutdown.token()),
+        );
+    }
+    if !cc.peers.is_empty() {
+        let peer_listen = cc.listen.unwrap_or(config.grpc_listen);
+        if tls.is_none() && !peer_listen.ip().is_loopback() {
+            return Err(Error::ClusterTlsRequired(peer_listen));
+        }
+        if tls.is_some() && cc.listen.is_none() {
+            return Err(Error::ClusterListenRequired);
+        }
+    }
+    let peer_tls = if cc.peers.is_empty() {
+        None
+    } else {
+        tls.clone()
+    };
     let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
     let registry = Registry::start(CoreOptions {
         beat: config.beat,
@@ -134,16 +169,26 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;
     let http_addr = http_listener.local_addr().unwrap_or(config.listen);
     let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_listen);
+    let cluster_listener = match cc.listen.filter(|_| !cc.peers.is_empty()) {
+        Some(addr) => Some(bind_tcp(addr, "--cluster-listen").await?),
+        None => None,
+    };
+    let cluster_addr = cluster_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The address peers reach this member's peer service at.
+    let peer_addr = cluster_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(grpc_addr);
 
     let cluster = if cc.peers.is_empty() {
         None
     } else {
         let advertise = match &cc.advertise {
             Some(a) => a.clone(),
-            None if grpc_addr.ip().is_unspecified() => {
-                return Err(Error::AdvertiseRequired(grpc_addr));
+            None if peer_addr.ip().is_unspecified() => {
+                return Err(Error::AdvertiseRequired(peer_addr));
             }
-            None => grpc_addr.to_string(),
+            None => peer_addr.to_string(),
         };
         let cluster = Cluster::new(
             ClusterOptions {
@@ -157,6 +202,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
                 rpc_timeout: cc.rpc_timeout,
                 startup_attempts: cc.startup_attempts,
                 handoff_limit: cc.handoff_limit,
+                tls: peer_tls.clone(),
             },
             registry.clone(),
         );
@@ -234,10 +280,6 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     match tls {
         // HTTPS, and plain HTTP from loopback, on the one port.
         Some(tls) => {
-            shutdown.spawn(
-                tls.clone()
-                    .watch(config.tls_reload_interval, shutdown.token()),
-            );
             let listener = berth_identity::HttpsListener::new(
                 http_listener,
                 move || tls.https_server(),
@@ -254,6 +296,14 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         let token = token.clone();
         let interceptor = crate::auth::grpc_interceptor(auth);
         let peers = cluster.clone().map(crate::cluster::service::server);
+        // Peer links with a listener of their own are served there, not here.
+        let (peers, own) = match cluster_listener {
+            Some(listener) => (None, peers.map(|svc| (listener, svc))),
+            None => (peers, None),
+        };
+        if let Some((listener, svc)) = own {
+            serve_peer_links(listener, svc, peer_tls, shutdown);
+        }
         shutdown.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -274,6 +324,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
 
     tracing::info!(%http_addr, %grpc_addr, %push_addr, "registry started");
     Ok(RegistryHandle {
+        cluster_addr,
         http_addr,
         grpc_addr,
         push_addr,
@@ -281,4 +332,43 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         cluster,
         _data_dir: data_dir,
     })
+}
+
+/// The peer service on its own listener: mutual TLS when `tls` is set (the caller's role
+/// is checked with the cluster secret, `cluster::service`), cleartext otherwise.
+fn serve_peer_links(
+    listener: tokio::net::TcpListener,
+    svc: crate::cluster::service::Server,
+    tls: Option<Arc<berth_identity::ReloadingTls>>,
+    shutdown: &Shutdown,
+) {
+    // The files are watched once, in `start`: this shares the HTTPS listener's copy.
+    let token = shutdown.token();
+    shutdown.spawn(async move {
+        let server = tonic::transport::Server::builder().add_service(svc);
+        let result = match tls {
+            Some(tls) => {
+                let incoming = berth_identity::accept::incoming(
+                    listener,
+                    "registry peer",
+                    move || tls.mutual_server(),
+                    token.clone(),
+                );
+                server
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        token.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(%err, "peer link server failed");
+        }
+    });
 }

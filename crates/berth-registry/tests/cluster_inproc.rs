@@ -262,6 +262,7 @@ async fn a_forwarded_write_sent_again_is_applied_once_and_a_delta_gap_is_reporte
     let peer = Peer::new(
         owner.id(),
         SECRET,
+        None,
         Duration::from_secs(2),
         Duration::from_secs(1),
     )

@@ -80,6 +80,7 @@ async fn main() {
         endpoint: format!("http://{reg_addr}"),
         namespace: "public".into(),
         retry_max: Duration::from_millis(200),
+        secret: None,
     });
     let shutdown = Shutdown::new();
     let handle = berth_router::start(cfg, &shutdown).await.unwrap();

@@ -23,6 +23,7 @@ use crate::tls::CertPair;
 /// | `tls_cert_files`, `tls_key_files` | none | comma-separated PEM files, pairwise; SNI picks the pair |
 /// | `tls_reload_interval` | 5s | how often certificate files are checked for changes (SIGHUP also reloads) |
 /// | `registry` | none | registry gRPC address (`host:port` or `http://host:port`) to watch |
+/// | `registry_secret` (or `registry_secret_file`) | none | the registry's auth secret, sent with the watch when its auth is on |
 /// | `registry_namespace` | public | namespace watched |
 /// | `registry_retry_max` | 5s | longest reconnect backoff |
 /// | `nats` | none | comma-separated NATS URLs for gorouter-style `router.register` |
@@ -132,6 +133,9 @@ impl RouterConfig {
                 })?,
                 namespace: layers.get_or("registry_namespace", "public".to_string())?,
                 retry_max: layers.get_or("registry_retry_max", Duration::from_secs(5))?,
+                secret: layers
+                    .secret("registry_secret")?
+                    .map(berth_util::config::Secret::new),
             }),
             None => None,
         };

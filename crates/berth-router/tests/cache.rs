@@ -28,6 +28,7 @@ async fn cold_start_without_sources_serves_the_cached_table() {
         endpoint: format!("http://{reg_addr}"),
         namespace: "public".into(),
         retry_max: Duration::from_millis(200),
+        secret: None,
     };
     let first = start_router(berth_testkit::temp_dir(), |c| {
         c.registry = Some(registry.clone());

@@ -13,6 +13,7 @@ fn reg_cfg(addr: std::net::SocketAddr) -> RegistryConfig {
         endpoint: format!("http://{addr}"),
         namespace: "public".into(),
         retry_max: Duration::from_millis(200),
+        secret: None,
     }
 }
 

@@ -30,6 +30,7 @@ use berth_util::config::{ConfigError, FromConfigValue, Layers};
 /// | `advertise_url` | `http://<listen>` (`https://` with the TLS files) | this server's API URL as other servers redirect to it when it leads |
 /// | `advertise_agent` | `<agent_listen>` | this server's agent stream address, as shown to others |
 /// | `registry_http` | 127.0.0.1:8848 | the registry's Nacos HTTP API, where diagnostics gateways are looked up (`off`: no live diagnostics) |
+/// | `registry_secret` (or `registry_secret_file`) | none | the registry's auth secret, sent with gateway look-ups when its auth is on |
 /// | `diag_secret` (or `diag_secret_file`) | none | the diagnostics gateways' shared secret |
 /// | `audit_retention` | 90d | how long audit entries are kept (the leader prunes older ones); `0` keeps them forever |
 /// | `acl` | false | require a token on every API request (see docs/SECURITY.md); required when a listener is off loopback |
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub advertise_agent: Option<String>,
     /// Where the diagnostics gateway of a node is looked up.
     pub registry_http: Option<SocketAddr>,
+    /// The registry's auth secret, when its auth is on.
+    pub registry_secret: Option<berth_util::config::Secret>,
     pub diag_secret: Option<berth_util::config::Secret>,
     /// Tokens and policies guard the API.
     pub acl: bool,
@@ -122,6 +125,9 @@ impl ServerConfig {
             registry_http: layers
                 .get::<berth_util::config::AddrOrOff>("registry_http")?
                 .map_or(d.registry_http, |r| r.0),
+            registry_secret: layers
+                .secret("registry_secret")?
+                .map(berth_util::config::Secret::new),
             diag_secret: layers
                 .secret("diag_secret")?
                 .map(berth_util::config::Secret::new),
@@ -160,6 +166,7 @@ impl ServerConfig {
             advertise_url: None,
             advertise_agent: None,
             registry_http: Some(SocketAddr::from(([127, 0, 0, 1], 8848))),
+            registry_secret: None,
             diag_secret: None,
             acl: false,
             audit_retention: Some(Duration::from_secs(90 * 24 * 3600)),

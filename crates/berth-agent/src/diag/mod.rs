@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::link::error_chain;
 use crate::record::RecordStore;
 use crate::supervisor::Supervisor;
 use ops::{Ctx, Sink};
@@ -44,6 +45,9 @@ pub struct DiagOptions {
     pub gateways: Vec<String>,
     pub secret: Option<String>,
     pub node_id: String,
+    /// Mutual TLS to the gateway with the agent's own certificate (the one it shows the
+    /// server), the gateway verified as `diag.berth`.
+    pub tls: Option<Arc<berth_identity::ReloadingTls>>,
 }
 
 /// Which gateway holds this agent now (for `/health` and tests).
@@ -108,14 +112,19 @@ impl DiagLink {
         } else {
             format!("http://{address}")
         };
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| format!("bad gateway address {address:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .keep_alive_timeout(Duration::from_secs(10));
+        let connected = match &self.options.tls {
+            Some(tls) => {
+                berth_identity::dial::connect(endpoint, tls.clone(), berth_identity::Role::Diag)
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        let channel = connected.map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
         let mut client = DiagGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel::<pb::AgentFrame>(64);
         tx.send(pb::AgentFrame {

@@ -13,8 +13,11 @@ pub mod nacos_params;
 pub mod router_http_head;
 pub mod router_upstreams;
 
+/// A target's entry point: one input, a panic when a property fails.
+pub type Run = fn(&[u8]);
+
 /// Every target by the name `fuzz/corpus/NAME` and `fuzz/regressions/NAME` use.
-pub const ALL: &[(&str, fn(&[u8]))] = &[
+pub const ALL: &[(&str, Run)] = &[
     ("acl_policy_json", acl_policy_json::run),
     ("acl_policy_toml", acl_policy_toml::run),
     ("app_spec_json", app_spec_json::run),

@@ -73,23 +73,29 @@ impl Members {
         let peers = dials
             .into_iter()
             .filter_map(|d| {
-                Peer::new(d, &options.secret, options.rpc_timeout, keepalive)
-                    .map(|peer| {
-                        let is_self = *d == options.advertise;
-                        Arc::new(PeerEntry {
-                            peer,
-                            queue: Queue::default(),
-                            state: Mutex::new(PeerState {
-                                is_self,
-                                id: is_self.then(|| d.clone()),
-                                ..PeerState::default()
-                            }),
-                        })
+                Peer::new(
+                    d,
+                    &options.secret,
+                    options.tls.clone(),
+                    options.rpc_timeout,
+                    keepalive,
+                )
+                .map(|peer| {
+                    let is_self = *d == options.advertise;
+                    Arc::new(PeerEntry {
+                        peer,
+                        queue: Queue::default(),
+                        state: Mutex::new(PeerState {
+                            is_self,
+                            id: is_self.then(|| d.clone()),
+                            ..PeerState::default()
+                        }),
                     })
-                    .or_else(|| {
-                        tracing::error!(peer = %d, "peer address is not usable; ignored");
-                        None
-                    })
+                })
+                .or_else(|| {
+                    tracing::error!(peer = %d, "peer address is not usable; ignored");
+                    None
+                })
             })
             .collect();
         Self {

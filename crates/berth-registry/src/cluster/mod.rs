@@ -61,6 +61,8 @@ pub struct ClusterOptions {
     pub startup_attempts: u32,
     /// Writes that may wait in the hand-off queues in all.
     pub handoff_limit: usize,
+    /// Mutual TLS to the peers (each verified as `registry.berth`), when configured.
+    pub tls: Option<std::sync::Arc<berth_identity::ReloadingTls>>,
 }
 
 /// Why a peer call failed.

@@ -40,7 +40,14 @@ pub struct Peer {
 impl Peer {
     /// Builds the client; nothing connects until the first call. `None` when `dial` is
     /// not a usable address or the secret is not valid metadata.
-    pub fn new(dial: &str, secret: &str, timeout: Duration, keepalive: Duration) -> Option<Self> {
+    /// With `tls`, every connection is mutual TLS and the peer must be a registry.
+    pub fn new(
+        dial: &str,
+        secret: &str,
+        tls: Option<std::sync::Arc<berth_identity::ReloadingTls>>,
+        timeout: Duration,
+        keepalive: Duration,
+    ) -> Option<Self> {
         let endpoint = Endpoint::from_shared(format!("http://{dial}"))
             .ok()?
             .connect_timeout(timeout)
@@ -50,7 +57,12 @@ impl Peer {
             .keep_alive_timeout(timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match tls {
+            Some(tls) => {
+                berth_identity::dial::connect_lazy(endpoint, tls, berth_identity::Role::Registry)
+            }
+            None => endpoint.connect_lazy(),
+        };
         let secret = MetadataValue::try_from(secret).ok()?;
         let client = ClusterClient::with_interceptor(channel, AddSecret(secret))
             .max_decoding_message_size(MAX_MESSAGE)

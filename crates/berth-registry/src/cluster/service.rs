@@ -34,6 +34,13 @@ impl tonic::service::Interceptor for RequireSecret {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if crate::auth::same(given, &self.0) {
+            // Over mutual TLS the caller must also hold a registry's certificate.
+            berth_identity::authorize::require(
+                req.extensions().get::<berth_identity::PeerCert>(),
+                berth_identity::Role::Registry,
+                None,
+                "give every member its own certificate (`berth tls cert create --role registry`)",
+            )?;
             Ok(req)
         } else {
             Err(Status::unauthenticated(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use berth_proto::registry::v1 as pb;
 use berth_registry_client::watch;
+use berth_util::config::Secret;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,8 @@ pub struct RegistryConfig {
     pub endpoint: String,
     pub namespace: String,
     pub retry_max: Duration,
+    /// The registry's auth secret, sent as a bearer token when its auth is on.
+    pub secret: Option<Secret>,
 }
 
 impl RegistryConfig {
@@ -239,6 +242,8 @@ pub async fn run(
     let mut services = RegistryRoutes::default();
     let mut revision = 0u64;
     let mut backoff = Duration::from_millis(100);
+    // An auth refusal is reported once, not on every reconnect, until a watch opens.
+    let mut refusal_reported = false;
     loop {
         let watched = tokio::select! {
             _ = stop.cancelled() => return,
@@ -246,9 +251,23 @@ pub async fn run(
         };
         metrics.registry_connected.set(0);
         match watched {
-            Ok(true) => backoff = Duration::from_millis(100),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(
+            Ok(true) => {
+                backoff = Duration::from_millis(100);
+                refusal_reported = false;
+            }
+            Ok(false) => refusal_reported = false,
+            Err(WatchError::Unauthorized(why)) if !refusal_reported => {
+                refusal_reported = true;
+                tracing::warn!(
+                    registry = %cfg.endpoint, retry_in = ?backoff,
+                    "registry refused the watch: {why}; {}; serving the last known routes",
+                    refusal_advice(&cfg)
+                );
+            }
+            Err(WatchError::Unauthorized(why)) => tracing::debug!(
+                registry = %cfg.endpoint, "registry refused the watch: {why}"
+            ),
+            Err(WatchError::Other(e)) => tracing::warn!(
                 registry = %cfg.endpoint, error = %e, retry_in = ?backoff,
                 "registry watch unavailable; serving the last known routes"
             ),
@@ -261,6 +280,43 @@ pub async fn run(
     }
 }
 
+/// Why a watch ended: refused by the registry's auth, or anything else.
+enum WatchError {
+    Unauthorized(String),
+    Other(String),
+}
+
+impl From<String> for WatchError {
+    fn from(why: String) -> Self {
+        Self::Other(why)
+    }
+}
+
+impl From<&str> for WatchError {
+    fn from(why: &str) -> Self {
+        Self::Other(why.to_string())
+    }
+}
+
+fn status_error(s: &tonic::Status) -> WatchError {
+    let why = format!("{}: {}", s.code(), s.message());
+    match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            WatchError::Unauthorized(why)
+        }
+        _ => WatchError::Other(why),
+    }
+}
+
+/// What to do about an auth refusal, naming the setting.
+fn refusal_advice(cfg: &RegistryConfig) -> &'static str {
+    if cfg.secret.is_some() {
+        "the secret given with registry_secret_file (--registry-secret-file, BERTH_ROUTER_REGISTRY_SECRET_FILE) is not the registry's auth secret"
+    } else {
+        "its auth is on: give the registry's auth secret with registry_secret_file (--registry-secret-file, BERTH_ROUTER_REGISTRY_SECRET_FILE)"
+    }
+}
+
 /// One connection: returns Ok(true) if at least one event was applied.
 async fn watch_once(
     cfg: &RegistryConfig,
@@ -269,18 +325,20 @@ async fn watch_once(
     services: &mut RegistryRoutes,
     revision: &mut u64,
     stop: &CancellationToken,
-) -> Result<bool, String> {
+) -> Result<bool, WatchError> {
     let request = pb::WatchRequest {
         namespace: cfg.namespace.clone(),
         services: Vec::new(),
         from_revision: *revision,
     };
-    let mut stream = watch::open(&cfg.endpoint, Some(Duration::from_secs(2)), request, None)
+    let token = cfg.secret.as_ref().map(Secret::expose);
+    let mut stream = watch::open(&cfg.endpoint, Some(Duration::from_secs(2)), request, token)
         .await
         .map_err(|err| match err {
             // The transport's debug form names the underlying cause (refused, timed out).
-            watch::OpenError::Connect(e) => format!("{e:?}"),
-            other => other.to_string(),
+            watch::OpenError::Connect(e) => WatchError::Other(format!("{e:?}")),
+            watch::OpenError::Refused(s) => status_error(&s),
+            other => WatchError::Other(other.to_string()),
         })?;
     metrics.registry_connected.set(1);
     tracing::info!(registry = %cfg.endpoint, from_revision = *revision, "registry watch open");
@@ -318,7 +376,7 @@ async fn watch_once(
                 }
                 Err(s) => {
                     services.flush(store);
-                    return Err(format!("{}: {}", s.code(), s.message()));
+                    return Err(status_error(&s));
                 }
             }
             match stream.message().now_or_never() {

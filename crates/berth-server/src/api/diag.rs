@@ -18,7 +18,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_proto::diag::v1 as pb;
 use berth_proto::diag::v1::diag_gateway_client::DiagGatewayClient;
-use berth_registry_client::{NacosClient, RegistryError, names};
+use berth_registry_client::{Credentials, NacosClient, RegistryError, names};
+use berth_util::config::Secret;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -68,18 +69,16 @@ pub async fn diag(
             "live diagnostics need the registry, where gateways are found: set registry_http",
         ));
     };
+    let registry = registry_client(registry, ctx.config.registry_secret.as_ref());
     let prefix = !q.contains_key("instance");
-    let secret = ctx
-        .config
-        .diag_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
+    let link = GatewayLink::of(&ctx);
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     for target in targets {
-        let (tx, secret, cancel) = (tx.clone(), secret.clone(), ctx.cancel.clone());
+        let (tx, link, cancel) = (tx.clone(), link.clone(), ctx.cancel.clone());
+        let registry = registry.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = run_on_node(registry, secret, target, prefix, &tx) => {}
+                () = run_on_node(&registry, &link, target, prefix, &tx) => {}
                 // The client went away: dropping the gateway stream cancels the operation.
                 () = tx.closed() => {}
                 () = cancel.cancelled() => {}
@@ -211,23 +210,35 @@ fn targets(
         .collect())
 }
 
+/// The registry client of gateway look-ups, with the server's registry secret.
+pub(super) fn registry_client(
+    registry: std::net::SocketAddr,
+    secret: Option<&Secret>,
+) -> NacosClient {
+    let credentials = Credentials::new(
+        secret.map(|s| s.expose().to_string()),
+        "the server's --registry-secret-file FILE (or BERTH_SERVER_REGISTRY_SECRET_FILE)",
+    );
+    NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT).with_credentials(credentials)
+}
+
 /// The gateways registered for `node`, from the registry. Usually one; right after a
 /// gateway died its entry lingers until the registry expires it, beside the new one.
-pub(super) async fn gateways_of(
-    registry: std::net::SocketAddr,
-    node: &str,
-) -> Result<Vec<String>, String> {
+pub(super) async fn gateways_of(client: &NacosClient, node: &str) -> Result<Vec<String>, String> {
     let service = names::diag_node_service(node);
-    let client = NacosClient::new(format!("http://{registry}"), LOOKUP_TIMEOUT);
     let hosts: Vec<String> = match client.list_instances(&service, true).await {
         Ok(listed) => listed.iter().map(|host| host.addr()).collect(),
         Err(RegistryError::Unreachable { source, .. }) => {
-            return Err(format!("registry at {registry} unreachable: {source}"));
+            return Err(format!(
+                "registry at {} unreachable: {source}",
+                client.base()
+            ));
         }
         Err(RegistryError::Unreadable { source, .. }) => {
             return Err(format!("registry answer unreadable: {source}"));
         }
-        // A refusal names no gateway, like an empty listing.
+        Err(err @ RegistryError::Unauthorized { .. }) => return Err(err.to_string()),
+        // Any other refusal names no gateway, like an empty listing.
         Err(RegistryError::Refused { .. }) => Vec::new(),
     };
     if hosts.is_empty() {
@@ -238,14 +249,23 @@ pub(super) async fn gateways_of(
     Ok(hosts)
 }
 
-/// A channel to `gateway`; unreachable means try the next one.
-pub(super) async fn dial(gateway: &str) -> Result<tonic::transport::Channel, Attempt> {
-    tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+/// A channel to `gateway`, over mutual TLS when the server has its certificate;
+/// unreachable means try the next one.
+pub(super) async fn dial(
+    gateway: &str,
+    link: &GatewayLink,
+) -> Result<tonic::transport::Channel, Attempt> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
         .map_err(|e| Attempt::Failed(e.to_string()))?
-        .connect_timeout(LOOKUP_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| Attempt::NextGateway(format!("gateway {gateway} unreachable: {e}")))
+        .connect_timeout(LOOKUP_TIMEOUT);
+    let connected = match &link.tls {
+        Some(tls) => {
+            berth_identity::dial::connect(endpoint, tls.clone(), berth_identity::Role::Diag).await
+        }
+        None => endpoint.connect().await,
+    };
+    connected
+        .map_err(|e| Attempt::NextGateway(format!("gateway {gateway} unreachable: {}", causes(&e))))
 }
 
 /// `request` carrying the gateways' shared secret, when one is set.
@@ -262,15 +282,52 @@ pub(super) fn with_secret<T>(
     Ok(request)
 }
 
+/// An error with its causes: a refused TLS handshake hides below tonic's "transport
+/// error".
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Why one gateway could not serve: try the next, or give up.
 pub(super) enum Attempt {
     NextGateway(String),
     Failed(String),
 }
 
-async fn run_on_node(
-    registry: std::net::SocketAddr,
+/// How the server calls gateways: their shared secret, and its own certificate (the
+/// gateway verified as `diag.berth`) when it has one.
+#[derive(Clone)]
+pub(super) struct GatewayLink {
     secret: Option<String>,
+    tls: Option<Arc<berth_identity::ReloadingTls>>,
+}
+
+impl GatewayLink {
+    pub(super) fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+
+    pub(super) fn of(ctx: &Ctx) -> Self {
+        Self {
+            secret: ctx
+                .config
+                .diag_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+            tls: ctx.tls.clone(),
+        }
+    }
+}
+
+async fn run_on_node(
+    registry: &NacosClient,
+    link: &GatewayLink,
     target: Target,
     prefix: bool,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -286,7 +343,7 @@ async fn run_on_node(
     };
     let mut tried = Vec::new();
     for gateway in gateways {
-        match run_via(&gateway, secret.as_deref(), &target, prefix, tx).await {
+        match run_via(&gateway, link, &target, prefix, tx).await {
             Ok(()) => return,
             Err(Attempt::NextGateway(why)) => tried.push(why),
             Err(Attempt::Failed(why)) => {
@@ -300,18 +357,18 @@ async fn run_on_node(
 
 async fn run_via(
     gateway: &str,
-    secret: Option<&str>,
+    link: &GatewayLink,
     target: &Target,
     prefix: bool,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), Attempt> {
-    let channel = dial(gateway).await?;
+    let channel = dial(gateway, link).await?;
     let request = with_secret(
         tonic::Request::new(pb::RunRequest {
             node_id: target.node.clone(),
             operation: Some(target.operation.clone()),
         }),
-        secret,
+        link.secret.as_deref(),
     )?;
     let mut stream = match DiagGatewayClient::new(channel).run(request).await {
         Ok(response) => response.into_inner(),
@@ -355,5 +412,59 @@ async fn run_via(
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// A registry with auth on whose secret is `right`, listing one gateway for any node.
+    async fn guarded_registry() -> std::net::SocketAddr {
+        let listing = |headers: HeaderMap| async move {
+            match headers.get("accesstoken").and_then(|v| v.to_str().ok()) {
+                Some("right") => (
+                    StatusCode::OK,
+                    r#"{"hosts":[{"ip":"127.0.0.1","port":7080}]}"#,
+                ),
+                _ => (StatusCode::FORBIDDEN, "auth is on: send a token"),
+            }
+        };
+        let app = Router::new().route("/nacos/v1/ns/instance/list", get(listing));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn gateway_lookups_carry_the_registry_secret_and_name_it_when_refused() {
+        let registry = guarded_registry().await;
+        let right = Secret::new("right");
+        let found = gateways_of(&registry_client(registry, Some(&right)), "n1").await;
+        assert_eq!(found.unwrap(), vec!["127.0.0.1:7080"]);
+
+        let missing = gateways_of(&registry_client(registry, None), "n1")
+            .await
+            .unwrap_err();
+        assert!(
+            missing.contains("no secret was sent")
+                && missing.contains("BERTH_SERVER_REGISTRY_SECRET_FILE"),
+            "a refusal is not an empty listing: {missing}"
+        );
+        let wrong = Secret::new("wrong-secret");
+        let refused = gateways_of(&registry_client(registry, Some(&wrong)), "n1")
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("is not the registry's auth secret")
+                && refused.contains("--registry-secret-file")
+                && !refused.contains("wrong-secret"),
+            "{refused}"
+        );
     }
 }

@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiError;
-use super::diag::{Attempt, dial, gateways_of, with_secret};
+use berth_registry_client::NacosClient;
+
+use super::diag::{Attempt, GatewayLink, dial, gateways_of, registry_client, with_secret};
 use crate::context::Ctx;
 
 /// Time the client has to send what to run.
@@ -62,17 +64,14 @@ pub async fn exec(
             "exec goes through the diagnostics gateways, found in the registry: set registry_http",
         ));
     };
-    let secret = ctx
-        .config
-        .diag_secret
-        .as_ref()
-        .map(|s| s.expose().to_string());
+    let registry = registry_client(registry, ctx.config.registry_secret.as_ref());
+    let link = GatewayLink::of(&ctx);
     let cancel = ctx.cancel.clone();
     Ok(upgrade
         .max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| async move {
             tokio::select! {
-                () = session(socket, registry, secret, target) => {}
+                () = session(socket, registry, link, target) => {}
                 () = cancel.cancelled() => {}
             }
         }))
@@ -185,18 +184,13 @@ async fn read_request(socket: &mut WebSocket) -> Result<ExecRequest, (String, Op
     Ok(request)
 }
 
-async fn session(
-    mut socket: WebSocket,
-    registry: std::net::SocketAddr,
-    secret: Option<String>,
-    target: Target,
-) {
+async fn session(mut socket: WebSocket, registry: NacosClient, link: GatewayLink, target: Target) {
     let request = match read_request(&mut socket).await {
         Ok(request) => request,
         Err((message, _)) if message.is_empty() => return,
         Err((message, field)) => return refuse(&mut socket, message, field).await,
     };
-    let (down, up) = match open(registry, secret.as_deref(), &target, request).await {
+    let (down, up) = match open(&registry, &link, &target, request).await {
         Ok(call) => call,
         Err(why) => return refuse(&mut socket, why, None).await,
     };
@@ -313,8 +307,8 @@ type Call = (tonic::Streaming<pb::ExecDown>, mpsc::Sender<pb::ExecUp>);
 /// The exec call on the gateway holding the node, trying the next listed gateway when
 /// one is unreachable or no longer holds it.
 async fn open(
-    registry: std::net::SocketAddr,
-    secret: Option<&str>,
+    registry: &NacosClient,
+    link: &GatewayLink,
     target: &Target,
     request: ExecRequest,
 ) -> Result<Call, String> {
@@ -336,7 +330,7 @@ async fn open(
             Attempt::NextGateway(why) => Ok(why),
             Attempt::Failed(why) => Err(why),
         };
-        let channel = match dial(&gateway).await {
+        let channel = match dial(&gateway, link).await {
             Ok(channel) => channel,
             Err(a) => {
                 tried.push(fail(a)?);
@@ -354,11 +348,10 @@ async fn open(
         up.send(open)
             .await
             .map_err(|_| "internal: exec queue closed".to_string())?;
-        let call = with_secret(tonic::Request::new(ReceiverStream::new(rx)), secret).map_err(
-            |a| match a {
+        let call = with_secret(tonic::Request::new(ReceiverStream::new(rx)), link.secret())
+            .map_err(|a| match a {
                 Attempt::NextGateway(why) | Attempt::Failed(why) => why,
-            },
-        )?;
+            })?;
         match DiagGatewayClient::new(channel).exec(call).await {
             Ok(response) => return Ok((response.into_inner(), up)),
             Err(status) if status.code() == tonic::Code::NotFound => {

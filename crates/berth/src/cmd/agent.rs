@@ -26,6 +26,10 @@ pub struct Args {
     /// disables registration. [default: 127.0.0.1:8848]
     #[arg(long, value_name = "ADDR")]
     registry_http: Option<String>,
+    /// File holding the registry's auth secret (its --auth-secret-file), sent with every
+    /// registration and beat; needed when the registry's auth is on.
+    #[arg(long, value_name = "FILE")]
+    registry_secret_file: Option<PathBuf>,
     /// Instance records, working folders and logs; also keeps the generated node id.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -104,6 +108,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set_list("server", &args.server)
         .set("registry", args.registry)
         .set("registry_http", args.registry_http)
+        .set(
+            "registry_secret_file",
+            args.registry_secret_file.map(|p| p.display().to_string()),
+        )
         .set("data_dir", args.data_dir.map(|p| p.display().to_string()))
         .set("node_id", args.node_id)
         .set("labels", args.labels)

@@ -58,8 +58,13 @@ pub struct Args {
     /// File holding the secret every member shares (32+ bytes); required with --peers.
     #[arg(long, value_name = "FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// A listener of its own for the peer links (mutual TLS with the --tls-* files);
+    /// --peers then name the members' --cluster-listen addresses [default: none, they
+    /// share --grpc-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    cluster_listen: Option<std::net::SocketAddr>,
     /// This member's id: the gRPC address the others list it by [default: the bound
-    /// gRPC address].
+    /// --cluster-listen or gRPC address].
     #[arg(long, value_name = "HOST:PORT")]
     cluster_advertise: Option<String>,
     /// Period of member heartbeats [default: 5s].
@@ -84,7 +89,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     cluster_handoff_limit: Option<usize>,
     /// With --tls-cert-file (`berth tls cert create --role registry`) the HTTP listener
-    /// serves HTTPS, and plain HTTP to loopback clients only.
+    /// serves HTTPS, and plain HTTP to loopback clients only; with --peers the peer links
+    /// on --cluster-listen run over mutual TLS with the same certificate.
     #[command(flatten)]
     tls: super::TlsFileArgs,
 }
@@ -113,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.cluster_secret_file.map(|p| p.display().to_string()),
         )
         .set("cluster_advertise", args.cluster_advertise)
+        .set("cluster_listen", args.cluster_listen)
         .set("cluster_heartbeat", args.cluster_heartbeat)
         .set("cluster_missed_beats", args.cluster_missed_beats)
         .set("cluster_sync_interval", args.cluster_sync_interval)
@@ -127,13 +134,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let handle = berth_registry::start(config, &shutdown)
         .await
         .context("cannot start the registry")?;
-    let result = super::run_until_shutdown(
-        "registry",
-        shutdown,
-        &[("http", handle.http_addr()), ("grpc", handle.grpc_addr())],
-        args.role.shutdown_grace,
-    )
-    .await;
+    let mut addrs = vec![("http", handle.http_addr()), ("grpc", handle.grpc_addr())];
+    addrs.extend(handle.cluster_addr().map(|addr| ("cluster", addr)));
+    let result =
+        super::run_until_shutdown("registry", shutdown, &addrs, args.role.shutdown_grace).await;
     drop(handle);
     result
 }

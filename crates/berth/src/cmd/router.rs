@@ -34,6 +34,10 @@ pub struct Args {
     /// Registry gRPC address to watch for routes (host:port).
     #[arg(long, value_name = "ADDR")]
     registry: Option<String>,
+    /// File holding the registry's auth secret (its --auth-secret-file), sent with the
+    /// watch; needed when the registry's auth is on.
+    #[arg(long, value_name = "FILE")]
+    registry_secret_file: Option<PathBuf>,
     /// NATS server URL(s), comma-separated, for router.register/unregister.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
@@ -95,6 +99,10 @@ fn load(args: Args) -> anyhow::Result<(RouterConfig, Duration)> {
         .set("listen", args.listen)
         .set("status_listen", args.status_listen)
         .set("registry", args.registry)
+        .set(
+            "registry_secret_file",
+            args.registry_secret_file.map(|p| p.display().to_string()),
+        )
         .set("nats", args.nats)
         .set(
             "upstreams_file",

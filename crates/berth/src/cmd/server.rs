@@ -73,6 +73,10 @@ pub struct Args {
     /// [default: 127.0.0.1:8848].
     #[arg(long, value_name = "ADDR|off")]
     registry_http: Option<String>,
+    /// File holding the registry's auth secret (its --auth-secret-file), sent with gateway
+    /// look-ups; needed when the registry's auth is on.
+    #[arg(long, value_name = "FILE")]
+    registry_secret_file: Option<std::path::PathBuf>,
     /// File holding the diagnostics gateways' secret.
     #[arg(long, value_name = "FILE")]
     diag_secret_file: Option<std::path::PathBuf>,
@@ -118,6 +122,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("advertise_url", args.advertise_url)
         .set("advertise_agent", args.advertise_agent)
         .set("registry_http", args.registry_http)
+        .set(
+            "registry_secret_file",
+            args.registry_secret_file.map(|p| p.display().to_string()),
+        )
         .set(
             "diag_secret_file",
             args.diag_secret_file.map(|p| p.display().to_string()),

@@ -387,4 +387,30 @@ async fn with_acls_exec_needs_the_exec_capability_on_the_app() {
     )
     .await;
     assert!(elsewhere.stderr.contains("403"), "{}", elsewhere.stderr);
+
+    // Every attempt is in the audit trail, the refused ones as denied.
+    let (status, body) = api_call(
+        api,
+        reqwest::Method::GET,
+        "/v1/audit?action=exec",
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body["entries"].as_array().expect("entries");
+    let by = |name: &str, target: &str| {
+        entries
+            .iter()
+            .find(|e| e["token_name"] == name && e["target"] == target)
+            .unwrap_or_else(|| panic!("no exec entry by {name} on {target}: {body}"))
+            .clone()
+    };
+    let denied = by("looker", &format!("app:{APP}"));
+    assert_eq!(denied["decision"], "denied", "{denied}");
+    assert_eq!(denied["status"], 403, "{denied}");
+    let tried = by("execer", &format!("app:{APP}"));
+    assert_eq!(tried["decision"], "allowed", "{tried}");
+    assert_eq!(tried["status"], 404, "{tried}");
+    assert_eq!(by("execer", "app:other/app")["status"], 403);
 }

@@ -16,7 +16,10 @@ fn the_route_table_alone_decides_what_is_audited() {
         let expected = r.method != Method::GET
             || matches!(
                 r.access,
-                Access::App(Capability::Logs | Capability::Diagnose, _)
+                Access::App(
+                    Capability::Logs | Capability::Diagnose | Capability::Exec,
+                    _
+                )
             );
         assert_eq!(
             audited(&r.method, r.access),
@@ -26,6 +29,13 @@ fn the_route_table_alone_decides_what_is_audited() {
             r.path
         );
     }
+    // Exec is a GET (a WebSocket upgrade), audited for its capability.
+    assert!(
+        routes()
+            .iter()
+            .any(|r| r.path.starts_with("/v1/exec/") && audited(&r.method, r.access)),
+        "the exec route is missing or not audited"
+    );
     // A route added later with the exec capability is audited whatever its method.
     assert!(audited(
         &Method::GET,

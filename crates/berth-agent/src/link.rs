@@ -88,32 +88,6 @@ pub fn server_uri(addr: &str, tls: bool) -> String {
     }
 }
 
-/// Dials the server's authority over TCP, then TLS verifying `server.berth`.
-async fn dial_tls(
-    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
-    uri: http::Uri,
-) -> Result<
-    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    std::io::Error,
-> {
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{uri} has no host:port"),
-            )
-        })?;
-    let tcp = tokio::net::TcpStream::connect(&authority).await?;
-    tcp.set_nodelay(true)?;
-    let name = berth_identity::server_name(berth_identity::SERVER_NAME);
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
-    Ok(hyper_util::rt::TokioIo::new(tls))
-}
-
 /// Delay before attempt number `failures` (1 = after the first failure).
 pub fn backoff(config: &LinkConfig, failures: u32, rng: &mut impl Rng) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
@@ -200,11 +174,7 @@ async fn session(
     let connect = async {
         match &config.tls {
             Some(tls) => {
-                let tls = tls.clone();
-                endpoint
-                    .connect_with_connector(tower::service_fn(move |uri| {
-                        dial_tls(tls.client(), uri)
-                    }))
+                berth_identity::dial::connect(endpoint, tls.clone(), berth_identity::Role::Server)
                     .await
             }
             None => endpoint.connect().await,

@@ -108,12 +108,12 @@ impl DiagConfig {
             None if open && no_tls => Err(invalid(
                 "secret",
                 "(none)".into(),
-                &format!("a secret (secret_file) and {TLS_NEEDED}"),
+                &format!("a secret (--secret-file FILE, secret_file) and {TLS_NEEDED}"),
             )),
             None if open => Err(invalid(
                 "secret",
                 "(none)".into(),
-                "a secret (secret_file) whenever listen is not on loopback: anyone reaching the gateway could read every node's logs",
+                "a secret (--secret-file FILE, secret_file) whenever listen is not on loopback: anyone reaching the gateway could read every node's logs",
             )),
             _ if open && no_tls => Err(invalid("tls_cert_file", "(none)".into(), TLS_NEEDED)),
             _ => Ok(self),

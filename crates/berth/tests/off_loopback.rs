@@ -8,8 +8,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use berth_testkit::wait_for;
 use common::{BIN, WAIT, tls_flags, tls_pki};
 
 const ADDR: &str = "10.213.0.1";
@@ -91,8 +91,8 @@ fn data(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
-#[test]
-fn off_loopback_each_role_needs_its_credentials_and_the_api_needs_https() {
+#[tokio::test]
+async fn off_loopback_each_role_needs_its_credentials_and_the_api_needs_https() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::create();
     let api = format!("{ADDR}:7070");
@@ -178,14 +178,16 @@ fn off_loopback_each_role_needs_its_credentials_and_the_api_needs_https() {
             &format!("https://localhost:7070{path}"),
         ])
     };
-    let deadline = Instant::now() + WAIT;
-    let (code, body) = loop {
-        let answer = https("/v1/apps");
-        if answer.0 != "000" || Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let https = &https;
+    let (code, body) = wait_for(
+        "the server's HTTPS inside the namespace",
+        WAIT,
+        || async move {
+            let answer = https("/v1/apps");
+            (answer.0 != "000").then_some(answer)
+        },
+    )
+    .await;
     assert_eq!(code, "401", "HTTPS without a token: {body}");
     assert!(body.contains("acl_token_missing"), "{body}");
 

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub leadership: Mutex<Leadership>,
     /// Recent failed token attempts per client address (see `api::auth`).
     pub auth_failures: crate::api::auth::Failures,
+    /// Resolved ACL tokens (emptied by every ACL change and on taking the leadership).
+    pub tokens: crate::api::token_cache::TokenCache,
     /// The server's certificate, when it has one: it also presents it to the diagnostics
     /// gateways it calls.
     pub tls: Option<Arc<berth_identity::ReloadingTls>>,

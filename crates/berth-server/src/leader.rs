@@ -184,6 +184,8 @@ impl Elector {
 }
 
 fn become_leader(ctx: &Arc<Ctx>) {
+    // ACL changes made through another leader meanwhile are not in this cache.
+    ctx.tokens.clear();
     let term = ctx.cancel.child_token();
     ctx.set_leadership(Leadership::Leader {
         term: term.clone(),

@@ -136,6 +136,7 @@ async fn start_with_store(
             reason: "the first election has not finished".into(),
         }),
         auth_failures: Default::default(),
+        tokens: Default::default(),
         tls: tls.clone(),
         config,
     });

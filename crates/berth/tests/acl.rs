@@ -1,7 +1,7 @@
 //! Black-box: ACLs on the real `berth server` process. It refuses to listen off loopback
 //! without them; with `--acl` the first token comes from one bootstrap (a second needs
 //! the reset file), every call needs a token, a token does only what its policies grant,
-//! and a revoked or expired token is refused on its next request.
+//! and a revoked or expired token, or a narrowed policy, is refused on its next request.
 
 mod common;
 
@@ -254,6 +254,22 @@ async fn revoked_and_expired_tokens_are_refused_at_once() {
             == 401
     })
     .await;
+
+    // A policy change applies from the next request on, to tokens already in use.
+    let narrow = acl_token(api, &root, "narrow", &["ro"], None).await;
+    let (status, body) = api_call(api, Method::GET, "/v1/apps/demo/x", Some(&narrow), None).await;
+    assert_eq!(status, 404, "may read, nothing there: {body}");
+    let (status, _) = api_call(
+        api,
+        Method::PUT,
+        "/v1/acl/policy/ro",
+        Some(&root),
+        Some(json!({"rules":[{"apps":"other/*","capabilities":["read"]}]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = api_call(api, Method::GET, "/v1/apps/demo/x", Some(&narrow), None).await;
+    assert_eq!(status, 403, "the narrowed policy: {body}");
     drop(server);
 }
 

@@ -141,6 +141,7 @@ pub async fn put_policy(
     .map_err(invalid)?;
     let stored = policy.clone();
     ctx.store.run(move |s| s.put_policy(&stored)).await?;
+    ctx.tokens.clear();
     Ok(Json(policy).into_response())
 }
 
@@ -190,6 +191,7 @@ pub async fn delete_policy(
     }
     let lookup = name.clone();
     if ctx.store.run(move |s| s.delete_policy(&lookup)).await? {
+        ctx.tokens.clear();
         Ok(Json(json!({ "deleted": name })).into_response())
     } else {
         Err(ApiError::not_found(format!("no policy {name}")))
@@ -338,6 +340,7 @@ pub async fn delete_token(
     enabled(&ctx)?;
     let lookup = accessor.clone();
     if ctx.store.run(move |s| s.delete_token(&lookup)).await? {
+        ctx.tokens.clear();
         tracing::info!(%accessor, "ACL token revoked");
         Ok(Json(json!({ "deleted": accessor })).into_response())
     } else {

@@ -11,6 +11,7 @@ mod diag;
 mod error;
 mod exec;
 mod logs;
+pub mod token_cache;
 mod ui;
 mod views;
 

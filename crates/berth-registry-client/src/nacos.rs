@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Where [`NacosClient::list_instances`] reads; fakes of the registry in tests serve it.
+pub const INSTANCE_LIST_PATH: &str = "/nacos/v1/ns/instance/list";
+
 pub const GROUP: &str = "DEFAULT_GROUP";
 pub const NAMESPACE: &str = "public";
 /// Nacos clients beat every 5 s; the registry marks an instance unhealthy after 15 s
@@ -206,6 +209,10 @@ impl NacosClient {
         format!("{}/nacos/v1/ns/{path}", self.base)
     }
 
+    fn list_url(&self) -> String {
+        format!("{}{INSTANCE_LIST_PATH}", self.base)
+    }
+
     fn unreachable(&self, op: &'static str) -> impl Fn(reqwest::Error) -> RegistryError + '_ {
         move |source| RegistryError::Unreachable {
             base: self.base.clone(),
@@ -325,7 +332,7 @@ impl NacosClient {
             ("serviceName", service.to_string()),
             ("healthyOnly", healthy_only.to_string()),
         ];
-        let request = self.http.get(self.url("instance/list")).query(&params);
+        let request = self.http.get(self.list_url()).query(&params);
         let body: serde_json::Value =
             self.send("list", request)
                 .await?

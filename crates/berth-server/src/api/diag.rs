@@ -434,7 +434,10 @@ mod tests {
                 _ => (StatusCode::FORBIDDEN, "auth is on: send a token"),
             }
         };
-        let app = Router::new().route("/nacos/v1/ns/instance/list", get(listing));
+        let app = Router::new().route(
+            berth_registry_client::nacos::INSTANCE_LIST_PATH,
+            get(listing),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use berth_proto::diag::v1::diag_gateway_server::DiagGatewayServer;
 use berth_util::net::{BindError, bind_tcp};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::DiagConfig;
@@ -104,29 +103,9 @@ pub async fn start(config: DiagConfig, token: CancellationToken) -> Result<DiagH
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(service);
-        let result = match tls {
-            // Mutual TLS: the handshake verifies the certificate against the CA; each
-            // call then checks the role (and an agent's node id) in it.
-            Some(tls) => {
-                let incoming = berth_identity::accept::incoming(
-                    listener,
-                    "diag",
-                    move || tls.mutual_server(),
-                    token.clone(),
-                );
-                server
-                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                    .await
-            }
-            None => {
-                server
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
-                        token.cancelled_owned(),
-                    )
-                    .await
-            }
-        };
+        // With TLS the handshake verifies the certificate against the CA; each call then
+        // checks the role (and an agent's node id) in it.
+        let result = berth_identity::accept::serve(server, listener, "diag", tls, token).await;
         if let Err(err) = result {
             tracing::error!(%err, "diagnostics gateway failed");
         }

@@ -38,6 +38,32 @@ pub struct PeerCert {
     pub identity: Result<Identity, String>,
 }
 
+/// Serves `router` on `listener` until `cancel`: over mutual TLS with the current config
+/// of `tls` when given (every handshake verified against the CA), in clear otherwise.
+/// `link` names the listener in logs. The one way a role serves a gRPC listener.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    link: &'static str,
+    tls: Option<Arc<crate::ReloadingTls>>,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            let incoming = incoming(listener, link, move || tls.mutual_server(), cancel.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                .await
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                .await
+        }
+    }
+}
+
 /// A verified TLS connection, as tonic serves it (`serve_with_incoming`).
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,

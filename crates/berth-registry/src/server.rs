@@ -346,27 +346,8 @@ fn serve_peer_links(
     let token = shutdown.token();
     shutdown.spawn(async move {
         let server = tonic::transport::Server::builder().add_service(svc);
-        let result = match tls {
-            Some(tls) => {
-                let incoming = berth_identity::accept::incoming(
-                    listener,
-                    "registry peer",
-                    move || tls.mutual_server(),
-                    token.clone(),
-                );
-                server
-                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                    .await
-            }
-            None => {
-                server
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
-                        token.cancelled_owned(),
-                    )
-                    .await
-            }
-        };
+        let result =
+            berth_identity::accept::serve(server, listener, "registry peer", tls, token).await;
         if let Err(err) = result {
             tracing::error!(%err, "peer link server failed");
         }

@@ -169,28 +169,11 @@ async fn start_with_store(
     let service = AgentLinkServer::new(agents::AgentService { ctx: ctx.clone() });
     let cancel = shutdown.token();
     shutdown.spawn(async move {
+        // With TLS the handshake verifies the agent's certificate against the CA; the
+        // session then checks the identity in it against the Hello.
         let server = tonic::transport::Server::builder().add_service(service);
-        let result = match tls {
-            // Mutual TLS: the handshake verifies the agent's certificate against the CA;
-            // the session then checks the identity in it against the Hello.
-            Some(tls) => {
-                let incoming = berth_identity::accept::incoming(
-                    agent_listener,
-                    "agent",
-                    move || tls.mutual_server(),
-                    cancel.clone(),
-                );
-                server
-                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-                    .await
-            }
-            None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
-                server
-                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-                    .await
-            }
-        };
+        let result =
+            berth_identity::accept::serve(server, agent_listener, "agent", tls, cancel).await;
         if let Err(e) = result {
             tracing::error!("agent stream server failed: {e}");
         }

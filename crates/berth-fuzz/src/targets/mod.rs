@@ -8,6 +8,7 @@ pub mod acl_policy_toml;
 pub mod app_spec_json;
 pub mod app_spec_toml;
 pub mod consul_registration;
+pub mod exec_frames;
 pub mod gorouter_nats;
 pub mod nacos_params;
 pub mod router_http_head;
@@ -23,6 +24,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("app_spec_json", app_spec_json::run),
     ("app_spec_toml", app_spec_toml::run),
     ("consul_registration", consul_registration::run),
+    ("exec_frames", exec_frames::run),
     ("gorouter_nats", gorouter_nats::run),
     ("nacos_params", nacos_params::run),
     ("router_http_head", router_http_head::run),

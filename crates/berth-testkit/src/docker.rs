@@ -135,7 +135,8 @@ impl TempDocker {
         std::fs::create_dir_all(root.join("tmp")).expect("rootfs");
         std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
         for applet in [
-            "sh", "httpd", "sleep", "echo", "cat", "env", "ls", "true", "false", "wget",
+            "sh", "httpd", "sleep", "echo", "cat", "env", "ls", "true", "false", "wget", "tty",
+            "stty",
         ] {
             let link = root.join("bin").join(applet);
             if !link.exists() {

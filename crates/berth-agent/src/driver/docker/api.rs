@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -335,6 +336,115 @@ impl DockerApi {
         Ok(response.into_body())
     }
 
+    /// Creates a command inside the running container `name`; returns the exec's id.
+    pub async fn exec_create(&self, name: &str, config: &Value) -> Result<String, DockerError> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "Id")]
+            id: String,
+        }
+        let call = "exec create";
+        let path = format!("/containers/{}/exec", path_segment(name));
+        let (status, body) = self.call(call, Method::POST, &path, Some(config)).await?;
+        if !status.is_success() {
+            return Err(Self::refused(call, status, &body));
+        }
+        Ok(Self::decode::<Created>(call, &body)?.id)
+    }
+
+    /// Starts the exec `id` and takes over the connection: the engine answers `101` and
+    /// from then on the socket carries the command's input one way and its output (raw
+    /// with a terminal, multiplexed as the logs without one) the other. Shutting the write
+    /// side down closes the command's stdin.
+    pub async fn exec_attach(&self, id: &str, tty: bool) -> Result<TokioIo<Upgraded>, DockerError> {
+        let call = "exec start";
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| DockerError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| DockerError::Http { call, source })?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let body = serde_json::json!({ "Detach": false, "Tty": tty }).to_string();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/{API_VERSION}/exec/{}/start", path_segment(id)))
+            .header(hyper::header::HOST, "docker")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "tcp")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|err| DockerError::Decode {
+                call,
+                message: format!("bad exec id {id:?}: {err}"),
+            })?;
+        let exchange = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|source| DockerError::Http { call, source })?;
+            let status = response.status();
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(Self::refused(call, status, &body));
+            }
+            hyper::upgrade::on(response)
+                .await
+                .map_err(|source| DockerError::Http { call, source })
+        };
+        let upgraded = tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| DockerError::Timeout { call })??;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    pub async fn exec_inspect(&self, id: &str) -> Result<ExecState, DockerError> {
+        #[derive(Deserialize)]
+        struct Inspected {
+            #[serde(rename = "Running")]
+            running: bool,
+            #[serde(rename = "ExitCode")]
+            exit_code: Option<i64>,
+            #[serde(rename = "Pid", default)]
+            pid: u32,
+        }
+        let call = "exec inspect";
+        let path = format!("/exec/{}/json", path_segment(id));
+        let (status, body) = self.call(call, Method::GET, &path, None).await?;
+        if !status.is_success() {
+            return Err(Self::refused(call, status, &body));
+        }
+        let inspected: Inspected = Self::decode(call, &body)?;
+        Ok(ExecState {
+            running: inspected.running,
+            exit_code: inspected.exit_code,
+            pid: inspected.pid,
+        })
+    }
+
+    /// Sets the terminal size of an exec started with a terminal.
+    pub async fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), DockerError> {
+        let call = "exec resize";
+        let path = format!("/exec/{}/resize?h={rows}&w={cols}", path_segment(id));
+        let (status, body) = self.call(call, Method::POST, &path, None).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Self::refused(call, status, &body))
+        }
+    }
+
     /// Runs `argv` inside the running container and returns its exit code (output is
     /// discarded: health checks only need the code).
     pub async fn exec(
@@ -343,31 +453,13 @@ impl DockerApi {
         argv: &[String],
         env: &[String],
     ) -> Result<i64, DockerError> {
-        #[derive(Deserialize)]
-        struct Created {
-            #[serde(rename = "Id")]
-            id: String,
-        }
-        #[derive(Deserialize)]
-        struct Inspected {
-            #[serde(rename = "Running")]
-            running: bool,
-            #[serde(rename = "ExitCode")]
-            exit_code: Option<i64>,
-        }
-        let call = "exec create";
-        let path = format!("/containers/{}/exec", path_segment(name));
         let config = serde_json::json!({
             "Cmd": argv,
             "Env": env,
             "AttachStdout": true,
             "AttachStderr": true,
         });
-        let (status, body) = self.call(call, Method::POST, &path, Some(&config)).await?;
-        if !status.is_success() {
-            return Err(Self::refused(call, status, &body));
-        }
-        let exec = Self::decode::<Created>(call, &body)?.id;
+        let exec = self.exec_create(name, &config).await?;
         let call = "exec start";
         let start = serde_json::json!({ "Detach": false, "Tty": false });
         // Attached: the answer streams the output and ends when the command ends.
@@ -382,22 +474,27 @@ impl DockerApi {
         if !status.is_success() {
             return Err(Self::refused(call, status, &body));
         }
-        let call = "exec inspect";
-        let (status, body) = self
-            .call(call, Method::GET, &format!("/exec/{exec}/json"), None)
-            .await?;
-        if !status.is_success() {
-            return Err(Self::refused(call, status, &body));
-        }
-        let inspected: Inspected = Self::decode(call, &body)?;
-        match (inspected.running, inspected.exit_code) {
-            (false, Some(code)) => Ok(code),
+        match self.exec_inspect(&exec).await? {
+            ExecState {
+                running: false,
+                exit_code: Some(code),
+                ..
+            } => Ok(code),
             _ => Err(DockerError::Decode {
-                call,
+                call: "exec inspect",
                 message: "the command's stream ended but it has no exit code yet".into(),
             }),
         }
     }
+}
+
+/// What the driver needs of `GET /exec/{id}/json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// The command's process id as the host sees it (0 before it started).
+    pub pid: u32,
 }
 
 /// `inspect` for the synchronous re-adoption at agent start-up (the [`super::Driver`]

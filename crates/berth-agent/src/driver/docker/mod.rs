@@ -18,6 +18,7 @@
 //! `docker run` convention for "the engine could not run it") and a line on its stderr.
 
 mod api;
+mod exec;
 mod logs;
 
 pub use api::{DockerApi, DockerError};
@@ -33,7 +34,10 @@ use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::{ContainerRef, Driver, DriverError, DriverHandle, Exit, LaunchSpec, LogFiles, Running};
+use super::{
+    ContainerRef, Driver, DriverError, DriverHandle, ExecChild, ExecCommand, Exit, LaunchSpec,
+    LogFiles, Running,
+};
 use logs::{Demux, LogSink, note_on_stderr};
 
 /// The exit code of an instance the engine could not run (as `docker run` uses it).
@@ -366,6 +370,25 @@ impl Driver for DockerDriver {
             }
             .boxed(),
         )
+    }
+
+    fn exec(
+        &self,
+        handle: &DriverHandle,
+        cmd: &ExecCommand,
+    ) -> BoxFuture<'static, Result<ExecChild, DriverError>> {
+        let api = self.api.clone();
+        let container = handle.container.as_ref().map(|c| c.name.clone());
+        let cmd = cmd.clone();
+        async move {
+            let Some(container) = container else {
+                return Err(DriverError::Spec(
+                    "the instance has no container to run the command in".into(),
+                ));
+            };
+            exec::start(api, container, cmd).await
+        }
+        .boxed()
     }
 }
 

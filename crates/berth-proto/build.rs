@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "berth/registry/v1/registry.proto",
         "berth/registry/v1/cluster.proto",
         "berth/diag/v1/diag.proto",
+        "nacos/grpc.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

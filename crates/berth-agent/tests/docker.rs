@@ -477,7 +477,7 @@ async fn exec_runs_inside_the_container_with_pipes_stdin_a_terminal_and_a_kill()
         .unwrap();
     wait_until("the command runs", WAIT, || async {
         docker
-            .get(&format!("/containers/berth-exec-1/top"))
+            .get("/containers/berth-exec-1/top")
             .is_some_and(|(_, body)| body.contains("sleep 302"))
     })
     .await;

@@ -25,3 +25,10 @@ pub mod registry {
         tonic::include_proto!("berth.registry.v1");
     }
 }
+
+/// The Nacos 2.x gRPC contract (no protobuf package: the SDKs call `/Request/request`
+/// and `/BiRequestStream/requestBiStream`), served by the registry on its gRPC port.
+#[allow(non_camel_case_types)]
+pub mod nacos {
+    tonic::include_proto!("_");
+}

@@ -620,6 +620,8 @@ impl Writer {
                     removed,
                 );
             }
+            // A release that found the instance held by someone else changed nothing.
+            _ if matches!(track, Track::Forget { .. }) && applied.change.is_none() => {}
             _ => self.track(track),
         }
         if let Some(change) = &applied.change {
@@ -678,7 +680,10 @@ impl Track {
                 deadlines: deadlines(instance, defaults),
                 update: matches!(op, Op::Update { .. }),
             },
-            Op::Deregister { service, instance } => Track::Forget {
+            Op::Deregister { service, instance }
+            | Op::Release {
+                service, instance, ..
+            } => Track::Forget {
                 service: service.clone(),
                 key: instance.clone(),
             },
@@ -695,7 +700,11 @@ fn needs_persist(op: &Op) -> bool {
         | Op::DeleteService { .. }
         | Op::UpdateCluster { .. } => true,
         // Decided from the states it replaces (`cluster::put_touches_durable`).
-        Op::Deregister { .. } | Op::SetHealth { .. } | Op::Put { .. } | Op::Patch { .. } => false,
+        Op::Deregister { .. }
+        | Op::Release { .. }
+        | Op::SetHealth { .. }
+        | Op::Put { .. }
+        | Op::Patch { .. } => false,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod model;
+pub mod nacos_grpc;
 pub mod naming;
 pub mod persist;
 pub mod push;

@@ -229,6 +229,11 @@ pub struct Instance {
     pub deregister_critical_after_ms: Option<u64>,
     /// Consul tags (empty for Nacos instances).
     pub tags: Vec<String>,
+    /// The Nacos 2.x connection that registered this instance, while it holds it: the
+    /// instance lives as long as that connection ([`crate::naming::Op::Release`]).
+    /// `None` for instances kept by beats, checks or their registration alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Name>,
 }
 
 impl Instance {
@@ -254,6 +259,7 @@ impl Instance {
             check: None,
             deregister_critical_after_ms: None,
             tags: Vec::new(),
+            owner: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterConfig, HealthStatus, Instance, InstanceKey, Service, ServiceKey};
+use crate::model::{ClusterConfig, HealthStatus, Instance, InstanceKey, Name, Service, ServiceKey};
 
 /// One mutation of the naming state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,14 @@ pub enum Op {
     Deregister {
         service: ServiceKey,
         instance: InstanceKey,
+    },
+    /// Removes an instance only while the connection `owner` holds it: a connection that
+    /// closed releases what it registered, and an instance another connection (or a
+    /// beating client) registered since is left alone.
+    Release {
+        service: ServiceKey,
+        instance: InstanceKey,
+        owner: Name,
     },
     /// Health verdict from beats or server-side checks.
     SetHealth {
@@ -78,6 +86,7 @@ impl Op {
             Op::Register { service, .. }
             | Op::Update { service, .. }
             | Op::Deregister { service, .. }
+            | Op::Release { service, .. }
             | Op::SetHealth { service, .. }
             | Op::CreateService { service, .. }
             | Op::UpdateService { service, .. }
@@ -273,6 +282,24 @@ impl Naming {
                 let mut svc = (**current).clone();
                 let previous = svc.instances.remove(&instance);
                 Ok(self.commit(svc, previous, one(instance)))
+            }
+            Op::Release {
+                service,
+                instance,
+                owner,
+            } => {
+                let held = self
+                    .services
+                    .get(&service)
+                    .and_then(|s| s.instances.get(&instance))
+                    .is_some_and(|i| i.owner.as_deref() == Some(&*owner));
+                if !held {
+                    return Ok(Applied {
+                        change: None,
+                        previous: None,
+                    });
+                }
+                self.apply(Op::Deregister { service, instance })
             }
             Op::SetHealth {
                 service,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_util::datadir::{DataDir, DataDirError};
 use berth_util::net::{BindError, bind_tcp};
@@ -15,6 +16,7 @@ use crate::config::{MIN_SECRET, RegistryConfig};
 use crate::core::{CoreOptions, Registry};
 use crate::grpc::WatchService;
 use crate::http::{self, AppState};
+use crate::nacos_grpc::{GrpcOptions, NacosGrpc};
 use crate::persist::PersistError;
 use crate::push::{PushOptions, PushService};
 
@@ -231,6 +233,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     let push_addr = push.local_addr().unwrap_or(SocketAddr::new(push_ip, 0));
 
     let token = shutdown.token();
+    let auth = Arc::new(Auth::new(config.auth_secret.clone()));
     {
         let (push, registry, token) = (push.clone(), registry.clone(), token.clone());
         shutdown.spawn(async move {
@@ -255,6 +258,17 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         });
     }
 
+    let nacos = NacosGrpc::new(
+        registry.clone(),
+        auth.clone(),
+        GrpcOptions {
+            beat_interval: Duration::from_millis(config.beat.interval_ms.max(100)),
+            beat: config.beat,
+            ..GrpcOptions::default()
+        },
+        token.clone(),
+    );
+    shutdown.spawn(nacos.clone().run());
     let watch = WatchService::new(registry.clone(), token.clone());
     let watchers = watch.active();
     let state = AppState {
@@ -265,7 +279,6 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         http_addr,
         cluster: cluster.clone(),
     };
-    let auth = Arc::new(Auth::new(config.auth_secret.clone()));
     let mut router = http::router(state.clone());
     if let Some(c) = &cluster {
         router = router.merge(crate::cluster::view::routes(c.clone()));
@@ -310,6 +323,8 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
                     watch.into_server(),
                     interceptor,
                 ))
+                .add_service(nacos.request_server())
+                .add_service(nacos.stream_server())
                 .add_optional_service(peers)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(grpc_listener),

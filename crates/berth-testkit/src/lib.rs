@@ -44,6 +44,18 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The Python interpreter of the venv holding nacos-sdk-python 3.x (the Nacos 2.x gRPC
+/// client; the same package name as 1.x, so a venv of its own, made by `scripts/test`).
+pub fn python_nacos3() -> PathBuf {
+    let path = workspace_root().join("target/venv-nacos3/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test once (it creates the venv with nacos-sdk-python 3.x)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh temporary folder, removed when dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

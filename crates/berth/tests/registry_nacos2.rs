@@ -1,0 +1,201 @@
+//! Black-box tests of the registry's Nacos 2.x gRPC protocol with the real
+//! nacos-sdk-python 3.x (`tests/registry_clients/nacos3_*.py`): naming with pushes,
+//! connection-held instances, every API seeing them; and raw payloads a client should
+//! never send, answered without a dropped connection.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_proto::nacos as pb;
+use berth_proto::nacos::bi_request_stream_client::BiRequestStreamClient;
+use berth_proto::nacos::request_client::RequestClient;
+use berth_testkit::{BerthProcess, python_nacos3, temp_dir};
+use common::BIN;
+
+fn scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
+}
+
+async fn start_registry(data_dir: &std::path::Path) -> BerthProcess {
+    let dir = data_dir.to_str().expect("utf-8 temp path");
+    BerthProcess::start(
+        BIN,
+        &[
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+            "--expiry-check-interval",
+            "100ms",
+        ],
+    )
+    .await
+}
+
+/// The SDK dials the gRPC port as the HTTP port plus an offset (1000 by default); the
+/// scripts are told the offset of the ephemeral ports.
+fn grpc_offset(registry: &BerthProcess) -> i64 {
+    i64::from(registry.addr("grpc").port()) - i64::from(registry.addr("http").port())
+}
+
+/// Runs a client script; it asserts itself and prints OK.
+async fn run_script(name: &str, registry: &BerthProcess) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python_nacos3())
+            .arg(scripts().join(name))
+            .arg(registry.addr("http").to_string())
+            .arg(grpc_offset(registry).to_string())
+            .current_dir(scripts())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not finish within 90 s"))
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
+        output.status,
+        registry.output()
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn nacos3_sdk_naming_over_grpc() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path()).await;
+    let out = run_script("nacos3_naming.py", &registry).await;
+    eprintln!("{out}");
+    registry.terminate().await;
+}
+
+fn payload(kind: &str, body: &[u8]) -> pb::Payload {
+    pb::Payload {
+        metadata: Some(pb::Metadata {
+            r#type: kind.into(),
+            client_ip: String::new(),
+            headers: Default::default(),
+        }),
+        body: Some(pb::Any {
+            type_url: String::new(),
+            value: body.to_vec(),
+        }),
+    }
+}
+
+fn answer(p: &pb::Payload) -> (String, serde_json::Value) {
+    let kind = p
+        .metadata
+        .as_ref()
+        .map(|m| m.r#type.clone())
+        .unwrap_or_default();
+    let body = p.body.as_ref().map(|b| b.value.clone()).unwrap_or_default();
+    (kind, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn unknown_and_broken_requests_get_nacos_errors_not_dropped_connections() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path()).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", registry.addr("grpc")))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+    let mut client = RequestClient::new(channel.clone());
+    let check = client
+        .request(payload("ServerCheckRequest", b"{}"))
+        .await
+        .expect("server check")
+        .into_inner();
+    let (kind, body) = answer(&check);
+    assert_eq!(kind, "ServerCheckResponse");
+    assert!(
+        body["connectionId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["supportAbilityNegotiation"], false);
+
+    // Before the stream's setup a request names the unregistered connection.
+    let early = client
+        .request(payload("InstanceRequest", b"{}"))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let (kind, body) = answer(&early);
+    assert_eq!(
+        (kind.as_str(), body["errorCode"].as_u64()),
+        ("ErrorResponse", Some(301)),
+        "{body}"
+    );
+
+    // The stream's setup registers the connection (same channel, same TCP connection).
+    let (setup_tx, setup_rx) = tokio::sync::mpsc::channel(4);
+    setup_tx
+        .send(payload(
+            "ConnectionSetupRequest",
+            br#"{"clientVersion":"test","tenant":"","labels":{"module":"naming"}}"#,
+        ))
+        .await
+        .unwrap();
+    let mut streams = BiRequestStreamClient::new(channel.clone());
+    let _stream = streams
+        .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(setup_rx))
+        .await
+        .expect("the stream opens");
+
+    // Garbage of every kind gets an error response naming what is wrong, on the same
+    // connection.
+    for (kind, raw, code) in [
+        ("", &b"{}"[..], 400),
+        ("InstanceRequest", b"not json", 400),
+        ("InstanceRequest", b"[1,2]", 400),
+        ("NoSuchRequest", b"{}", 302),
+        ("InstanceRequest", br#"{"serviceName":"s","type":"registerInstance","instance":{"ip":"1.2.3.4","port":70000}}"#, 400),
+        ("InstanceRequest", br#"{"type":"registerInstance","instance":{"ip":"1.2.3.4","port":80}}"#, 400),
+        ("InstanceRequest", br#"{"serviceName":"s","type":"explode"}"#, 400),
+    ] {
+        let got = client
+            .request(payload(kind, raw))
+            .await
+            .expect("an answer, never a dropped call")
+            .into_inner();
+        let (_, body) = answer(&got);
+        assert_eq!(body["resultCode"], 500, "{kind}: {body}");
+        assert_eq!(body["errorCode"], code, "{kind}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    let port = client
+        .request(payload("InstanceRequest", br#"{"serviceName":"s","type":"registerInstance","instance":{"ip":"1.2.3.4","port":70000}}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer(&port).1["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance.port"),
+        "the field is named"
+    );
+    // The connection still serves.
+    let again = client
+        .request(payload("ServerCheckRequest", b"{}"))
+        .await
+        .expect("still served")
+        .into_inner();
+    assert_eq!(answer(&again).0, "ServerCheckResponse");
+    registry.terminate().await;
+}

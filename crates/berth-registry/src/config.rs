@@ -40,6 +40,13 @@ pub const MIN_SECRET: usize = 32;
 ///   peer may declare itself loaded.
 /// - `cluster_handoff_limit` (100000): writes that may wait in all for owners that do
 ///   not answer; past it such writes are refused (503) until the queues drain.
+/// - `grpc_release_grace` (1s): how long the instances of a closed Nacos 2.x connection
+///   stay before they are removed (a client that reconnects at once does not flap).
+/// - `config_max_content` (102400): the largest config content in bytes.
+/// - `kv_postgres_url` / `kv_postgres_url_file` (none): the PostgreSQL database the
+///   config center (and Consul KV) keep their data in, shared by every member of a
+///   cluster; without it a single node keeps it in `data_dir/kv.sqlite3`, and a cluster
+///   answers config requests with an error naming this setting.
 /// - `tls_cert_file`, `tls_key_file`, `tls_ca_file` (none): this registry's certificate
 ///   (`berth tls cert create --role registry`), its key and the cluster CA; all three or
 ///   none. With them the HTTP listener serves HTTPS (and plain HTTP to loopback clients),
@@ -68,6 +75,10 @@ pub struct RegistryConfig {
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_reload_interval: Duration,
+    pub grpc_release_grace: Duration,
+    pub config_max_content: usize,
+    /// A secret: it may carry the database password.
+    pub kv_postgres_url: Option<String>,
 }
 
 /// The cluster keys (all unused when `peers` is empty).
@@ -183,6 +194,12 @@ impl RegistryConfig {
                 "tls_reload_interval",
                 berth_identity::DEFAULT_RELOAD_INTERVAL,
             )?,
+            grpc_release_grace: layers.get_or("grpc_release_grace", Duration::from_secs(1))?,
+            config_max_content: layers.get_or(
+                "config_max_content",
+                crate::config_center::DEFAULT_MAX_CONTENT,
+            )?,
+            kv_postgres_url: layers.secret("kv_postgres_url")?,
         };
         layers.finish()?;
         Ok(config)
@@ -208,6 +225,9 @@ impl RegistryConfig {
             tls_key_file: None,
             tls_ca_file: None,
             tls_reload_interval: berth_identity::DEFAULT_RELOAD_INTERVAL,
+            grpc_release_grace: Duration::from_millis(200),
+            config_max_content: crate::config_center::DEFAULT_MAX_CONTENT,
+            kv_postgres_url: None,
         }
     }
 

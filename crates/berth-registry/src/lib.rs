@@ -13,6 +13,7 @@ pub mod auth;
 pub mod checks;
 pub mod cluster;
 pub mod config;
+pub mod config_center;
 pub mod core;
 pub mod grpc;
 pub mod http;

@@ -13,6 +13,7 @@ use crate::auth::Auth;
 use crate::checks::{self, CheckOptions};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::{MIN_SECRET, RegistryConfig};
+use crate::config_center::ConfigCenter;
 use crate::core::{CoreOptions, Registry};
 use crate::grpc::WatchService;
 use crate::http::{self, AppState};
@@ -58,6 +59,8 @@ pub enum Error {
         "the TLS files secure the peer links, which need a listener of their own: set --cluster-listen HOST:PORT (cluster_listen) and name the members by it in --peers"
     )]
     ClusterListenRequired,
+    #[error("cannot open the config store: {0}")]
+    Kv(#[from] berth_kv::KvError),
     #[error("`{0}` must be above zero")]
     NotPositive(&'static str),
     #[error(
@@ -167,6 +170,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         state_file: Some(data_dir.join("naming.json")),
         history: 1024,
     })?;
+    let configs = Arc::new(open_config_center(&config, &data_dir).await?);
     let http_listener = bind_tcp(config.listen, "--listen").await?;
     let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;
     let http_addr = http_listener.local_addr().unwrap_or(config.listen);
@@ -261,7 +265,9 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     let nacos = NacosGrpc::new(
         registry.clone(),
         auth.clone(),
+        configs.clone(),
         GrpcOptions {
+            release_grace: config.grpc_release_grace,
             beat_interval: Duration::from_millis(config.beat.interval_ms.max(100)),
             beat: config.beat,
             ..GrpcOptions::default()
@@ -278,6 +284,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         lists: Default::default(),
         http_addr,
         cluster: cluster.clone(),
+        configs: configs.clone(),
     };
     let mut router = http::router(state.clone());
     if let Some(c) = &cluster {
@@ -347,6 +354,42 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         cluster,
         _data_dir: data_dir,
     })
+}
+
+/// The config center's store: PostgreSQL when configured (a cluster's members share it),
+/// else SQLite in the data folder on a single node. A cluster without PostgreSQL gets a
+/// center that refuses every call naming the setting: members keeping configs apart
+/// would answer differently.
+async fn open_config_center(
+    config: &RegistryConfig,
+    data_dir: &DataDir,
+) -> Result<ConfigCenter, Error> {
+    let options = crate::config_center::kv_options(berth_kv::KvOptions::default());
+    let store: Arc<dyn berth_kv::KvStore> = match &config.kv_postgres_url {
+        Some(url) => {
+            let url = url.clone();
+            let options = options.clone();
+            let opened =
+                tokio::task::spawn_blocking(move || berth_kv::PostgresKv::open(&url, options))
+                    .await
+                    .map_err(|_| berth_kv::KvError::Cancelled)??;
+            Arc::new(opened)
+        }
+        None if !config.cluster.peers.is_empty() => {
+            tracing::warn!(
+                "the config center is off: a cluster needs a shared store (kv_postgres_url)"
+            );
+            return Ok(ConfigCenter::unavailable());
+        }
+        None => Arc::new(berth_kv::SqliteKv::open(
+            &data_dir.join("kv.sqlite3"),
+            options,
+        )?),
+    };
+    Ok(ConfigCenter::new(
+        berth_kv::KvHandle::new(store),
+        config.config_max_content,
+    ))
 }
 
 /// The peer service on its own listener: mutual TLS when `tls` is set (the caller's role

@@ -70,6 +70,15 @@ fn state(rt: &tokio::runtime::Runtime) -> AppState {
             lists: Default::default(),
             http_addr: "127.0.0.1:8848".parse().unwrap(),
             cluster: None,
+            configs: Arc::new(berth_registry::config_center::ConfigCenter::new(
+                berth_kv::KvHandle::new(Arc::new(
+                    berth_kv::SqliteKv::in_memory(berth_registry::config_center::kv_options(
+                        berth_kv::KvOptions::default(),
+                    ))
+                    .unwrap(),
+                )),
+                berth_registry::config_center::DEFAULT_MAX_CONTENT,
+            )),
         }
     })
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub http_addr: std::net::SocketAddr,
     /// The cluster member, when running with peers.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The Nacos config center (v1 and v2 config APIs).
+    pub configs: Arc<crate::config_center::ConfigCenter>,
 }
 
 /// Every HTTP route of the registry.

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Response, Status, Streaming};
 
 use crate::auth::Auth;
+use crate::config_center::ConfigCenter;
 use crate::core::Registry;
 use crate::model::{HealthStatus, ServiceKey};
 use crate::naming::Op;
@@ -96,6 +97,7 @@ pub struct GrpcStats {
 pub(crate) struct Inner {
     registry: Registry,
     auth: Arc<Auth>,
+    configs: Arc<ConfigCenter>,
     pub(crate) connections: Connections,
     options: GrpcOptions,
     shutdown: CancellationToken,
@@ -115,6 +117,7 @@ impl NacosGrpc {
     pub fn new(
         registry: Registry,
         auth: Arc<Auth>,
+        configs: Arc<ConfigCenter>,
         options: GrpcOptions,
         shutdown: CancellationToken,
     ) -> Self {
@@ -122,6 +125,7 @@ impl NacosGrpc {
             inner: Arc::new(Inner {
                 registry,
                 auth,
+                configs,
                 connections: Connections::default(),
                 options,
                 shutdown,

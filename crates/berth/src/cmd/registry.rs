@@ -88,6 +88,16 @@ pub struct Args {
     /// Writes that may wait in all for owners that do not answer [default: 100000].
     #[arg(long, value_name = "N")]
     cluster_handoff_limit: Option<usize>,
+    /// How long a closed Nacos 2.x connection's instances stay [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    grpc_release_grace: Option<String>,
+    /// Largest config content in bytes [default: 102400].
+    #[arg(long, value_name = "BYTES")]
+    config_max_content: Option<usize>,
+    /// File holding the PostgreSQL URL of the config center's store, shared by every
+    /// member of a cluster [default: none; a single node uses DATA_DIR/kv.sqlite3].
+    #[arg(long, value_name = "FILE")]
+    kv_postgres_url_file: Option<PathBuf>,
     /// With --tls-cert-file (`berth tls cert create --role registry`) the HTTP listener
     /// serves HTTPS, and plain HTTP to loopback clients only; with --peers the peer links
     /// on --cluster-listen run over mutual TLS with the same certificate.
@@ -127,6 +137,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("cluster_rpc_timeout", args.cluster_rpc_timeout)
         .set("cluster_startup_attempts", args.cluster_startup_attempts)
         .set("cluster_handoff_limit", args.cluster_handoff_limit)
+        .set("grpc_release_grace", args.grpc_release_grace)
+        .set("config_max_content", args.config_max_content)
+        .set(
+            "kv_postgres_url_file",
+            args.kv_postgres_url_file.map(|p| p.display().to_string()),
+        )
         .set_tls(args.tls);
     let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
     let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;

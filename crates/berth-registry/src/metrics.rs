@@ -27,7 +27,11 @@ fn gauge(reg: &mut PromRegistry, name: &str, help: &str, v: u64) {
 }
 
 /// Renders every registry metric.
-pub fn render(s: &AppState, watchers: &Arc<AtomicU64>) -> String {
+pub fn render(
+    s: &AppState,
+    watchers: &Arc<AtomicU64>,
+    nacos: &crate::nacos_grpc::NacosGrpc,
+) -> String {
     let mut reg = PromRegistry::with_prefix("berth_registry");
     let (services, instances, healthy) = s.registry.counts();
     gauge(&mut reg, "services", "Services known", services as u64);
@@ -121,26 +125,113 @@ pub fn render(s: &AppState, watchers: &Arc<AtomicU64>) -> String {
     if let Some(c) = &s.cluster {
         crate::cluster::view::metrics(c, &mut reg);
     }
+    nacos_metrics(nacos, &mut reg);
     encode(&reg)
+}
+
+/// The Nacos 2.x connections: how many, what they follow, what was pushed to them.
+fn nacos_metrics(nacos: &crate::nacos_grpc::NacosGrpc, reg: &mut PromRegistry) {
+    let stats = nacos.stats();
+    gauge(
+        reg,
+        "nacos_connections",
+        "Nacos 2.x gRPC connections held",
+        nacos.connection_count() as u64,
+    );
+    gauge(
+        reg,
+        "nacos_subscriptions",
+        "Service subscriptions of gRPC connections",
+        nacos.subscription_count() as u64,
+    );
+    gauge(
+        reg,
+        "config_grpc_listeners",
+        "Configs listened to by gRPC connections",
+        nacos.config_listener_count() as u64,
+    );
+    counter(
+        reg,
+        "nacos_requests",
+        "Nacos gRPC requests answered",
+        &stats.requests,
+    );
+    counter(
+        reg,
+        "nacos_pushes",
+        "Service pushes acknowledged",
+        &stats.pushes,
+    );
+    counter(
+        reg,
+        "nacos_pushes_failed",
+        "Service pushes never acknowledged",
+        &stats.pushes_failed,
+    );
+    counter(
+        reg,
+        "nacos_push_latency_microseconds_sum",
+        "Sum of service push render-to-ack latency",
+        &stats.push_latency_us_sum,
+    );
+    counter(
+        reg,
+        "nacos_connections_closed",
+        "Nacos gRPC connections closed",
+        &stats.connections_closed,
+    );
+    counter(
+        reg,
+        "config_grpc_publishes",
+        "Configs published over gRPC",
+        &stats.config_publishes,
+    );
+    counter(
+        reg,
+        "config_pushes",
+        "Config change notifications acknowledged",
+        &stats.config_pushes,
+    );
+    counter(
+        reg,
+        "config_pushes_failed",
+        "Config change notifications not acknowledged",
+        &stats.config_pushes_failed,
+    );
+    counter(
+        reg,
+        "config_push_latency_microseconds_sum",
+        "Sum of config change notification send-to-ack latency",
+        &stats.config_push_latency_us_sum,
+    );
 }
 
 #[derive(Clone)]
 struct MetricsState {
     app: AppState,
     watchers: Arc<AtomicU64>,
+    nacos: crate::nacos_grpc::NacosGrpc,
 }
 
-pub fn route(app: AppState, watchers: Arc<AtomicU64>) -> Router {
+pub fn route(
+    app: AppState,
+    watchers: Arc<AtomicU64>,
+    nacos: crate::nacos_grpc::NacosGrpc,
+) -> Router {
     Router::new()
         .route(
             "/metrics",
             axum::routing::get(|State(m): State<MetricsState>| async move {
                 (
                     [(header::CONTENT_TYPE, CONTENT_TYPE)],
-                    render(&m.app, &m.watchers),
+                    render(&m.app, &m.watchers, &m.nacos),
                 )
                     .into_response()
             }),
         )
-        .with_state(MetricsState { app, watchers })
+        .with_state(MetricsState {
+            app,
+            watchers,
+            nacos,
+        })
 }

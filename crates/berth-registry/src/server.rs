@@ -291,7 +291,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         router = router.merge(crate::cluster::view::routes(c.clone()));
     }
     let router = router
-        .merge(crate::metrics::route(state, watchers))
+        .merge(crate::metrics::route(state, watchers, nacos.clone()))
         .merge(crate::auth::routes(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(
             auth.clone(),

@@ -79,6 +79,15 @@ async fn nacos3_sdk_naming_over_grpc() {
     registry.terminate().await;
 }
 
+#[tokio::test]
+async fn nacos3_sdk_config_over_grpc() {
+    let dir = temp_dir();
+    let registry = start_registry(dir.path()).await;
+    let out = run_script("nacos3_config.py", &registry).await;
+    eprintln!("{out}");
+    registry.terminate().await;
+}
+
 fn payload(kind: &str, body: &[u8]) -> pb::Payload {
     pb::Payload {
         metadata: Some(pb::Metadata {

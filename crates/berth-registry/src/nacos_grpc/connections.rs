@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Inbound};
+use crate::config_center::ConfigKey;
 use crate::http::nacos_json::ListFilter;
 use crate::model::{InstanceKey, ServiceKey};
 
@@ -64,6 +65,8 @@ pub struct Connection {
     instances: Mutex<HashMap<ServiceKey, Vec<InstanceKey>>>,
     /// Services pushed to this connection, with the clusters it asked for.
     subscriptions: Mutex<HashMap<ServiceKey, ListFilter>>,
+    /// Configs this connection listens to, by store key.
+    config_listens: Mutex<HashMap<String, ConfigKey>>,
     /// Services whose latest state is still to be pushed, oldest first, each once.
     dirty: Mutex<VecDeque<ServiceKey>>,
     pub(super) dirty_notify: Notify,
@@ -212,6 +215,8 @@ pub struct Connections {
     reserved: Mutex<HashMap<SocketAddr, (Arc<str>, Instant)>>,
     /// Which connections subscribed to each service.
     subscribers: Mutex<HashMap<ServiceKey, HashSet<SocketAddr>>>,
+    /// Which connections listen to each config (by store key).
+    config_listeners: Mutex<HashMap<String, HashSet<SocketAddr>>>,
 }
 
 impl Default for Connections {
@@ -221,6 +226,7 @@ impl Default for Connections {
             by_addr: Mutex::default(),
             reserved: Mutex::default(),
             subscribers: Mutex::default(),
+            config_listeners: Mutex::default(),
         }
     }
 }
@@ -281,6 +287,7 @@ impl Connections {
             last_active_ms: AtomicU64::new(self.now_ms()),
             instances: Mutex::default(),
             subscriptions: Mutex::default(),
+            config_listens: Mutex::default(),
             dirty: Mutex::default(),
             dirty_notify: Notify::new(),
         });
@@ -303,6 +310,17 @@ impl Connections {
             by_addr.remove(&connection.remote);
         }
         drop(by_addr);
+        let listened: Vec<String> = lock(&connection.config_listens).keys().cloned().collect();
+        let mut listeners = lock(&self.config_listeners);
+        for key in listened {
+            if let Some(set) = listeners.get_mut(&key) {
+                set.remove(&connection.remote);
+                if set.is_empty() {
+                    listeners.remove(&key);
+                }
+            }
+        }
+        drop(listeners);
         let mut subscribers = lock(&self.subscribers);
         for key in connection.subscribed() {
             if let Some(set) = subscribers.get_mut(&key) {
@@ -361,6 +379,53 @@ impl Connections {
             .iter()
             .filter_map(|a| by_addr.get(a).cloned())
             .collect()
+    }
+
+    /// `connection` listens to `key` (`on`) or no longer does.
+    pub fn listen_config(&self, connection: &Connection, key: &ConfigKey, on: bool) {
+        let store_key = key.store_key();
+        let mut listens = lock(&connection.config_listens);
+        let mut listeners = lock(&self.config_listeners);
+        if on {
+            listens.insert(store_key.clone(), key.clone());
+            listeners
+                .entry(store_key)
+                .or_default()
+                .insert(connection.remote);
+        } else {
+            listens.remove(&store_key);
+            if let Some(set) = listeners.get_mut(&store_key) {
+                set.remove(&connection.remote);
+                if set.is_empty() {
+                    listeners.remove(&store_key);
+                }
+            }
+        }
+    }
+
+    /// The connections listening to the config stored under `store_key`, with its key.
+    pub fn config_listeners_of(&self, store_key: &str) -> Vec<Arc<Connection>> {
+        let addrs: Vec<SocketAddr> = lock(&self.config_listeners)
+            .get(store_key)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let by_addr = lock(&self.by_addr);
+        addrs
+            .iter()
+            .filter_map(|a| by_addr.get(a).cloned())
+            .collect()
+    }
+
+    /// Every config `connection` listens to.
+    pub fn listened_configs(&self, connection: &Connection) -> Vec<ConfigKey> {
+        lock(&connection.config_listens).values().cloned().collect()
+    }
+
+    pub fn config_listener_count(&self) -> usize {
+        lock(&self.config_listeners)
+            .values()
+            .map(HashSet::len)
+            .sum()
     }
 
     pub fn subscription_count(&self) -> usize {

@@ -22,6 +22,7 @@
 //!   service marks it dirty for each subscriber, and one worker per connection pushes
 //!   the latest state of each dirty service (coalesced, in order, waiting for the ack).
 
+mod config;
 pub mod connections;
 mod naming;
 pub mod wire;
@@ -92,6 +93,10 @@ pub struct GrpcStats {
     pub pushes_failed: AtomicU64,
     pub push_latency_us_sum: AtomicU64,
     pub connections_closed: AtomicU64,
+    pub config_publishes: AtomicU64,
+    pub config_pushes: AtomicU64,
+    pub config_pushes_failed: AtomicU64,
+    pub config_push_latency_us_sum: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -141,6 +146,7 @@ impl NacosGrpc {
         let inner = self.inner.clone();
         tokio::join!(
             naming::watch_changes(inner.clone()),
+            config::watch_changes(inner.clone()),
             keep_alive(inner.clone()),
         );
     }
@@ -159,6 +165,10 @@ impl NacosGrpc {
 
     pub fn subscription_count(&self) -> usize {
         self.inner.connections.subscription_count()
+    }
+
+    pub fn config_listener_count(&self) -> usize {
+        self.inner.connections.config_listener_count()
     }
 
     pub fn stats(&self) -> &GrpcStats {
@@ -264,13 +274,15 @@ impl Inner {
         if request.kind == "HealthCheckRequest" {
             return wire::ok("HealthCheckResponse", &id, json!({}));
         }
-        let Some(answer) = naming::response_type(&request.kind) else {
+        let answer =
+            naming::response_type(&request.kind).or_else(|| config::response_type(&request.kind));
+        let Some(answer) = answer else {
             return wire::fail(
                 "ErrorResponse",
                 &id,
                 code::NO_HANDLER,
                 format!(
-                    "RequestHandler Not Found: this server does not handle {} requests (it serves Nacos naming: InstanceRequest, BatchInstanceRequest, PersistentInstanceRequest, ServiceQueryRequest, SubscribeServiceRequest, ServiceListRequest)",
+                    "RequestHandler Not Found: this server does not handle {} requests (it serves Nacos naming: InstanceRequest, BatchInstanceRequest, PersistentInstanceRequest, ServiceQueryRequest, SubscribeServiceRequest, ServiceListRequest; and config: ConfigQueryRequest, ConfigPublishRequest, ConfigRemoveRequest, ConfigBatchListenRequest)",
                     request.kind
                 ),
             );
@@ -288,7 +300,12 @@ impl Inner {
                 );
             }
         }
-        match naming::handle(self, &connection, &request).await {
+        let result = if config::response_type(&request.kind).is_some() {
+            config::handle(self, &connection, &request).await
+        } else {
+            naming::handle(self, &connection, &request).await
+        };
+        match result {
             Ok(fields) => wire::ok(answer, &id, fields),
             Err((error_code, message)) => wire::fail(answer, &id, error_code, message),
         }

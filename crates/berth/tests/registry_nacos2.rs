@@ -12,8 +12,14 @@ use std::time::Duration;
 use berth_proto::nacos as pb;
 use berth_proto::nacos::bi_request_stream_client::BiRequestStreamClient;
 use berth_proto::nacos::request_client::RequestClient;
+use berth_testkit::postgres::TempPostgres;
 use berth_testkit::{BerthProcess, python_nacos3, temp_dir};
 use common::BIN;
+use common::registry_cluster::{Cluster, ClusterOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// The gRPC port's distance from the HTTP port in the cluster test (Nacos's own).
+const OFFSET: u16 = 1000;
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
@@ -86,6 +92,75 @@ async fn nacos3_sdk_config_over_grpc() {
     let out = run_script("nacos3_config.py", &registry).await;
     eprintln!("{out}");
     registry.terminate().await;
+}
+
+/// Three members sharing PostgreSQL for configs, SDK clients spread over them, and a
+/// member killed under its clients (the script asks for it on its stdout).
+#[tokio::test]
+async fn nacos3_sdk_against_a_three_member_cluster_with_a_member_killed() {
+    let pg = TempPostgres::start();
+    let url = pg.create_database("nacos_configs");
+    let mut cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            grpc_offset: Some(OFFSET),
+            kv_postgres_url: Some(url),
+            extra: [
+                "--beat-timeout",
+                "2s",
+                "--delete-timeout",
+                "4s",
+                "--beat-interval",
+                "1s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        },
+    )
+    .await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.http.to_string()).collect();
+    let mut child = tokio::process::Command::new(python_nacos3())
+        .arg(scripts().join("nacos3_cluster.py"))
+        .arg(addrs.join(","))
+        .arg(OFFSET.to_string())
+        .current_dir(scripts())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut said = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.expect("read the script") {
+            if let Some(member) = line.strip_prefix("CTL kill ") {
+                let member: usize = member.parse().expect("a member number");
+                cluster.kill(member).await;
+                stdin
+                    .write_all(b"killed\n")
+                    .await
+                    .expect("answer the script");
+            } else {
+                said.push(line);
+            }
+        }
+        child.wait().await.expect("the script ends")
+    };
+    let status = tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("the cluster script finishes within 150 s");
+    let mut errors = String::new();
+    let _ = stderr.read_to_string(&mut errors).await;
+    assert!(
+        status.success() && said.last().map(String::as_str) == Some("OK"),
+        "nacos3_cluster.py failed ({status}):\n--- stdout\n{}\n--- stderr\n{errors}",
+        said.join("\n")
+    );
+    eprintln!("{}", said.join("\n"));
 }
 
 fn payload(kind: &str, body: &[u8]) -> pb::Payload {

@@ -113,10 +113,42 @@ pub struct Cluster {
     pub links: BTreeMap<(usize, usize), Link>,
     pub secret_file: tempfile::NamedTempFile,
     pub http: reqwest::Client,
+    /// The PostgreSQL URL of the shared config store, when the cluster has one.
+    pub kv_url_file: Option<tempfile::NamedTempFile>,
+    extra: Vec<String>,
+}
+
+/// How [`Cluster::start_with`] sets members up.
+#[derive(Default)]
+pub struct ClusterOptions {
+    /// Each member's HTTP port this far below its gRPC port (Nacos 2.x SDKs dial the
+    /// gRPC port as the HTTP port plus one offset for every server they are given).
+    pub grpc_offset: Option<u16>,
+    /// The PostgreSQL database every member keeps its config store in.
+    pub kv_postgres_url: Option<String>,
+    /// More flags for every member.
+    pub extra: Vec<String>,
+}
+
+/// A free gRPC port whose HTTP port `offset` below is free too.
+async fn free_port_pair(offset: u16) -> (u16, u16) {
+    loop {
+        let grpc = free_port().await;
+        let Some(http) = grpc.checked_sub(offset).filter(|p| *p > 1024) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", http)).await.is_ok() {
+            return (http, grpc);
+        }
+    }
 }
 
 impl Cluster {
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, ClusterOptions::default()).await
+    }
+
+    pub async fn start_with(n: usize, options: ClusterOptions) -> Self {
         let mut secret_file = tempfile::NamedTempFile::new().expect("secret file");
         std::io::Write::write_all(
             &mut secret_file,
@@ -124,8 +156,14 @@ impl Cluster {
         )
         .expect("write secret");
         let mut grpcs = Vec::new();
+        let mut https = Vec::new();
         for _ in 0..n {
-            grpcs.push(SocketAddr::from(([127, 0, 0, 1], free_port().await)));
+            let (http, grpc) = match options.grpc_offset {
+                Some(offset) => free_port_pair(offset).await,
+                None => (free_port().await, free_port().await),
+            };
+            grpcs.push(SocketAddr::from(([127, 0, 0, 1], grpc)));
+            https.push(SocketAddr::from(([127, 0, 0, 1], http)));
         }
         let mut links = BTreeMap::new();
         for from in 0..n {
@@ -143,7 +181,7 @@ impl Cluster {
                 .collect();
             nodes.push(Node {
                 name: format!("node{i}"),
-                http: SocketAddr::from(([127, 0, 0, 1], free_port().await)),
+                http: https[i],
                 grpc: *grpc,
                 data: temp_dir(),
                 process: None,
@@ -154,11 +192,18 @@ impl Cluster {
             .timeout(Duration::from_secs(3))
             .build()
             .expect("client");
+        let kv_url_file = options.kv_postgres_url.map(|url| {
+            let mut file = tempfile::NamedTempFile::new().expect("url file");
+            std::io::Write::write_all(&mut file, url.as_bytes()).expect("write url");
+            file
+        });
         let mut c = Self {
             nodes,
             links,
             secret_file,
             http,
+            kv_url_file,
+            extra: options.extra,
         };
         // Start together: a cold cluster elects its first loaded member by itself.
         let starts: Vec<_> = (0..n).map(|i| c.spawn_args(i)).collect();
@@ -207,6 +252,13 @@ impl Cluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.kv_url_file.iter().flat_map(|f| {
+            [
+                "--kv-postgres-url-file".to_string(),
+                f.path().display().to_string(),
+            ]
+        }))
+        .chain(self.extra.iter().cloned())
         .collect()
     }
 

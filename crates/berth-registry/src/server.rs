@@ -292,6 +292,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
     }
     let router = router
         .merge(crate::metrics::route(state, watchers, nacos.clone()))
+        .merge(crate::nacos_grpc::loader::routes(nacos.clone()))
         .merge(crate::auth::routes(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(
             auth.clone(),

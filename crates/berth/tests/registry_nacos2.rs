@@ -94,6 +94,52 @@ async fn nacos3_sdk_config_over_grpc() {
     registry.terminate().await;
 }
 
+#[tokio::test]
+async fn nacos3_sdk_with_auth_and_the_connection_loader() {
+    let dir = temp_dir();
+    let secret = "a-registry-secret-of-at-least-32-bytes!";
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let data = dir.path().join("data");
+    let registry = BerthProcess::start(
+        BIN,
+        &[
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--auth-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python_nacos3())
+            .arg(scripts().join("nacos3_ops.py"))
+            .arg(registry.addr("http").to_string())
+            .arg(grpc_offset(&registry).to_string())
+            .arg(secret)
+            .current_dir(scripts())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("nacos3_ops.py finishes within 90 s")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "nacos3_ops.py failed:\n{stdout}\n{}\n--- registry\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        registry.output()
+    );
+    registry.terminate().await;
+}
+
 /// Three members sharing PostgreSQL for configs, SDK clients spread over them, and a
 /// member killed under its clients (the script asks for it on its stdout).
 #[tokio::test]

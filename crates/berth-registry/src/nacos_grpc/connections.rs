@@ -137,6 +137,12 @@ impl Connection {
         }
     }
 
+    /// Ends the stream with `status`: SDKs take an error as the server going away and
+    /// reconnect (a clean end is not always read that way).
+    pub fn end(&self, status: tonic::Status) {
+        let _ = self.out.try_send(Err(status));
+    }
+
     /// Hands a client's response to the server request waiting for it. `false` when
     /// nothing waits (it came too late).
     pub fn answer(&self, response: Inbound) -> bool {

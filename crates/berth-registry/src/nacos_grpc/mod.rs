@@ -24,6 +24,7 @@
 
 mod config;
 pub mod connections;
+pub mod loader;
 mod naming;
 pub mod wire;
 
@@ -148,6 +149,7 @@ impl NacosGrpc {
             naming::watch_changes(inner.clone()),
             config::watch_changes(inner.clone()),
             keep_alive(inner.clone()),
+            reset_on_shutdown(inner.clone()),
         );
     }
 
@@ -194,6 +196,20 @@ impl NacosGrpc {
 /// The largest message a client may send (Nacos's own server limit).
 const MAX_MESSAGE: usize = 10 * 1024 * 1024;
 
+/// A member leaving tells its clients to move (SDKs that read `ConnectReset` reconnect
+/// to another server at once; the others do when their stream closes).
+async fn reset_on_shutdown(inner: Arc<Inner>) {
+    inner.shutdown.cancelled().await;
+    let all = inner.connections.all();
+    if !all.is_empty() {
+        tracing::info!(
+            connections = all.len(),
+            "asking Nacos gRPC clients to move to another member"
+        );
+    }
+    reset_connections(&inner, all).await;
+}
+
 async fn reset_connections(inner: &Arc<Inner>, chosen: Vec<Arc<Connection>>) {
     let asks = chosen.iter().map(|c| {
         let body = json!({"module": "internal", "serverIp": "", "serverPort": ""});
@@ -201,7 +217,19 @@ async fn reset_connections(inner: &Arc<Inner>, chosen: Vec<Arc<Connection>>) {
     });
     let _ = futures::future::join_all(asks).await;
     for c in chosen {
-        close(inner, &c);
+        close_moving(inner, &c);
+    }
+}
+
+/// Ends a connection whose client was asked to move: its instances are not released
+/// (the client registers them again wherever it reconnects, which takes them over); if
+/// it never comes back they expire once this member's beats for them stop.
+fn close_moving(inner: &Arc<Inner>, connection: &Arc<Connection>) {
+    if inner.connections.close(connection) {
+        inner
+            .stats
+            .connections_closed
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -425,6 +453,9 @@ impl BiRequestStream for NacosGrpc {
     }
 }
 
+/// How long a shutting-down member gives its connections to take their reset.
+const SHUTDOWN_RESET: Duration = Duration::from_millis(700);
+
 /// How long a new stream may take to send its setup.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -468,11 +499,21 @@ async fn run_stream(
     let connection = inner.connections.open(remote, &setup, tx);
     tracing::debug!(connection = %connection.id, version = %connection.client_version, "nacos connection set up");
     let pusher = tokio::spawn(naming::push_worker(inner.clone(), connection.clone()));
+    // On shutdown the connections are asked to move first (`reset_on_shutdown`); a
+    // stream still open a moment later is ended anyway.
+    let shutdown = {
+        let token = inner.shutdown.clone();
+        async move {
+            token.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_RESET).await;
+        }
+    };
+    tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
             next = incoming.next() => next,
             () = connection.closed.cancelled() => break,
-            () = inner.shutdown.cancelled() => break,
+            () = &mut shutdown => break,
         };
         let Some(Ok(payload)) = next else { break };
         inner.connections.touch(&connection);
@@ -490,6 +531,13 @@ async fn run_stream(
         }
     }
     pusher.abort();
+    // Ended by this side (a reset, a client that stopped answering, shutdown): tell the
+    // client so it reconnects.
+    if connection.closed.is_cancelled() || inner.shutdown.is_cancelled() {
+        connection.end(Status::unavailable(
+            "the server closed this connection: reconnect (to another member if this one is leaving)",
+        ));
+    }
     close(&inner, &connection);
 }
 

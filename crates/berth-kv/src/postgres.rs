@@ -54,6 +54,33 @@ pub struct PostgresKv {
     _listener: listener::Listener,
 }
 
+/// The sync client runs a runtime of its own to close its connection, which panics on a
+/// thread that already drives one: where async callers drop the last handle to the
+/// store (a tokio worker at shutdown). A plain thread closes it there instead.
+impl Drop for PostgresKv {
+    fn drop(&mut self) {
+        let client = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(client) = client else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Not dropped here even when the thread cannot start.
+            let client = std::mem::ManuallyDrop::new(client);
+            let closing = std::thread::Builder::new()
+                .name("berth-kv-close".into())
+                .spawn(move || drop(std::mem::ManuallyDrop::into_inner(client)));
+            if let Err(err) = closing {
+                // Leaked rather than panicking: the process is most likely exiting.
+                tracing::debug!("cannot start a thread to close the database connection: {err}");
+            }
+        } else {
+            drop(client);
+        }
+    }
+}
+
 impl PostgresKv {
     /// Connects, brings the schema up to date and starts listening for changes (before
     /// returning, so no change committed after `open` is missed). `url` is a

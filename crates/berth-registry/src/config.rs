@@ -42,6 +42,9 @@ pub const MIN_SECRET: usize = 32;
 ///   not answer; past it such writes are refused (503) until the queues drain.
 /// - `grpc_release_grace` (1s): how long the instances of a closed Nacos 2.x connection
 ///   stay before they are removed (a client that reconnects at once does not flap).
+/// - `grpc_orphan_timeout` (60s): silence before an instance a Nacos 2.x connection
+///   held is removed once its member stops beating for it (member lost, connection
+///   moved): time for the client to reconnect elsewhere and register again.
 /// - `config_max_content` (102400): the largest config content in bytes.
 /// - `kv_postgres_url` / `kv_postgres_url_file` (none): the PostgreSQL database the
 ///   config center (and Consul KV) keep their data in, shared by every member of a
@@ -162,6 +165,8 @@ impl RegistryConfig {
         let beat_interval: Duration = layers.get_or("beat_interval", Duration::from_secs(5))?;
         let beat_timeout: Duration = layers.get_or("beat_timeout", Duration::from_secs(15))?;
         let delete_timeout: Duration = layers.get_or("delete_timeout", Duration::from_secs(30))?;
+        let grpc_orphan_timeout: Duration =
+            layers.get_or("grpc_orphan_timeout", Duration::from_secs(60))?;
         let config = Self {
             listen: layers.get_or("listen", "127.0.0.1:8848".parse().expect("valid default"))?,
             grpc_listen: layers.get_or(
@@ -176,6 +181,7 @@ impl RegistryConfig {
                 interval_ms: ms(beat_interval),
                 unhealthy_after_ms: ms(beat_timeout),
                 delete_after_ms: ms(delete_timeout),
+                held_delete_after_ms: ms(grpc_orphan_timeout),
             },
             expiry_check_interval: layers
                 .get_or("expiry_check_interval", Duration::from_millis(500))?,

@@ -375,9 +375,14 @@ impl Registry {
 pub fn deadlines(instance: &Instance, defaults: &BeatTimings) -> Option<Deadlines> {
     if instance.ephemeral {
         let t = instance.timings(defaults);
+        let delete_ms = if instance.owner.is_some() {
+            t.delete_after_ms.max(t.held_delete_after_ms)
+        } else {
+            t.delete_after_ms
+        };
         return Some(Deadlines {
             unhealthy_after: Duration::from_millis(t.unhealthy_after_ms),
-            delete: DeletePolicy::AfterLastBeat(Duration::from_millis(t.delete_after_ms)),
+            delete: DeletePolicy::AfterLastBeat(Duration::from_millis(delete_ms)),
         });
     }
     if let Some(CheckSpec::Ttl { ttl_ms }) = instance.check {

@@ -312,6 +312,7 @@ impl Instance {
             interval_ms: ms(META_BEAT_INTERVAL, defaults.interval_ms),
             unhealthy_after_ms: ms(META_BEAT_TIMEOUT, defaults.unhealthy_after_ms),
             delete_after_ms: ms(META_DELETE_TIMEOUT, defaults.delete_after_ms),
+            held_delete_after_ms: defaults.held_delete_after_ms,
         }
     }
 }
@@ -327,6 +328,12 @@ pub struct BeatTimings {
     pub interval_ms: u64,
     pub unhealthy_after_ms: u64,
     pub delete_after_ms: u64,
+    /// Silence before an instance a Nacos 2.x connection holds is removed, when its
+    /// member stopped beating for it (the member died, or the connection moved): longer
+    /// than `delete_after_ms` so the client has time to reconnect elsewhere and register
+    /// again (nacos-sdk-python 3.x does so on a 30 s period), as Nacos keeps a lost
+    /// member's clients for a while.
+    pub held_delete_after_ms: u64,
 }
 
 impl Default for BeatTimings {
@@ -335,6 +342,7 @@ impl Default for BeatTimings {
             interval_ms: 5_000,
             unhealthy_after_ms: 15_000,
             delete_after_ms: 30_000,
+            held_delete_after_ms: 60_000,
         }
     }
 }

@@ -196,9 +196,9 @@ async fn nacos3_sdk_against_a_three_member_cluster_with_a_member_killed() {
         }
         child.wait().await.expect("the script ends")
     };
-    let status = tokio::time::timeout(Duration::from_secs(150), run)
+    let status = tokio::time::timeout(Duration::from_secs(180), run)
         .await
-        .expect("the cluster script finishes within 150 s");
+        .expect("the cluster script finishes within 180 s");
     let mut errors = String::new();
     let _ = stderr.read_to_string(&mut errors).await;
     assert!(
@@ -207,6 +207,10 @@ async fn nacos3_sdk_against_a_three_member_cluster_with_a_member_killed() {
         said.join("\n")
     );
     eprintln!("{}", said.join("\n"));
+    // A member with the PostgreSQL store stops cleanly on SIGTERM.
+    let member = cluster.nodes[2].process.take().expect("member 2 runs");
+    let status = member.terminate().await;
+    assert!(status.success(), "a PostgreSQL-backed member exited with {status}");
 }
 
 fn payload(kind: &str, body: &[u8]) -> pb::Payload {

@@ -91,6 +91,10 @@ pub struct Args {
     /// How long a closed Nacos 2.x connection's instances stay [default: 1s].
     #[arg(long, value_name = "DURATION")]
     grpc_release_grace: Option<String>,
+    /// Silence before a Nacos 2.x connection's instance is removed once its member stops
+    /// beating for it, so its client can reconnect elsewhere [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    grpc_orphan_timeout: Option<String>,
     /// Largest config content in bytes [default: 102400].
     #[arg(long, value_name = "BYTES")]
     config_max_content: Option<usize>,
@@ -138,6 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .set("cluster_startup_attempts", args.cluster_startup_attempts)
         .set("cluster_handoff_limit", args.cluster_handoff_limit)
         .set("grpc_release_grace", args.grpc_release_grace)
+        .set("grpc_orphan_timeout", args.grpc_orphan_timeout)
         .set("config_max_content", args.config_max_content)
         .set(
             "kv_postgres_url_file",

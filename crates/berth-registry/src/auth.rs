@@ -137,21 +137,31 @@ pub async fn http_guard(State(auth): State<Arc<Auth>>, req: Request, next: Next)
     }
     let token =
         header_token(req.headers()).or_else(|| query_token(req.uri().query().unwrap_or("")));
+    let v2 = req.uri().path().starts_with("/nacos/v2/");
     match token {
         Some(t) if auth.verify(&t) => next.run(req).await,
-        Some(_) => ApiError {
-            status: StatusCode::FORBIDDEN,
-            message: "token invalid or expired; log in again at /nacos/v1/auth/login".into(),
-        }
-        .into_response(),
-        None => ApiError {
-            status: StatusCode::FORBIDDEN,
-            message:
-                "auth is on: send a token (accessToken, Authorization: Bearer or X-Consul-Token)"
-                    .into(),
-        }
-        .into_response(),
+        Some(_) => refuse(
+            v2,
+            "token invalid or expired; log in again at /nacos/v1/auth/login",
+        ),
+        None => refuse(
+            v2,
+            "auth is on: send a token (accessToken, Authorization: Bearer or X-Consul-Token)",
+        ),
     }
+}
+
+/// A 403: Nacos's v2 envelope (code 10001) on its v2 API, the text body elsewhere.
+fn refuse(v2: bool, message: &str) -> Response {
+    if v2 {
+        let body = json!({"code": 10001, "message": "access denied", "data": message});
+        return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    }
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        message: message.into(),
+    }
+    .into_response()
 }
 
 /// The same check for the gRPC watch (`authorization: Bearer <token>`).

@@ -122,6 +122,7 @@ pub fn render(
         "Acknowledged pushes measured",
         &push.latency_count,
     );
+    configs(&mut reg, s.configs.stats());
     if let Some(c) = &s.cluster {
         crate::cluster::view::metrics(c, &mut reg);
     }
@@ -206,6 +207,34 @@ fn nacos_metrics(nacos: &crate::nacos_grpc::NacosGrpc, reg: &mut PromRegistry) {
     );
 }
 
+/// The config center's: the count is the last one [`ConfigCenter::refresh_count`] took
+/// (left out while the config center is unavailable).
+///
+/// [`ConfigCenter::refresh_count`]: crate::config_center::ConfigCenter::refresh_count
+fn configs(reg: &mut PromRegistry, stats: &crate::config_center::stats::ConfigStats) {
+    if let Some(n) = stats.configs() {
+        gauge(reg, "configs", "Configs stored", n);
+    }
+    gauge(
+        reg,
+        "config_listeners",
+        "HTTP long-polls waiting for a config change",
+        stats.listeners.load(Ordering::Relaxed),
+    );
+    counter(
+        reg,
+        "config_publishes",
+        "Config publishes committed here (rollbacks included)",
+        &stats.publishes,
+    );
+    counter(
+        reg,
+        "config_listener_wakeups",
+        "Long-poll answers naming changed configs",
+        &stats.listener_wakeups,
+    );
+}
+
 #[derive(Clone)]
 struct MetricsState {
     app: AppState,
@@ -222,6 +251,12 @@ pub fn route(
         .route(
             "/metrics",
             axum::routing::get(|State(m): State<MetricsState>| async move {
+                // Recounted only when the store changed; a failure keeps the last count.
+                if let Err(err) = m.app.configs.refresh_count().await
+                    && m.app.configs.available()
+                {
+                    tracing::debug!(%err, "cannot count the configs for /metrics");
+                }
                 (
                     [(header::CONTENT_TYPE, CONTENT_TYPE)],
                     render(&m.app, &m.watchers, &m.nacos),

@@ -88,7 +88,8 @@ fn leaf() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         (0u32..70000).prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         prop::sample::select(WORDS.to_vec()).prop_map(|w| json!(w)),
         ".{0,24}".prop_map(Value::String),
     ]
@@ -98,10 +99,16 @@ fn value() -> impl Strategy<Value = Value> {
     leaf().prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::vec((prop::sample::select(FIELDS.to_vec()), inner), 0..6)
-                .prop_map(|pairs| {
-                    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())
-                }),
+            prop::collection::vec((prop::sample::select(FIELDS.to_vec()), inner), 0..6).prop_map(
+                |pairs| {
+                    Value::Object(
+                        pairs
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect::<Map<_, _>>(),
+                    )
+                }
+            ),
         ]
     })
 }
@@ -171,7 +178,10 @@ async fn start() -> Server {
         .unwrap();
     let (setup, rx) = tokio::sync::mpsc::channel(4);
     setup
-        .send(payload("ConnectionSetupRequest", br#"{"clientVersion":"props"}"#.to_vec()))
+        .send(payload(
+            "ConnectionSetupRequest",
+            br#"{"clientVersion":"props"}"#.to_vec(),
+        ))
         .await
         .unwrap();
     let stream = BiRequestStreamClient::new(channel.clone())
@@ -206,7 +216,10 @@ fn check_answer(kind: &str, answer: pb::Payload) {
     let code = body["resultCode"].as_u64().expect("resultCode");
     assert!(code == 200 || code == 500, "{kind}: resultCode {code}");
     assert!(body["errorCode"].is_u64(), "{kind}: errorCode {body}");
-    assert!(body["message"].is_string(), "{kind}: message must be a string: {body}");
+    assert!(
+        body["message"].is_string(),
+        "{kind}: message must be a string: {body}"
+    );
     if code == 500 {
         assert!(
             !body["message"].as_str().unwrap_or_default().is_empty(),

@@ -58,6 +58,8 @@ enum Command {
     Exec(cmd::exec::Args),
     /// List services and their instances as the registry sees them.
     Services(cmd::services::Args),
+    /// The registry's config center: get, put, rm, history, rollback, watch.
+    Config(cmd::config::Args),
     /// Show the router's route table: every route with its endpoints and their state.
     Routes(cmd::routes::Args),
     /// ACLs of a server started with --acl: bootstrap, policies, tokens.
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
             Command::HelloApp(args) => cmd::hello_app::run(args).await,
             Command::Registry(args) => cmd::registry::run(*args).await,
             Command::Services(args) => cmd::services::run(args, cli.global.output).await,
+            Command::Config(args) => cmd::config::run(args, &cli.global).await,
             Command::Routes(args) => cmd::routes::run(args, cli.global.output).await,
             Command::Router(args) => cmd::router::run(*args).await,
             Command::Server(args) => cmd::server::run(*args).await,

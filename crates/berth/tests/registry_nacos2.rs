@@ -210,7 +210,10 @@ async fn nacos3_sdk_against_a_three_member_cluster_with_a_member_killed() {
     // A member with the PostgreSQL store stops cleanly on SIGTERM.
     let member = cluster.nodes[2].process.take().expect("member 2 runs");
     let status = member.terminate().await;
-    assert!(status.success(), "a PostgreSQL-backed member exited with {status}");
+    assert!(
+        status.success(),
+        "a PostgreSQL-backed member exited with {status}"
+    );
 }
 
 fn payload(kind: &str, body: &[u8]) -> pb::Payload {

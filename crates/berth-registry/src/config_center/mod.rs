@@ -11,6 +11,7 @@
 //! members' writes too (PostgreSQL LISTEN/NOTIFY).
 
 pub mod listen;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -279,7 +280,7 @@ pub enum ConfigError {
     #[error("history record {0} not found for that config")]
     HistoryNotFound(u64),
     #[error(
-        "the config center needs a shared store in a cluster: set kv_postgres_url (--kv-postgres-url) on every member"
+        "the config center needs a shared store in a cluster: set kv_postgres_url (--kv-postgres-url-file FILE or BERTH_REGISTRY_KV_POSTGRES_URL) on every member"
     )]
     Unavailable,
     #[error("config store failed: {0}")]
@@ -292,6 +293,7 @@ pub struct ConfigCenter {
     kv: Option<KvHandle>,
     space: Space,
     max_content: usize,
+    stats: Arc<stats::ConfigStats>,
 }
 
 impl ConfigCenter {
@@ -301,6 +303,7 @@ impl ConfigCenter {
             kv: Some(kv),
             space: space(),
             max_content,
+            stats: Arc::default(),
         }
     }
 
@@ -311,6 +314,7 @@ impl ConfigCenter {
             kv: None,
             space: space(),
             max_content: DEFAULT_MAX_CONTENT,
+            stats: Arc::default(),
         }
     }
 
@@ -332,6 +336,10 @@ impl ConfigCenter {
 
     pub fn max_content(&self) -> usize {
         self.max_content
+    }
+
+    pub fn stats(&self) -> &stats::ConfigStats {
+        &self.stats
     }
 
     pub async fn get(&self, key: &ConfigKey) -> Result<Option<Config>, ConfigError> {
@@ -388,6 +396,9 @@ impl ConfigCenter {
         match outcome {
             TxnOutcome::Committed(c) => match c.results.into_iter().next() {
                 Some(OpResult::Put(entry)) => {
+                    self.stats
+                        .publishes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Config::from_entry(entry).ok_or(ConfigError::Store(KvError::Corrupt {
                         what: format!("config key {store_key:?}"),
                         reason: "it is not tenant/group/dataId".into(),
@@ -541,7 +552,7 @@ pub fn kv_options(options: berth_kv::KvOptions) -> berth_kv::KvOptions {
 
 /// `*` matches any run of characters; without one, a substring match (Nacos's fuzzy
 /// search).
-fn wildcard(pattern: &str, value: &str) -> bool {
+pub fn wildcard(pattern: &str, value: &str) -> bool {
     if !pattern.contains('*') {
         return value.contains(pattern);
     }

@@ -250,7 +250,11 @@ pub(crate) async fn racing_writes_lose_nothing(centers: Vec<ConfigCenter>) {
         acked.extend(t.await.unwrap());
     }
     let (total, history) = centers[0].history(&k, 1, 1000).await.unwrap();
-    assert_eq!(total as usize, acked.len() + 1, "one record per acknowledged write");
+    assert_eq!(
+        total as usize,
+        acked.len() + 1,
+        "one record per acknowledged write"
+    );
     // Oldest first; each record's md5 and the one before it.
     let chain: Vec<&str> = history.iter().rev().map(|h| h.md5.as_str()).collect();
     for (md5, based_on) in &acked {
@@ -259,7 +263,10 @@ pub(crate) async fn racing_writes_lose_nothing(centers: Vec<ConfigCenter>) {
             .position(|m| m == md5)
             .unwrap_or_else(|| panic!("an acknowledged write is missing: {md5}"));
         if let Some(base) = based_on {
-            assert!(at > 0 && chain[at - 1] == base, "a compare-and-set did not follow {base}");
+            assert!(
+                at > 0 && chain[at - 1] == base,
+                "a compare-and-set did not follow {base}"
+            );
         }
     }
 }
@@ -290,7 +297,10 @@ async fn racing_writes_through_two_members_on_postgres_lose_nothing() {
         .await
         .unwrap()
         .unwrap();
-        centers.push(ConfigCenter::new(KvHandle::new(Arc::new(store)), DEFAULT_MAX_CONTENT));
+        centers.push(ConfigCenter::new(
+            KvHandle::new(Arc::new(store)),
+            DEFAULT_MAX_CONTENT,
+        ));
     }
     racing_writes_lose_nothing(centers).await;
 }

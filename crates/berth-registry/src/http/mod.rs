@@ -1,4 +1,5 @@
-//! The registry's HTTP listener: Nacos v1 naming API, Consul API subset, metrics.
+//! The registry's HTTP listener: Nacos v1 naming API, Nacos v1 and v2 config APIs, Consul
+//! API subset, metrics.
 
 use std::sync::Arc;
 
@@ -9,6 +10,10 @@ use crate::core::Registry;
 use crate::model::BeatTimings;
 use crate::push::PushService;
 
+pub mod config;
+pub mod config_history;
+pub mod config_listen;
+pub mod config_v2;
 pub mod consul;
 pub mod list_cache;
 pub mod nacos;
@@ -36,6 +41,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(nacos::routes())
+        .merge(config::routes())
         .merge(consul::routes())
         .layer(DefaultBodyLimit::max(params::MAX_BODY))
         .with_state(state)

@@ -13,6 +13,10 @@ use axum::response::{IntoResponse, Response};
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest single parameter value (metadata included).
 pub const MAX_PARAM: usize = 64 * 1024;
+/// Parameters that carry a whole payload, bounded by the body limit and their own checks
+/// instead of [`MAX_PARAM`]: a config's content (its limit is `config_max_content`) and
+/// a long-poll's list of watched configs.
+const BULK_PARAMS: [&str; 2] = ["content", "Listening-Configs"];
 
 /// An HTTP error with a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +103,7 @@ impl Params {
         for source in [query.as_bytes(), form] {
             for (k, v) in form_pairs(source) {
                 pairs.push((k.clone(), v.clone()));
-                if v.len() > MAX_PARAM {
+                if v.len() > MAX_PARAM && !BULK_PARAMS.contains(&k.as_str()) {
                     return Err(ApiError::bad_request(format!(
                         "parameter '{k}' is {} bytes, more than the {MAX_PARAM} allowed",
                         v.len()
@@ -121,6 +125,11 @@ impl Params {
             .get(name)
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
+    }
+
+    /// The value exactly as sent, blank or not (a config's content keeps its spaces).
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
     }
 
     /// Every value of a repeated parameter.

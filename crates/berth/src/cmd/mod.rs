@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod ca_cert;
 pub mod completions;
+pub mod config;
 pub mod deployments;
 pub mod dev;
 pub mod diag;

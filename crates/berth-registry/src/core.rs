@@ -777,6 +777,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_connection_held_instance_outlives_its_beats_by_the_orphan_timeout() {
+        let mut options = fast();
+        options.beat = BeatTimings {
+            interval_ms: 500,
+            unhealthy_after_ms: 1_000,
+            delete_after_ms: 2_000,
+            held_delete_after_ms: 6_000,
+        };
+        let r = Registry::start(options).unwrap();
+        let s = ServiceKey::simple("a");
+        let mut held = Instance::new(&s, "10.0.0.1", 80, DEFAULT_CLUSTER);
+        held.owner = Some("conn-1".into());
+        register(&r, &s, held).await;
+        register(&r, &s, Instance::new(&s, "10.0.0.2", 80, DEFAULT_CLUSTER)).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let left: Vec<_> = r
+            .get(&s)
+            .unwrap()
+            .instances
+            .values()
+            .map(|i| i.ip.to_string())
+            .collect();
+        assert_eq!(
+            left,
+            ["10.0.0.1"],
+            "the plain one went after 2 s, the held one stays"
+        );
+        tokio::time::sleep(Duration::from_millis(4_000)).await;
+        assert!(r.get(&s).unwrap().instances.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn beat_for_unknown_instance_is_not_found() {
         let r = Registry::start(fast()).unwrap();
         let res = r

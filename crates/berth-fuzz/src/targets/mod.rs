@@ -10,6 +10,7 @@ pub mod app_spec_toml;
 pub mod consul_registration;
 pub mod exec_frames;
 pub mod gorouter_nats;
+pub mod nacos_grpc_payload;
 pub mod nacos_params;
 pub mod router_http_head;
 pub mod router_upstreams;
@@ -26,6 +27,7 @@ pub const ALL: &[(&str, Run)] = &[
     ("consul_registration", consul_registration::run),
     ("exec_frames", exec_frames::run),
     ("gorouter_nats", gorouter_nats::run),
+    ("nacos_grpc_payload", nacos_grpc_payload::run),
     ("nacos_params", nacos_params::run),
     ("router_http_head", router_http_head::run),
     ("router_upstreams", router_upstreams::run),

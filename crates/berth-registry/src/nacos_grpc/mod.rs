@@ -541,6 +541,15 @@ async fn run_stream(
     close(&inner, &connection);
 }
 
+/// An instance as a gRPC request's `instance` object describes it (the parser the
+/// handlers use), for the fuzz targets. `Err` is the message the client would get.
+pub fn parse_instance(
+    value: &serde_json::Value,
+    service: &ServiceKey,
+) -> Result<crate::model::Instance, String> {
+    naming::instance_from(value, "instance", service, true).map_err(|(_, message)| message)
+}
+
 /// The namespace a request names: `""` is Nacos's default namespace, `public`.
 pub(crate) fn namespace_of(request: &Inbound, connection: &Connection) -> String {
     let ns = request

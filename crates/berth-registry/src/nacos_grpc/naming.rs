@@ -57,7 +57,7 @@ fn server_error(err: impl std::fmt::Display) -> Failure {
 }
 
 /// An instance from its JSON object (`instance` or an entry of `instances`).
-fn instance_from(
+pub(super) fn instance_from(
     value: &Value,
     field: &str,
     service: &ServiceKey,

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use berth_testkit::postgres::TempPostgres;
 use berth_testkit::{BerthProcess, python, temp_dir};
 use common::BIN;
+use common::registry_cluster::{Cluster, ClusterOptions};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -300,4 +302,43 @@ async fn a_cluster_without_a_shared_store_refuses_configs_naming_the_setting() {
     assert_eq!(response.status(), 503);
     assert!(response.text().await.unwrap().contains("kv_postgres_url"));
     registry.terminate().await;
+}
+
+/// nacos-sdk-python 1.0.0 against three members sharing PostgreSQL: a publish through one
+/// member is read through another and heard by a watcher on the third.
+#[tokio::test]
+async fn nacos_sdk1_config_across_a_three_member_cluster() {
+    let pg = TempPostgres::start();
+    let url = pg.create_database("configs_v1");
+    let cluster = Cluster::start_with(
+        3,
+        ClusterOptions {
+            kv_postgres_url: Some(url),
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.http.to_string()).collect();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .kill_on_drop(true)
+            .arg("-u")
+            .arg(scripts().join("nacos1_config_cluster.py"))
+            .arg(addrs.join(","))
+            .current_dir(scripts())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("nacos1_config_cluster.py finishes within 60 s")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "nacos1_config_cluster.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+    );
+    eprintln!("{stdout}");
 }

@@ -99,6 +99,14 @@ fn state(rt: &tokio::runtime::Runtime) -> AppState {
                 )),
                 berth_registry::config_center::DEFAULT_MAX_CONTENT,
             )),
+            sessions: Some(berth_registry::sessions::SessionStore::new(
+                berth_kv::KvHandle::new(Arc::new(
+                    berth_kv::SqliteKv::in_memory(berth_registry::sessions::kv_options(
+                        berth_kv::KvOptions::default(),
+                    ))
+                    .unwrap(),
+                )),
+            )),
         }
     })
 }

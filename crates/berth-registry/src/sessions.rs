@@ -389,16 +389,18 @@ impl SessionStore {
                 tracing::info!(session = %s.spec.id, expired = s.expired(now), "session invalidated");
             }
         }
-        let live: std::collections::HashSet<String> =
-            self.list().await?.into_iter().map(|s| s.spec.id).collect();
+        // Keys first, sessions second: a session created after the key listing cannot
+        // be missing from the session listing, so a holder absent from it is gone.
         let mut orphans: Vec<String> = self
             .kv
             .list(&self.keys, "", None)
             .await?
             .into_iter()
             .filter_map(|e| e.attrs.get(attr::SESSION).cloned())
-            .filter(|id| !live.contains(id))
             .collect();
+        let live: std::collections::HashSet<String> =
+            self.list().await?.into_iter().map(|s| s.spec.id).collect();
+        orphans.retain(|id| !live.contains(id));
         orphans.sort();
         orphans.dedup();
         for id in orphans {

@@ -680,4 +680,36 @@ mod tests {
         let orphan = st.kv.get(&kv_space(), "orphan").await.unwrap().unwrap();
         assert_eq!(holder(&orphan), None);
     }
+
+    struct Critical(&'static str);
+    impl CheckSource for Critical {
+        fn critical(&self, check_id: &str) -> Option<bool> {
+            Some(check_id == self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_critical_service_check_or_an_expired_ttl_ends_the_session() {
+        let st = store();
+        let mut with_check = spec("c", Behavior::Release, 0);
+        with_check.service_checks = vec!["service:web".into()];
+        st.create(with_check).await.unwrap();
+        st.create(spec("plain", Behavior::Release, 0))
+            .await
+            .unwrap();
+        st.acquire("held", "c", vec![], None).await.unwrap();
+        st.sweep(&Critical("service:other")).await.unwrap();
+        assert!(st.get("c").await.unwrap().is_some());
+        st.sweep(&Critical("service:web")).await.unwrap();
+        assert!(st.get("c").await.unwrap().is_none());
+        assert!(st.get("plain").await.unwrap().is_some());
+        let held = st.kv.get(&kv_space(), "held").await.unwrap().unwrap();
+        assert_eq!(holder(&held), None);
+        // A check that vanished ends it too.
+        let mut gone = spec("g", Behavior::Release, 0);
+        gone.service_checks = vec!["service:gone".into()];
+        st.create(gone).await.unwrap();
+        st.sweep(&NoChecks).await.unwrap();
+        assert!(st.get("g").await.unwrap().is_none());
+    }
 }

@@ -16,7 +16,8 @@
 //! expire one session only one goes on; it then releases (or, for `Behavior` `delete`,
 //! deletes) every key the session holds in one transaction. The two spaces are written
 //! by two transactions: a process that stops between them leaves keys naming a session
-//! that no longer exists, which every member's sweep ([`SessionStore::run`]) releases.
+//! that no longer exists, which every member's orphan scan ([`SessionStore::run`], every
+//! 10 s) releases.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 pub const SERF_HEALTH: &str = "serfHealth";
 /// How often each process looks for expired sessions and orphaned locks.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// The orphaned-lock scan runs every this many sweeps (10 s).
+const ORPHAN_SWEEP_TICKS: u64 = 20;
 /// Attempts of a read-then-conditional-write before giving up on contention.
 const ATTEMPTS: usize = 16;
 
@@ -375,6 +378,12 @@ impl SessionStore {
     /// One pass: invalidates expired sessions and those with a critical or vanished
     /// check, and frees keys held by sessions that no longer exist.
     pub async fn sweep(&self, checks: &dyn CheckSource) -> Result<(), KvError> {
+        self.expire(checks).await?;
+        self.free_orphans().await
+    }
+
+    /// Invalidates expired sessions and those with a critical or vanished check.
+    async fn expire(&self, checks: &dyn CheckSource) -> Result<(), KvError> {
         let now = now_ms();
         let sessions = self.list().await?;
         for s in &sessions {
@@ -389,6 +398,13 @@ impl SessionStore {
                 tracing::info!(session = %s.spec.id, expired = s.expired(now), "session invalidated");
             }
         }
+        Ok(())
+    }
+
+    /// Frees keys held by sessions that no longer exist (a process stopped between a
+    /// session's deletion and the release of its keys, or an acquire raced a destroy).
+    /// Reads the whole `kv` space, so it runs less often than expiry.
+    async fn free_orphans(&self) -> Result<(), KvError> {
         // Keys first, sessions second: a session created after the key listing cannot
         // be missing from the session listing, so a holder absent from it is gone.
         let mut orphans: Vec<String> = self
@@ -404,7 +420,7 @@ impl SessionStore {
         orphans.sort();
         orphans.dedup();
         for id in orphans {
-            // Only if still gone: a session created since cannot have this random id.
+            // Session ids are random: a gone id never comes back.
             self.free_keys(&id, Behavior::Release, 0).await?;
         }
         Ok(())
@@ -418,12 +434,19 @@ impl SessionStore {
     ) {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(err) = self.sweep(checks.as_ref()).await {
+            ticks += 1;
+            let result = if ticks.is_multiple_of(ORPHAN_SWEEP_TICKS) {
+                self.sweep(checks.as_ref()).await
+            } else {
+                self.expire(checks.as_ref()).await
+            };
+            if let Err(err) = result {
                 tracing::warn!(%err, "session sweep failed; retrying");
             }
         }

@@ -165,6 +165,7 @@ async fn consul_kv_locks_and_blocking_reads_across_a_postgres_cluster() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body[0]["Key"], "watched");
     assert!(new_index.expect("index") > index);
+    eprintln!("blocking read on member 2 woke {lag:?} after the write through member 1");
     assert!(lag < Duration::from_secs(1), "woke {lag:?} after the write");
 
     // Destroying the holder through member 1 frees the lock on every member.

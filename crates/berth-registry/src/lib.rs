@@ -25,6 +25,7 @@ pub mod naming;
 pub mod persist;
 pub mod push;
 pub mod server;
+pub mod sessions;
 
 pub use crate::config::RegistryConfig;
 pub use crate::core::{BeatResult, CoreOptions, Registry};

@@ -170,7 +170,17 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         state_file: Some(data_dir.join("naming.json")),
         history: 1024,
     })?;
-    let configs = Arc::new(open_config_center(&config, &data_dir).await?);
+    let kv = open_kv_store(&config, &data_dir).await?;
+    let configs = Arc::new(match &kv {
+        Some(kv) => ConfigCenter::new(kv.clone(), config.config_max_content),
+        None => ConfigCenter::unavailable(),
+    });
+    let sessions = kv.clone().map(crate::sessions::SessionStore::new);
+    if let Some(sessions) = &sessions {
+        let checks: Arc<dyn crate::sessions::CheckSource> =
+            Arc::new(crate::http::consul::RegistryChecks(registry.clone()));
+        shutdown.spawn(sessions.clone().run(checks, shutdown.token()));
+    }
     let http_listener = bind_tcp(config.listen, "--listen").await?;
     let grpc_listener = bind_tcp(config.grpc_listen, "--grpc-listen").await?;
     let http_addr = http_listener.local_addr().unwrap_or(config.listen);
@@ -285,6 +295,7 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         http_addr,
         cluster: cluster.clone(),
         configs: configs.clone(),
+        sessions,
     };
     let mut router = http::router(state.clone());
     if let Some(c) = &cluster {
@@ -361,11 +372,16 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
 /// else SQLite in the data folder on a single node. A cluster without PostgreSQL gets a
 /// center that refuses every call naming the setting: members keeping configs apart
 /// would answer differently.
-async fn open_config_center(
+/// Opens the registry's kv store once, for the config center, Consul KV and sessions:
+/// SQLite in the data folder on a single node, PostgreSQL shared by a cluster; `None`
+/// in a cluster without `kv_postgres_url` (those APIs then answer 503).
+async fn open_kv_store(
     config: &RegistryConfig,
     data_dir: &DataDir,
-) -> Result<ConfigCenter, Error> {
-    let options = crate::config_center::kv_options(berth_kv::KvOptions::default());
+) -> Result<Option<berth_kv::KvHandle>, Error> {
+    let options = crate::sessions::kv_options(crate::config_center::kv_options(
+        berth_kv::KvOptions::default(),
+    ));
     let store: Arc<dyn berth_kv::KvStore> = match &config.kv_postgres_url {
         Some(url) => {
             let url = url.clone();
@@ -378,19 +394,16 @@ async fn open_config_center(
         }
         None if !config.cluster.peers.is_empty() => {
             tracing::warn!(
-                "the config center is off: a cluster needs a shared store (kv_postgres_url)"
+                "the config center and Consul KV are off: a cluster needs a shared store (kv_postgres_url)"
             );
-            return Ok(ConfigCenter::unavailable());
+            return Ok(None);
         }
         None => Arc::new(berth_kv::SqliteKv::open(
             &data_dir.join("kv.sqlite3"),
             options,
         )?),
     };
-    Ok(ConfigCenter::new(
-        berth_kv::KvHandle::new(store),
-        config.config_max_content,
-    ))
+    Ok(Some(berth_kv::KvHandle::new(store)))
 }
 
 /// The peer service on its own listener: mutual TLS when `tls` is set (the caller's role

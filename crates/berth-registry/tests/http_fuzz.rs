@@ -34,6 +34,15 @@ const PATHS: &[&str] = &[
     "/v1/catalog/services",
     "/v1/catalog/service/x",
     "/v1/health/service/x",
+    "/v1/kv/x",
+    "/v1/kv/a/b",
+    "/v1/kv/",
+    "/v1/txn",
+    "/v1/session/create",
+    "/v1/session/info/x",
+    "/v1/session/renew/x",
+    "/v1/session/destroy/x",
+    "/v1/session/list",
 ];
 
 const KEYS: &[&str] = &[
@@ -68,6 +77,13 @@ const KEYS: &[&str] = &[
     "search",
     "nid",
     "id",
+    "recurse",
+    "keys",
+    "separator",
+    "raw",
+    "flags",
+    "cas",
+    "release",
     "casMd5",
     "Listening-Configs",
     "config_tags",
@@ -98,6 +114,14 @@ fn state(rt: &tokio::runtime::Runtime) -> AppState {
                     .unwrap(),
                 )),
                 berth_registry::config_center::DEFAULT_MAX_CONTENT,
+            )),
+            sessions: Some(berth_registry::sessions::SessionStore::new(
+                berth_kv::KvHandle::new(Arc::new(
+                    berth_kv::SqliteKv::in_memory(berth_registry::sessions::kv_options(
+                        berth_kv::KvOptions::default(),
+                    ))
+                    .unwrap(),
+                )),
             )),
         }
     })

@@ -301,6 +301,28 @@ async fn a_cluster_without_a_shared_store_refuses_configs_naming_the_setting() {
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), 503);
     assert!(response.text().await.unwrap().contains("kv_postgres_url"));
+    // Consul KV, transactions and sessions share the store, and its absence.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", registry.addr("http"));
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/kv/a"),
+        (reqwest::Method::PUT, "/v1/kv/a"),
+        (reqwest::Method::PUT, "/v1/txn"),
+        (reqwest::Method::PUT, "/v1/session/create"),
+        (reqwest::Method::GET, "/v1/session/list"),
+    ] {
+        let response = http
+            .request(method, format!("{base}{path}"))
+            .body("[]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(
+            response.text().await.unwrap().contains("kv_postgres_url"),
+            "{path}"
+        );
+    }
     registry.terminate().await;
 }
 

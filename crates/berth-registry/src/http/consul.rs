@@ -23,12 +23,12 @@ use crate::model::{
 };
 use crate::naming::Op;
 
-const NODE: &str = "berth";
+pub(crate) const NODE: &str = "berth";
 const NODE_ADDRESS: &str = "127.0.0.1";
 const DATACENTER: &str = "dc1";
 /// Consul caps `wait` at ten minutes.
-const MAX_WAIT: Duration = Duration::from_secs(600);
-const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Metadata key holding a check id given at registration.
 const META_CHECK_ID: &str = "consul.check_id";
 /// Routing convention read by the router.
@@ -63,7 +63,7 @@ async fn unsupported(Path(rest): Path<String>) -> ApiError {
 }
 
 /// Case-insensitive field lookup: Consul accepts `Name`, `name`, `NAME`.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.iter()
         .find(|(k, _)| {
             k.eq_ignore_ascii_case(name) || k.replace('_', "").eq_ignore_ascii_case(name)
@@ -72,7 +72,7 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-fn str_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn str_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -307,7 +307,7 @@ fn consul_key(name: &str) -> ServiceKey {
 }
 
 /// Finds the instance a Consul service id or check id names.
-fn find_by_id(registry: &Registry, id: &str) -> Option<(ServiceKey, Instance)> {
+pub(crate) fn find_by_id(registry: &Registry, id: &str) -> Option<(ServiceKey, Instance)> {
     let (_, services) = registry.snapshot();
     let sid = id.strip_prefix("service:").unwrap_or(id);
     for s in services
@@ -323,6 +323,15 @@ fn find_by_id(registry: &Registry, id: &str) -> Option<(ServiceKey, Instance)> {
         }
     }
     None
+}
+
+/// Service checks by id, as sessions see them.
+pub struct RegistryChecks(pub Registry);
+
+impl crate::sessions::CheckSource for RegistryChecks {
+    fn critical(&self, check_id: &str) -> Option<bool> {
+        find_by_id(&self.0, check_id).map(|(_, i)| i.status == HealthStatus::Critical)
+    }
 }
 
 fn empty_ok() -> Response {
@@ -464,7 +473,7 @@ fn check_json(key: &ServiceKey, i: &Instance) -> Value {
     })
 }
 
-fn index_response(index: u64, body: Value) -> Response {
+pub(crate) fn index_response(index: u64, body: Value) -> Response {
     let mut r = axum::Json(body).into_response();
     let h = r.headers_mut();
     // Always non-zero: clients treat 0 as "no blocking support".

@@ -15,6 +15,9 @@ pub mod config_history;
 pub mod config_listen;
 pub mod config_v2;
 pub mod consul;
+pub mod consul_kv;
+pub mod consul_session;
+pub mod consul_txn;
 pub mod list_cache;
 pub mod nacos;
 pub mod nacos_json;
@@ -35,6 +38,9 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The Nacos config center (v1 and v2 config APIs).
     pub configs: Arc<crate::config_center::ConfigCenter>,
+    /// Consul sessions and KV (the config center's store, spaces `kv` and `session`);
+    /// `None` in a cluster without a shared store.
+    pub sessions: Option<crate::sessions::SessionStore>,
 }
 
 /// Every HTTP route of the registry.
@@ -42,6 +48,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(nacos::routes())
         .merge(config::routes())
+        .merge(consul_kv::routes())
+        .merge(consul_session::routes())
+        .merge(consul_txn::routes())
         .merge(consul::routes())
         .layer(DefaultBodyLimit::max(params::MAX_BODY))
         .with_state(state)

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Inner;
 use super::connections::Connection;
-use super::wire::{Inbound, code};
+use super::wire::{Fields, Inbound, code};
 use crate::config_center::{ConfigError, ConfigKey, ConfigMeta, actor, listen};
 
 type Failure = (u64, String);
@@ -28,6 +28,16 @@ pub fn response_type(kind: &str) -> Option<&'static str> {
 }
 
 pub async fn handle(
+    inner: &Inner,
+    connection: &Arc<Connection>,
+    request: &Inbound,
+) -> Result<Fields, Failure> {
+    handle_json(inner, connection, request)
+        .await
+        .map(Fields::from)
+}
+
+async fn handle_json(
     inner: &Inner,
     connection: &Arc<Connection>,
     request: &Inbound,

@@ -334,7 +334,7 @@ impl Inner {
             naming::handle(self, &connection, &request).await
         };
         match result {
-            Ok(fields) => wire::ok(answer, &id, fields),
+            Ok(fields) => wire::ok_fields(answer, &id, fields),
             Err((error_code, message)) => wire::fail(answer, &id, error_code, message),
         }
     }

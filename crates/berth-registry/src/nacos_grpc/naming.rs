@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::connections::{Connection, PushError};
-use super::wire::{Inbound, code};
+use super::wire::{Fields, Inbound, code};
 use super::{Inner, namespace_of, service_of};
 use crate::http::nacos_json::{ListFilter, render_hosts};
 use crate::model::{CheckSpec, DEFAULT_CLUSTER, HealthStatus, Instance, InstanceKey, ServiceKey};
@@ -33,14 +33,18 @@ pub async fn handle(
     inner: &Inner,
     connection: &Arc<Connection>,
     request: &Inbound,
-) -> Result<Value, Failure> {
+) -> Result<Fields, Failure> {
     match request.kind.as_str() {
-        "InstanceRequest" => instance(inner, connection, request, true).await,
-        "PersistentInstanceRequest" => instance(inner, connection, request, false).await,
-        "BatchInstanceRequest" => batch(inner, connection, request).await,
+        "InstanceRequest" => instance(inner, connection, request, true)
+            .await
+            .map(Fields::from),
+        "PersistentInstanceRequest" => instance(inner, connection, request, false)
+            .await
+            .map(Fields::from),
+        "BatchInstanceRequest" => batch(inner, connection, request).await.map(Fields::from),
         "ServiceQueryRequest" => query(inner, connection, request),
         "SubscribeServiceRequest" => subscribe(inner, connection, request),
-        "ServiceListRequest" => list(inner, connection, request),
+        "ServiceListRequest" => list(inner, connection, request).map(Fields::from),
         other => Err((
             code::NO_HANDLER,
             format!("RequestHandler Not Found: {other}"),
@@ -304,17 +308,29 @@ fn filter_of(request: &Inbound, clusters_field: &str) -> ListFilter {
     ListFilter::parse(request.str(clusters_field), healthy_only)
 }
 
-fn query(inner: &Inner, connection: &Arc<Connection>, request: &Inbound) -> Result<Value, Failure> {
+fn query(
+    inner: &Inner,
+    connection: &Arc<Connection>,
+    request: &Inbound,
+) -> Result<Fields, Failure> {
     let service = service_of(request, connection)?;
     let filter = filter_of(request, "cluster");
-    Ok(json!({ "serviceInfo": service_info(inner, &service, &filter) }))
+    Ok(service_info_fields(inner, &service, &filter))
+}
+
+/// `{"serviceInfo": ...}` rendered straight to text (no JSON value in between).
+fn service_info_fields(inner: &Inner, service: &ServiceKey, filter: &ListFilter) -> Fields {
+    Fields::Raw(format!(
+        "{{\"serviceInfo\":{}}}",
+        service_info_text(inner, service, filter)
+    ))
 }
 
 fn subscribe(
     inner: &Inner,
     connection: &Arc<Connection>,
     request: &Inbound,
-) -> Result<Value, Failure> {
+) -> Result<Fields, Failure> {
     let service = service_of(request, connection)?;
     let filter = filter_of(request, "clusters");
     let on = request
@@ -329,7 +345,7 @@ fn subscribe(
     } else {
         inner.connections.unsubscribe(connection, &service);
     }
-    Ok(json!({ "serviceInfo": service_info(inner, &service, &filter) }))
+    Ok(service_info_fields(inner, &service, &filter))
 }
 
 fn list(inner: &Inner, connection: &Arc<Connection>, request: &Inbound) -> Result<Value, Failure> {
@@ -403,10 +419,6 @@ fn service_info_text(inner: &Inner, service: &ServiceKey, filter: &ListFilter) -
     out.push_str(std::str::from_utf8(&hosts).unwrap_or("[]"));
     out.push('}');
     out
-}
-
-fn service_info(inner: &Inner, service: &ServiceKey, filter: &ListFilter) -> Value {
-    serde_json::from_str(&service_info_text(inner, service, filter)).unwrap_or(Value::Null)
 }
 
 /// Marks every changed service dirty for its subscribers.

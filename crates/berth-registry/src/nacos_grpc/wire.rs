@@ -127,6 +127,48 @@ pub fn ok(kind: &str, request_id: &str, fields: Value) -> pb::Payload {
     encode(kind, &body)
 }
 
+/// What a handler answers with: fields as a JSON value, or already rendered as the text
+/// of a JSON object (a service's instance list is rendered once, straight to text).
+pub enum Fields {
+    Json(Value),
+    Raw(String),
+}
+
+impl From<Value> for Fields {
+    fn from(value: Value) -> Self {
+        Fields::Json(value)
+    }
+}
+
+/// A successful response whose fields come as [`Fields`].
+pub fn ok_fields(kind: &str, request_id: &str, fields: Fields) -> pb::Payload {
+    let raw = match fields {
+        Fields::Json(value) => return ok(kind, request_id, value),
+        Fields::Raw(raw) => raw,
+    };
+    let rest = raw.trim_start().strip_prefix('{').unwrap_or("}");
+    let separator = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    let id = serde_json::to_string(request_id).unwrap_or_else(|_| "\"\"".into());
+    let body = format!(
+        "{{\"resultCode\":{OK},\"errorCode\":0,\"message\":\"\",\"requestId\":{id},\"success\":true{separator}{rest}"
+    );
+    pb::Payload {
+        metadata: Some(pb::Metadata {
+            r#type: kind.to_string(),
+            client_ip: String::new(),
+            headers: Default::default(),
+        }),
+        body: Some(pb::Any {
+            type_url: String::new(),
+            value: body.into_bytes(),
+        }),
+    }
+}
+
 /// A failed response. Nacos answers a request it cannot serve with the response type of
 /// that request when it has one (the SDK reads it) or `ErrorResponse`.
 pub fn fail(
@@ -193,6 +235,22 @@ mod tests {
         let err = Inbound::decode(payload("X", b"{")).unwrap_err();
         assert!(err.contains("not JSON"), "{err}");
         assert!(Inbound::decode(payload("HealthCheckRequest", b"")).is_ok());
+    }
+
+    #[test]
+    fn raw_fields_splice_into_the_common_ones() {
+        let p = ok_fields(
+            "QueryServiceResponse",
+            "7\"",
+            Fields::Raw(r#"{"serviceInfo":{"name":"a","hosts":[]}}"#.into()),
+        );
+        let v: Value = serde_json::from_slice(&p.body.unwrap().value).unwrap();
+        assert_eq!(v["resultCode"], 200);
+        assert_eq!(v["requestId"], "7\"");
+        assert_eq!(v["serviceInfo"]["name"], "a");
+        let p = ok_fields("X", "1", Fields::Raw("{}".into()));
+        let v: Value = serde_json::from_slice(&p.body.unwrap().value).unwrap();
+        assert_eq!(v["success"], true);
     }
 
     #[test]

@@ -116,6 +116,8 @@ async def main():
     for member in range(3):
         await eventually("gone listed on member %d" % member,
                          lambda: v1_hosts(member, "gone") == [("10.9.9.9", 1)])
+        await eventually("pay listed on member %d" % member,
+                         lambda: v1_hosts(member, "pay") == [("10.9.0.2", 80)])
 
     print("CTL kill 1", flush=True)
     assert sys.stdin.readline().strip() == "killed", "the test did not kill member 1"

@@ -23,9 +23,9 @@ use crate::model::{
 };
 use crate::naming::Op;
 
-const NODE: &str = "berth";
-const NODE_ADDRESS: &str = "127.0.0.1";
-const DATACENTER: &str = "dc1";
+pub(crate) const NODE: &str = "berth";
+pub(crate) const NODE_ADDRESS: &str = "127.0.0.1";
+pub(crate) const DATACENTER: &str = "dc1";
 /// Consul caps `wait` at ten minutes.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);

@@ -21,7 +21,9 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use rand::seq::SliceRandom;
@@ -394,6 +396,49 @@ pub fn udp_limit(edns: Option<&Edns>) -> u16 {
     })
 }
 
+/// Cuts `answer` so its UDP message fits in `limit` bytes, `size` measuring the message
+/// a set of answers and additional records makes: the most answers that fit, with the
+/// additional records of their SRV targets only. Returns true when something was cut
+/// (the TC bit). hickory's encoder would cut too, but leaves the bytes of the record that
+/// did not fit after the message, which strict clients (dnspython) refuse.
+pub fn fit_udp(
+    answer: &mut Answer,
+    limit: u16,
+    size: impl Fn(&[Record], &[Record]) -> usize,
+) -> bool {
+    let limit = usize::from(limit);
+    if size(&answer.answers, &answer.additionals) <= limit {
+        return false;
+    }
+    let extras_for = |answers: &[Record]| -> Vec<Record> {
+        answer
+            .additionals
+            .iter()
+            .filter(|extra| {
+                answers.iter().any(|a| match &a.data {
+                    RData::SRV(srv) => srv.target == extra.name,
+                    _ => false,
+                })
+            })
+            .cloned()
+            .collect()
+    };
+    // The most answers that fit: 0 always does (the question, the SOA, EDNS).
+    let (mut low, mut high) = (0, answer.answers.len());
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        let answers = &answer.answers[..mid];
+        if size(answers, &extras_for(answers)) <= limit {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    answer.answers.truncate(low);
+    answer.additionals = extras_for(&answer.answers);
+    true
+}
+
 /// hickory-server's handler over [`DnsResolver`].
 pub struct DnsHandler {
     resolver: DnsResolver,
@@ -441,6 +486,7 @@ impl RequestHandler for DnsHandler {
                 },
             }
         };
+        let mut answer = answer;
         metadata.response_code = answer.code;
         metadata.authoritative = answer.code != ResponseCode::Refused;
         let soa: Vec<Record> = if answer.soa {
@@ -448,6 +494,28 @@ impl RequestHandler for DnsHandler {
         } else {
             Vec::new()
         };
+        if request.protocol() == Protocol::Udp {
+            // Measured the way the response is encoded.
+            let size = |answers: &[Record], additionals: &[Record]| -> usize {
+                let mut builder = MessageResponseBuilder::from_message_request(request);
+                if let Some(edns) = &edns {
+                    builder.edns(edns);
+                }
+                let mut bytes = Vec::with_capacity(512);
+                let mut encoder = BinEncoder::new(&mut bytes);
+                let emitted = builder
+                    .build(
+                        metadata,
+                        answers.iter(),
+                        std::iter::empty(),
+                        soa.iter(),
+                        additionals.iter(),
+                    )
+                    .destructive_emit(&mut encoder);
+                emitted.map_or(usize::MAX, |_| bytes.len())
+            };
+            metadata.truncation = fit_udp(&mut answer, udp_limit(request.edns.as_ref()), size);
+        }
         let response = builder.build(
             metadata,
             answer.answers.iter(),
@@ -510,7 +578,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use hickory_proto::op::{Message, Query};
-    use hickory_proto::serialize::binary::{BinDecodable, BinEncoder};
+    use hickory_proto::serialize::binary::BinDecodable;
 
     use super::*;
     use crate::core::CoreOptions;
@@ -809,7 +877,14 @@ mod tests {
             .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
             .await;
         let bytes = capture.0.lock().unwrap().clone();
-        let message = Message::from_bytes(&bytes).unwrap();
+        let mut decoder = hickory_proto::serialize::binary::BinDecoder::new(&bytes);
+        let message = Message::read(&mut decoder).unwrap();
+        // Nothing after the message (hickory's own cut leaves the partial record).
+        assert!(
+            decoder.is_empty(),
+            "{} bytes after the message",
+            decoder.len()
+        );
         assert!(bytes.len() <= usize::from(udp_limit(request.edns.as_ref())));
         Some(message)
     }

@@ -474,3 +474,37 @@ async fn dns_listen_off_opens_nothing() {
     assert_eq!(udp.len(), 1, "UDP ports {udp:?}");
     off.terminate().await;
 }
+
+#[tokio::test]
+async fn dns_off_loopback_requires_auth_like_any_listener() {
+    let dir = temp_dir();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth"), "{err}");
+    // A bad value is named.
+    let out = tokio::process::Command::new(BIN)
+        .args(["registry", "--dns-listen", "nowhere", "--dns-ttl", "5s"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run berth");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dns_listen") && err.contains("off"), "{err}");
+}

@@ -272,3 +272,32 @@ impl RegistryConfig {
             && self.dns_listen.is_none_or(|a| a.ip().is_loopback())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_util::config::MapSource;
+
+    use super::*;
+
+    fn parse(toml: &str) -> Result<RegistryConfig, ConfigError> {
+        let env = MapSource::new(Vec::<(String, String)>::new());
+        let text = format!("data_dir = \"/tmp/berth-registry-config-test\"\n{toml}");
+        let mut layers = Layers::from_toml_str("registry", &text, &env)?;
+        RegistryConfig::from_layers(&mut layers)
+    }
+
+    #[test]
+    fn dns_listen_defaults_to_consuls_port_and_can_be_off() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dns_listen, Some("127.0.0.1:8600".parse().unwrap()));
+        assert_eq!(c.dns_ttl, Duration::ZERO);
+        assert!(c.loopback_only());
+        let c = parse("dns_listen = \"off\"\ndns_ttl = \"30s\"").unwrap();
+        assert_eq!(c.dns_listen, None);
+        assert_eq!(c.dns_ttl, Duration::from_secs(30));
+        let c = parse("dns_listen = \"0.0.0.0:53\"").unwrap();
+        assert!(!c.loopback_only(), "a DNS listener off loopback counts");
+        let err = parse("dns_listen = \"nowhere\"").unwrap_err().to_string();
+        assert!(err.contains("dns_listen"), "{err}");
+    }
+}

@@ -972,4 +972,52 @@ mod tests {
         let answer = ask_raw(&d, q.to_vec().unwrap()).await.unwrap();
         assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
     }
+
+    #[test]
+    fn any_datagram_or_name_is_answered_or_dropped_without_panic() {
+        use proptest::prelude::*;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let d = rt.block_on(async {
+            DnsResolver::new(
+                registry_with(&[("web", "10.0.0.1", 80, true, &["v1"], 1.0)]).await,
+                Duration::ZERO,
+            )
+        });
+        let mut runner = proptest::test_runner::TestRunner::default();
+        // Raw bytes, and well-formed headers followed by random bytes.
+        let datagrams = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(|tail| {
+                let mut v = vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+                v.extend(tail);
+                v
+            }),
+        ];
+        runner
+            .run(&datagrams, |bytes| {
+                rt.block_on(ask_raw(&d, bytes));
+                Ok(())
+            })
+            .unwrap();
+        let names = proptest::collection::vec("[a-zA-Z0-9_-]{0,12}", 0..7);
+        runner
+            .run(&names, |labels| {
+                let _ = parse_labels(&labels);
+                if let Ok(name) = Name::from_labels(labels.iter().map(|l| l.as_bytes())) {
+                    for qtype in [
+                        RecordType::A,
+                        RecordType::AAAA,
+                        RecordType::SRV,
+                        RecordType::ANY,
+                    ] {
+                        let _ = d.resolve(&name, qtype);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_util::config::{ConfigError, FromConfigValue, Layers};
+use berth_util::config::{AddrOrOff, ConfigError, FromConfigValue, Layers};
 
 use crate::model::BeatTimings;
 
 /// Least length of the auth secret when a listener is off loopback.
 pub const MIN_SECRET: usize = 32;
+
+/// Where the Consul DNS interface listens unless told otherwise (Consul's own port).
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:8600";
 
 /// Settings of `berth registry`. Keys (TOML file, `BERTH_REGISTRY_<KEY>`, `--<key>` flags):
 ///
@@ -57,6 +60,10 @@ pub const MIN_SECRET: usize = 32;
 ///   then), on every peer client too; required when the peer links listen off loopback.
 /// - `tls_reload_interval` (5s): how often those files are checked for changes (SIGHUP
 ///   reloads them at once).
+/// - `dns_listen` (127.0.0.1:8600): the Consul DNS interface, UDP and TCP on one address;
+///   `off` opens neither. DNS has no auth: off loopback it only counts toward the rule
+///   that auth must be on for the HTTP and gRPC APIs.
+/// - `dns_ttl` (0s): the TTL of every DNS record served.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub listen: SocketAddr,
@@ -82,6 +89,9 @@ pub struct RegistryConfig {
     pub config_max_content: usize,
     /// A secret: it may carry the database password.
     pub kv_postgres_url: Option<String>,
+    /// The DNS listener (UDP and TCP); `None`: off.
+    pub dns_listen: Option<SocketAddr>,
+    pub dns_ttl: Duration,
 }
 
 /// The cluster keys (all unused when `peers` is empty).
@@ -206,6 +216,13 @@ impl RegistryConfig {
                 crate::config_center::DEFAULT_MAX_CONTENT,
             )?,
             kv_postgres_url: layers.secret("kv_postgres_url")?,
+            dns_listen: layers
+                .get_or(
+                    "dns_listen",
+                    AddrOrOff(Some(DEFAULT_DNS_LISTEN.parse().expect("valid default"))),
+                )?
+                .0,
+            dns_ttl: layers.get_or("dns_ttl", Duration::ZERO)?,
         };
         layers.finish()?;
         Ok(config)
@@ -234,6 +251,8 @@ impl RegistryConfig {
             grpc_release_grace: Duration::from_millis(200),
             config_max_content: crate::config_center::DEFAULT_MAX_CONTENT,
             kv_postgres_url: None,
+            dns_listen: None,
+            dns_ttl: Duration::ZERO,
         }
     }
 
@@ -248,6 +267,37 @@ impl RegistryConfig {
 
     /// True when every listener is on loopback, the only case auth may be off.
     pub fn loopback_only(&self) -> bool {
-        self.listen.ip().is_loopback() && self.grpc_listen.ip().is_loopback()
+        self.listen.ip().is_loopback()
+            && self.grpc_listen.ip().is_loopback()
+            && self.dns_listen.is_none_or(|a| a.ip().is_loopback())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_util::config::MapSource;
+
+    use super::*;
+
+    fn parse(toml: &str) -> Result<RegistryConfig, ConfigError> {
+        let env = MapSource::new(Vec::<(String, String)>::new());
+        let text = format!("data_dir = \"/tmp/berth-registry-config-test\"\n{toml}");
+        let mut layers = Layers::from_toml_str("registry", &text, &env)?;
+        RegistryConfig::from_layers(&mut layers)
+    }
+
+    #[test]
+    fn dns_listen_defaults_to_consuls_port_and_can_be_off() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dns_listen, Some("127.0.0.1:8600".parse().unwrap()));
+        assert_eq!(c.dns_ttl, Duration::ZERO);
+        assert!(c.loopback_only());
+        let c = parse("dns_listen = \"off\"\ndns_ttl = \"30s\"").unwrap();
+        assert_eq!(c.dns_listen, None);
+        assert_eq!(c.dns_ttl, Duration::from_secs(30));
+        let c = parse("dns_listen = \"0.0.0.0:53\"").unwrap();
+        assert!(!c.loopback_only(), "a DNS listener off loopback counts");
+        let err = parse("dns_listen = \"nowhere\"").unwrap_err().to_string();
+        assert!(err.contains("dns_listen"), "{err}");
     }
 }

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod config_center;
 pub mod core;
+pub mod dns;
 pub mod grpc;
 pub mod http;
 pub mod liveness;

@@ -58,6 +58,13 @@ pub enum Error {
         "the TLS files secure the peer links, which need a listener of their own: set --cluster-listen HOST:PORT (cluster_listen) and name the members by it in --peers"
     )]
     ClusterListenRequired,
+    #[error(
+        "cannot listen for DNS on {addr} (UDP and TCP; set --dns-listen ADDR or `off`): {source}"
+    )]
+    DnsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the config store: {0}")]
     Kv(#[from] berth_kv::KvError),
     #[error("`{0}` must be above zero")]
@@ -74,6 +81,7 @@ pub struct RegistryHandle {
     grpc_addr: SocketAddr,
     push_addr: SocketAddr,
     cluster_addr: Option<SocketAddr>,
+    dns_addr: Option<SocketAddr>,
     registry: Registry,
     cluster: Option<Arc<Cluster>>,
     _data_dir: Arc<DataDir>,
@@ -91,6 +99,11 @@ impl RegistryHandle {
     /// The peer links' own listener, when `cluster_listen` is set.
     pub fn cluster_addr(&self) -> Option<SocketAddr> {
         self.cluster_addr
+    }
+
+    /// The DNS listener (UDP and TCP), unless `dns_listen` is off.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// Where UDP pushes come from.
@@ -189,6 +202,17 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         None => None,
     };
     let cluster_addr = cluster_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let dns_sockets = match config.dns_listen {
+        Some(addr) => Some(
+            crate::dns::bind(addr)
+                .await
+                .map_err(|source| Error::DnsBind { addr, source })?,
+        ),
+        None => None,
+    };
+    let dns_addr = dns_sockets
+        .as_ref()
+        .and_then(|(udp, _)| udp.local_addr().ok());
     // The address peers reach this member's peer service at.
     let peer_addr = cluster_listener
         .as_ref()
@@ -358,9 +382,15 @@ pub async fn start(config: RegistryConfig, shutdown: &Shutdown) -> Result<Regist
         });
     }
 
-    tracing::info!(%http_addr, %grpc_addr, %push_addr, "registry started");
+    if let Some((udp, tcp)) = dns_sockets {
+        let resolver = crate::dns::DnsResolver::new(registry.clone(), config.dns_ttl);
+        shutdown.spawn(crate::dns::serve(udp, tcp, resolver, token.clone()));
+    }
+
+    tracing::info!(%http_addr, %grpc_addr, %push_addr, ?dns_addr, "registry started");
     Ok(RegistryHandle {
         cluster_addr,
+        dns_addr,
         http_addr,
         grpc_addr,
         push_addr,

@@ -65,11 +65,12 @@ pub fn temp_dir() -> tempfile::TempDir {
 }
 
 /// Every listener `berth dev` opens, as the role variables that move it.
-pub const DEV_LISTENERS: [&str; 8] = [
+pub const DEV_LISTENERS: [&str; 9] = [
     "BERTH_SERVER_LISTEN",
     "BERTH_SERVER_AGENT_LISTEN",
     "BERTH_REGISTRY_LISTEN",
     "BERTH_REGISTRY_GRPC_LISTEN",
+    "BERTH_REGISTRY_DNS_LISTEN",
     "BERTH_ROUTER_LISTEN",
     "BERTH_ROUTER_STATUS_LISTEN",
     "BERTH_AGENT_LISTEN",

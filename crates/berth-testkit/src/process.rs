@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const DNS_LISTEN_VAR: &str = "BERTH_REGISTRY_DNS_LISTEN";
 
 /// A running `berth` process that printed its ready line.
 ///
@@ -35,7 +36,17 @@ impl BerthProcess {
     }
 
     /// Starts a prepared command (extra env, working folder...) and waits for its ready line.
+    ///
+    /// The registry's DNS listener defaults to a fixed port (8600); unless the command
+    /// names it, it moves to an ephemeral one so tests running side by side never collide.
     pub async fn spawn(mut command: Command) -> Self {
+        if !command
+            .as_std()
+            .get_envs()
+            .any(|(key, _)| key == DNS_LISTEN_VAR)
+        {
+            command.env(DNS_LISTEN_VAR, "127.0.0.1:0");
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -24,8 +24,8 @@ use crate::model::{
 use crate::naming::Op;
 
 pub(crate) const NODE: &str = "berth";
-const NODE_ADDRESS: &str = "127.0.0.1";
-const DATACENTER: &str = "dc1";
+pub(crate) const NODE_ADDRESS: &str = "127.0.0.1";
+pub(crate) const DATACENTER: &str = "dc1";
 /// Consul caps `wait` at ten minutes.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(300);

@@ -131,24 +131,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let api = server.http_addr();
     let proxy = router.http_addr();
-    berth_util::ready::announce(
-        "dev",
-        &[
-            ("api", api),
-            ("agent_stream", server.agent_addr()),
-            ("registry", registry_http),
-            ("registry_grpc", registry_grpc),
-            ("router", proxy),
-            ("router_status", router.status_addr()),
-            ("agent", agent.http_addr()),
-            ("diag", diag.addr()),
-        ],
-    );
+    let mut ready = vec![
+        ("api", api),
+        ("agent_stream", server.agent_addr()),
+        ("registry", registry_http),
+        ("registry_grpc", registry_grpc),
+        ("router", proxy),
+        ("router_status", router.status_addr()),
+        ("agent", agent.http_addr()),
+        ("diag", diag.addr()),
+    ];
+    ready.extend(registry.dns_addr().map(|addr| ("registry_dns", addr)));
+    berth_util::ready::announce("dev", &ready);
     eprintln!("berth dev: data in {}", data.display());
     eprintln!("  API       http://{api}/v1/apps   (berth apps list)");
     eprintln!(
         "  registry  http://{registry_http}/nacos/v1/ns/service/list   (Nacos and Consul APIs)"
     );
+    if let Some(dns) = registry.dns_addr() {
+        eprintln!(
+            "  DNS       dig @{} -p {} SERVICE.service.consul   (Consul DNS)",
+            dns.ip(),
+            dns.port()
+        );
+    }
     eprintln!("  router    http://{proxy}/");
     eprintln!(
         "  diag      {}   (berth inspect grep|tail|ps|ports APP)",

@@ -102,6 +102,12 @@ pub struct Args {
     /// member of a cluster [default: none; a single node uses DATA_DIR/kv.sqlite3].
     #[arg(long, value_name = "FILE")]
     kv_postgres_url_file: Option<PathBuf>,
+    /// Consul DNS interface, UDP and TCP on one address, or `off` [default: 127.0.0.1:8600].
+    #[arg(long, value_name = "ADDR|off")]
+    dns_listen: Option<String>,
+    /// TTL of the DNS records served [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    dns_ttl: Option<String>,
     /// With --tls-cert-file (`berth tls cert create --role registry`) the HTTP listener
     /// serves HTTPS, and plain HTTP to loopback clients only; with --peers the peer links
     /// on --cluster-listen run over mutual TLS with the same certificate.
@@ -148,6 +154,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "kv_postgres_url_file",
             args.kv_postgres_url_file.map(|p| p.display().to_string()),
         )
+        .set("dns_listen", args.dns_listen)
+        .set("dns_ttl", args.dns_ttl)
         .set_tls(args.tls);
     let mut layers = super::layers("registry", args.role.config.as_deref(), flags)?;
     let config = berth_registry::RegistryConfig::from_layers(&mut layers)?;
@@ -157,6 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the registry")?;
     let mut addrs = vec![("http", handle.http_addr()), ("grpc", handle.grpc_addr())];
     addrs.extend(handle.cluster_addr().map(|addr| ("cluster", addr)));
+    addrs.extend(handle.dns_addr().map(|addr| ("dns", addr)));
     let result =
         super::run_until_shutdown("registry", shutdown, &addrs, args.role.shutdown_grace).await;
     drop(handle);

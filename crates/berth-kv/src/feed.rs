@@ -89,10 +89,11 @@ impl Feed {
 
     /// Announces a change and moves the watch to its index.
     pub(crate) fn publish(&self, change: Change) {
-        let index = change.index();
+        // The index first: a subscriber woken by the change must find the store's index
+        // at least at it (readers cache by index).
+        self.advance(change.index());
         // No subscriber is not an error: nobody is listening yet.
         let _ = self.changes.send(change);
-        self.advance(index);
     }
 
     /// Moves the watch forward (never back: notifications and local commits can arrive

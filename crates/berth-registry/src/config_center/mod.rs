@@ -10,6 +10,7 @@
 //! Changes reach listeners through the store's feed, which in a cluster carries other
 //! members' writes too (PostgreSQL LISTEN/NOTIFY).
 
+mod cache;
 pub mod listen;
 pub mod stats;
 
@@ -294,6 +295,7 @@ pub struct ConfigCenter {
     space: Space,
     max_content: usize,
     stats: Arc<stats::ConfigStats>,
+    reads: Arc<cache::ReadCache>,
 }
 
 impl ConfigCenter {
@@ -304,6 +306,7 @@ impl ConfigCenter {
             space: space(),
             max_content,
             stats: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -315,6 +318,7 @@ impl ConfigCenter {
             space: space(),
             max_content: DEFAULT_MAX_CONTENT,
             stats: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -342,9 +346,21 @@ impl ConfigCenter {
         &self.stats
     }
 
+    /// The config, from memory while the store has not changed since it was read
+    /// ([`cache`]).
     pub async fn get(&self, key: &ConfigKey) -> Result<Option<Config>, ConfigError> {
-        let entry = self.kv()?.get(&self.space, &key.store_key()).await?;
-        Ok(entry.and_then(Config::from_entry))
+        let kv = self.kv()?;
+        let store_key = key.store_key();
+        let index = kv.current_index();
+        if let Some(found) = self.reads.get(index, &store_key) {
+            return Ok(found);
+        }
+        let found = kv
+            .get(&self.space, &store_key)
+            .await?
+            .and_then(Config::from_entry);
+        self.reads.put(index, store_key, found.clone());
+        Ok(found)
     }
 
     /// Stores `content` under `key`. With `cas_md5` the write happens only while the

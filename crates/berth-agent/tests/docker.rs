@@ -456,7 +456,7 @@ async fn exec_runs_inside_the_container_with_pipes_stdin_a_terminal_and_a_kill()
     let mut child = driver
         .exec(
             &handle,
-            &exec_command(&["sh", "-c", "tty; read x; stty size"], true),
+            &exec_command(&["sh", "-c", "tty; while read x; do stty size; done"], true),
         )
         .await
         .unwrap();
@@ -464,11 +464,25 @@ async fn exec_runs_inside_the_container_with_pipes_stdin_a_terminal_and_a_kill()
     let (_, reader) = &mut child.outputs[0];
     read_until(reader.as_mut(), "/dev/pts/").await;
     (child.resize.as_ref().unwrap())(50, 120).unwrap();
-    // The resize is applied by the engine asynchronously; let it land before the read.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child.stdin.write_all(b"go\r").await.unwrap();
-    let (_, reader) = &mut child.outputs[0];
-    read_until(reader.as_mut(), "50 120").await;
+    // Each line makes the command say its size; the engine applies the resize a moment
+    // later, so ask until it shows (the first size, asked for earlier, never lands after).
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains("50 120") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resize never showed: {seen}"
+        );
+        child.stdin.write_all(b"size?\r").await.unwrap();
+        let (_, reader) = &mut child.outputs[0];
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(300), reader.read(&mut buf)).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    (child.kill)();
 
     // A kill ends a command that would run for long.
     let child = driver

@@ -71,19 +71,14 @@ pub(super) async fn start(
     tokio::spawn(copy_output(reader, cmd.tty, stdout_in, stderr_in, ended_tx));
 
     let resize = if cmd.tty {
-        if cmd.rows > 0 && cmd.cols > 0 {
-            tokio::spawn(first_size(api.clone(), id.clone(), cmd.rows, cmd.cols));
-        }
-        let (api, id) = (api.clone(), id.clone());
-        let runtime = tokio::runtime::Handle::current();
+        // One task applies the latest size asked for, so an early size that the engine
+        // only accepts late can never land after (and undo) a later resize.
+        let (size_tx, size_rx) = tokio::sync::watch::channel((cmd.rows, cmd.cols));
+        tokio::spawn(apply_sizes(api.clone(), id.clone(), size_rx));
         let resize: Resize = Box::new(move |rows, cols| {
-            let (api, id) = (api.clone(), id.clone());
-            runtime.spawn(async move {
-                if let Err(err) = api.exec_resize(&id, rows, cols).await {
-                    tracing::debug!("exec resize failed: {err}");
-                }
-            });
-            Ok(())
+            size_tx
+                .send((rows, cols))
+                .map_err(|_| "the command has ended".to_string())
         });
         Some(resize)
     } else {
@@ -125,16 +120,30 @@ fn signal_kill(pid: u32) {
     let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
 }
 
-/// The terminal's first size: the engine refuses a resize until the command runs, which
-/// it may not yet when the connection was handed over.
-async fn first_size(api: DockerApi, id: String, rows: u16, cols: u16) {
-    for _ in 0..40 {
-        if api.exec_resize(&id, rows, cols).await.is_ok() {
+/// Applies each size asked for, the latest one winning. The engine refuses a resize
+/// until the command runs, which it may not yet when the connection was handed over, so
+/// a size is retried for a while; a newer size replaces one still being retried.
+async fn apply_sizes(
+    api: DockerApi,
+    id: String,
+    mut sizes: tokio::sync::watch::Receiver<(u16, u16)>,
+) {
+    loop {
+        let (rows, cols) = *sizes.borrow_and_update();
+        if rows > 0 && cols > 0 {
+            for _ in 0..40 {
+                if api.exec_resize(&id, rows, cols).await.is_ok()
+                    || sizes.has_changed().unwrap_or(true)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        if sizes.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    tracing::debug!("exec {id}: the terminal's first size was never accepted");
 }
 
 /// Copies the engine's stream into the pipes until it ends. A pipe whose reader went

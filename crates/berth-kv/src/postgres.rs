@@ -24,6 +24,8 @@
 mod listener;
 mod schema;
 
+pub(crate) use berth_util::pg::describe_error;
+use berth_util::pg::describe_target;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -97,7 +99,7 @@ impl PostgresKv {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("berth-kv");
-        let target = describe(&config);
+        let target = describe_target(&config);
         let open = |source| KvError::OpenPostgres {
             target: target.clone(),
             source,
@@ -180,48 +182,6 @@ impl Pg<'_> {
 fn read_index(client: &mut impl postgres::GenericClient) -> Result<u64, postgres::Error> {
     let row = client.query_one("SELECT value FROM kv_meta WHERE name = 'index'", &[])?;
     Ok(row.get::<_, i64>(0) as u64)
-}
-
-/// The error and its causes in one line (the driver's top-level message is often just
-/// "db error").
-pub(crate) fn describe_error(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// `user@host:port/db` without the password, for messages.
-fn describe(config: &postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            postgres::config::Host::Tcp(name) => name.clone(),
-            postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let port = config
-        .get_ports()
-        .first()
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    format!(
-        "{}@{host}{port}/{}",
-        config.get_user().unwrap_or("?"),
-        config.get_dbname().unwrap_or("?")
-    )
 }
 
 fn entry_row(row: &Row) -> EntryRow {

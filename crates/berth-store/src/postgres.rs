@@ -6,6 +6,7 @@
 //! statements per change); a broken connection is replaced on the next call, so a
 //! database restart costs the calls made while it was down, never the server.
 
+use berth_util::pg::{describe_error, describe_target};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,7 +121,7 @@ impl PostgresStore {
         }
         config.application_name("berth-server");
         let store = PostgresStore {
-            target: describe(&config),
+            target: describe_target(&config),
             config,
             conn: Mutex::new(None),
         };
@@ -146,7 +147,7 @@ impl PostgresStore {
                 StoreError::Engine(format!(
                     "cannot reach PostgreSQL at {}: {}; check that it runs and accepts this user",
                     self.target,
-                    chain(&e)
+                    describe_error(&e)
                 ))
             })?;
             *guard = Some(client);
@@ -220,49 +221,7 @@ fn migrate(client: &mut Client, target: &str) -> Result<(), StoreError> {
 }
 
 fn engine(e: postgres::Error) -> StoreError {
-    StoreError::Engine(chain(&e))
-}
-
-/// The error and its causes in one line (the driver's top-level message is often just
-/// "db error").
-fn chain(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// `user@host:port/db` without the password, for messages.
-fn describe(config: &postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            postgres::config::Host::Tcp(name) => name.clone(),
-            postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let port = config
-        .get_ports()
-        .first()
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    format!(
-        "{}@{host}{port}/{}",
-        config.get_user().unwrap_or("?"),
-        config.get_dbname().unwrap_or("?")
-    )
+    StoreError::Engine(describe_error(&e))
 }
 
 const COLUMNS: &str = "app_id, version, config_version, change, created_at_ms, spec";

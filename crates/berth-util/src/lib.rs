@@ -11,6 +11,8 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod ready;
 pub mod shutdown;
 

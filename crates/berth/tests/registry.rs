@@ -3,16 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, python, temp_dir, wait_until};
-use common::BIN;
-
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
-}
+use common::{BIN, run_client_script};
 
 async fn start_registry(data_dir: &Path, extra: &[&str]) -> BerthProcess {
     let dir = data_dir.to_str().expect("utf-8 temp path");
@@ -37,26 +32,14 @@ async fn start_registry(data_dir: &Path, extra: &[&str]) -> BerthProcess {
 
 /// Runs a client script against `addr`; it asserts itself and prints OK.
 async fn run_script(name: &str, addr: &str, registry: &BerthProcess) {
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python(),
+        name,
+        &[addr.to_string()],
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(scripts().join(name))
-            .arg(addr)
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(registry),
     )
-    .await
-    .unwrap_or_else(|_| panic!("{name} did not finish within 60 s"))
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
-        output.status,
-        registry.output()
-    );
+    .await;
 }
 
 #[tokio::test]
@@ -311,9 +294,9 @@ async fn auth_on_requires_a_token_from_the_secret() {
     let registry = start_registry(&data, &["--auth-secret-file", &secret_arg]).await;
     let addr = registry.addr("http").to_string();
     let output = tokio::process::Command::new(python())
-        .arg(scripts().join("auth.py"))
+        .arg(common::client_scripts().join("auth.py"))
         .args([&addr, &secret_arg])
-        .current_dir(scripts())
+        .current_dir(common::client_scripts())
         .output()
         .await
         .expect("run python");

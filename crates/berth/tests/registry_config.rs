@@ -4,22 +4,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use berth_testkit::postgres::TempPostgres;
 use berth_testkit::{BerthProcess, python, temp_dir};
-use common::BIN;
 use common::registry_cluster::{Cluster, ClusterOptions};
+use common::{BIN, run_client_script};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-secret";
-
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
-}
 
 async fn start_registry(data_dir: &Path, extra: &[&str]) -> BerthProcess {
     let dir = data_dir.to_str().expect("utf-8 temp path");
@@ -94,26 +90,14 @@ async fn nacos_sdk1_publishes_watches_and_reads_history_and_the_v2_api() {
     let dir = temp_dir();
     let registry = start_registry(dir.path(), &["--config-max-content", "4096"]).await;
     let addr = registry.addr("http").to_string();
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python(),
+        "nacos1_config.py",
+        &[addr],
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(scripts().join("nacos1_config.py"))
-            .arg(&addr)
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(&registry),
     )
-    .await
-    .expect("nacos1_config.py finishes within 60 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "nacos1_config.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- registry\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        registry.output()
-    );
+    .await;
     registry.terminate().await;
 }
 
@@ -341,26 +325,13 @@ async fn nacos_sdk1_config_across_a_three_member_cluster() {
     )
     .await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.http.to_string()).collect();
-    let output = tokio::time::timeout(
+    let stdout = run_client_script(
+        &python(),
+        "nacos1_config_cluster.py",
+        &[addrs.join(",")],
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .kill_on_drop(true)
-            .arg("-u")
-            .arg(scripts().join("nacos1_config_cluster.py"))
-            .arg(addrs.join(","))
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        None,
     )
-    .await
-    .expect("nacos1_config_cluster.py finishes within 60 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "nacos1_config_cluster.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-    );
+    .await;
     eprintln!("{stdout}");
 }

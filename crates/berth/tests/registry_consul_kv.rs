@@ -3,16 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, python, temp_dir};
-use common::BIN;
-
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
-}
+use common::{BIN, run_client_script};
 
 #[tokio::test]
 async fn py_consul_kv_txn_sessions_and_locks() {
@@ -32,26 +26,14 @@ async fn py_consul_kv_txn_sessions_and_locks() {
     )
     .await;
     let addr = registry.addr("http").to_string();
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python(),
+        "consul_kv.py",
+        &[addr],
         Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .arg(scripts().join("consul_kv.py"))
-            .arg(&addr)
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(&registry),
     )
-    .await
-    .expect("consul_kv.py did not finish within 120 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "consul_kv.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
-        output.status,
-        registry.output()
-    );
+    .await;
     registry.terminate().await;
 }
 

@@ -6,12 +6,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use berth_testkit::{BerthProcess, python, temp_dir, wait_until};
-use common::BIN;
+use common::{BIN, run_client_script};
 
 async fn start_registry(data_dir: &Path, extra: &[&str]) -> BerthProcess {
     let dir = data_dir.to_str().expect("utf-8 temp path");
@@ -369,10 +369,6 @@ async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     registry.terminate().await;
 }
 
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
-}
-
 #[tokio::test]
 async fn dnspython_falls_back_to_tcp_and_sees_expiry() {
     let dir = temp_dir();
@@ -388,27 +384,17 @@ async fn dnspython_falls_back_to_tcp_and_sees_expiry() {
         ],
     )
     .await;
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python(),
+        "dns_client.py",
+        &[
+            registry.addr("http").to_string(),
+            registry.addr("dns").to_string(),
+        ],
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(scripts().join("dns_client.py"))
-            .arg(registry.addr("http").to_string())
-            .arg(registry.addr("dns").to_string())
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(&registry),
     )
-    .await
-    .expect("dns_client.py did not finish within 60 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "dns_client.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
-        output.status,
-        registry.output()
-    );
+    .await;
     registry.terminate().await;
 }
 

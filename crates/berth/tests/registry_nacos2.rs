@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,16 +13,12 @@ use berth_proto::nacos::bi_request_stream_client::BiRequestStreamClient;
 use berth_proto::nacos::request_client::RequestClient;
 use berth_testkit::postgres::TempPostgres;
 use berth_testkit::{BerthProcess, python_nacos3, temp_dir};
-use common::BIN;
 use common::registry_cluster::{Cluster, ClusterOptions};
+use common::{BIN, run_client_script};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// The gRPC port's distance from the HTTP port in the cluster test (Nacos's own).
 const OFFSET: u16 = 1000;
-
-fn scripts() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
-}
 
 async fn start_registry(data_dir: &std::path::Path) -> BerthProcess {
     let dir = data_dir.to_str().expect("utf-8 temp path");
@@ -52,28 +47,17 @@ fn grpc_offset(registry: &BerthProcess) -> i64 {
 
 /// Runs a client script; it asserts itself and prints OK.
 async fn run_script(name: &str, registry: &BerthProcess) -> String {
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python_nacos3(),
+        name,
+        &[
+            registry.addr("http").to_string(),
+            grpc_offset(registry).to_string(),
+        ],
         Duration::from_secs(90),
-        tokio::process::Command::new(python_nacos3())
-            .arg(scripts().join(name))
-            .arg(registry.addr("http").to_string())
-            .arg(grpc_offset(registry).to_string())
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(registry),
     )
     .await
-    .unwrap_or_else(|_| panic!("{name} did not finish within 90 s"))
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- registry\n{}",
-        output.status,
-        registry.output()
-    );
-    stdout
 }
 
 #[tokio::test]
@@ -116,27 +100,18 @@ async fn nacos3_sdk_with_auth_and_the_connection_loader() {
         ],
     )
     .await;
-    let output = tokio::time::timeout(
+    run_client_script(
+        &python_nacos3(),
+        "nacos3_ops.py",
+        &[
+            registry.addr("http").to_string(),
+            grpc_offset(&registry).to_string(),
+            secret.to_string(),
+        ],
         Duration::from_secs(90),
-        tokio::process::Command::new(python_nacos3())
-            .arg(scripts().join("nacos3_ops.py"))
-            .arg(registry.addr("http").to_string())
-            .arg(grpc_offset(&registry).to_string())
-            .arg(secret)
-            .current_dir(scripts())
-            .stdin(Stdio::null())
-            .output(),
+        Some(&registry),
     )
-    .await
-    .expect("nacos3_ops.py finishes within 90 s")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim_end().ends_with("OK"),
-        "nacos3_ops.py failed:\n{stdout}\n{}\n--- registry\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        registry.output()
-    );
+    .await;
     registry.terminate().await;
 }
 
@@ -167,10 +142,10 @@ async fn nacos3_sdk_against_a_three_member_cluster_with_a_member_killed() {
     .await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.http.to_string()).collect();
     let mut child = tokio::process::Command::new(python_nacos3())
-        .arg(scripts().join("nacos3_cluster.py"))
+        .arg(common::client_scripts().join("nacos3_cluster.py"))
         .arg(addrs.join(","))
         .arg(OFFSET.to_string())
-        .current_dir(scripts())
+        .current_dir(common::client_scripts())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

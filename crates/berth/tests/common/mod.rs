@@ -320,3 +320,43 @@ pub async fn node_ids(api: SocketAddr) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The folder of the third-party client scripts (`tests/registry_clients`).
+pub fn client_scripts() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/registry_clients")
+}
+
+/// Runs the client script `name` with the interpreter `python` and `args`, from the
+/// scripts' folder, for at most `limit`. The script asserts itself and ends by printing
+/// OK; otherwise this panics with its output and, when given, the registry's. Returns
+/// what the script printed.
+pub async fn run_client_script(
+    python: &Path,
+    name: &str,
+    args: &[String],
+    limit: Duration,
+    registry: Option<&BerthProcess>,
+) -> String {
+    let output = tokio::time::timeout(
+        limit,
+        Command::new(python)
+            .arg(client_scripts().join(name))
+            .args(args)
+            .current_dir(client_scripts())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not finish within {limit:?}"))
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("OK"),
+        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- registry\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        registry.map(BerthProcess::output).unwrap_or_default()
+    );
+    stdout
+}

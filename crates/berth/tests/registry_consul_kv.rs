@@ -161,3 +161,68 @@ async fn consul_kv_locks_and_blocking_reads_across_a_postgres_cluster() {
     drop(cluster);
     drop(pg);
 }
+
+/// With auth on, KV, transactions and sessions answer only a caller with a token (the
+/// registry secret here, as `X-Consul-Token`), and say so to one without.
+#[tokio::test]
+async fn kv_txn_and_sessions_need_a_token_when_auth_is_on() {
+    let dir = temp_dir();
+    let secret = "a-registry-secret-of-at-least-32-bytes!";
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let data = dir.path().join("data");
+    let registry = BerthProcess::start(
+        BIN,
+        &[
+            "registry",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--auth-secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let base = format!("http://{}", registry.addr("http"));
+    let http = reqwest::Client::new();
+    let calls = [
+        (reqwest::Method::PUT, "/v1/kv/app/a", "1"),
+        (reqwest::Method::GET, "/v1/kv/app/a", ""),
+        (
+            reqwest::Method::PUT,
+            "/v1/txn",
+            r#"[{"KV":{"Verb":"get","Key":"app/a"}}]"#,
+        ),
+        (reqwest::Method::PUT, "/v1/session/create", "{}"),
+        (reqwest::Method::GET, "/v1/session/list", ""),
+    ];
+    for (method, path, body) in &calls {
+        let refused = http
+            .request(method.clone(), format!("{base}{path}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{method} {path} without a token");
+        assert!(
+            refused.text().await.unwrap().contains("token"),
+            "{method} {path}: the refusal says what is missing"
+        );
+        let allowed = http
+            .request(method.clone(), format!("{base}{path}"))
+            .header("X-Consul-Token", secret)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            allowed.status().is_success(),
+            "{method} {path} with the token: {}",
+            allowed.status()
+        );
+    }
+    registry.terminate().await;
+}

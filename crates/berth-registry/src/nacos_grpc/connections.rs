@@ -237,6 +237,12 @@ impl Default for Connections {
     }
 }
 
+/// A connection id of Nacos's shape, `<millis>_<ip>_<port>`.
+fn new_id(remote: SocketAddr) -> Arc<str> {
+    let millis = crate::http::nacos_json::now_millis();
+    format!("{millis}_{}_{}", remote.ip(), remote.port()).into()
+}
+
 /// How long an id from `ServerCheck` waits for its stream.
 const RESERVATION: Duration = Duration::from_secs(60);
 
@@ -252,13 +258,7 @@ impl Connections {
         reserved.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION);
         reserved
             .entry(remote)
-            .or_insert_with(|| {
-                let millis = crate::http::nacos_json::now_millis();
-                (
-                    format!("{millis}_{}_{}", remote.ip(), remote.port()).into(),
-                    now,
-                )
-            })
+            .or_insert_with(|| (new_id(remote), now))
             .0
             .clone()
     }
@@ -268,10 +268,7 @@ impl Connections {
         let id = lock(&self.reserved)
             .remove(&remote)
             .map(|(id, _)| id)
-            .unwrap_or_else(|| {
-                let millis = crate::http::nacos_json::now_millis();
-                format!("{millis}_{}_{}", remote.ip(), remote.port()).into()
-            });
+            .unwrap_or_else(|| new_id(remote));
         let labels = setup.body.get("labels");
         let label = |k: &str| {
             labels

@@ -177,12 +177,6 @@ impl NacosGrpc {
         &self.inner.stats
     }
 
-    /// Asks every connection to move to another server (`ConnectReset`), then closes its
-    /// stream (SDKs that cannot read the request reconnect on the close).
-    pub async fn reset_all(&self) {
-        reset_connections(&self.inner, self.inner.connections.all()).await;
-    }
-
     /// Moves `count` connections away (the busiest member's way to even the load out).
     pub async fn reset_some(&self, count: usize) -> usize {
         let all = self.inner.connections.all();
